@@ -1,0 +1,27 @@
+"""adamw_jax: exact, fast and complete AdamW-family gradient transformations for JAX.
+
+Every public name is re-exported here; see DESIGN.md for the contract.
+"""
+
+from adamw_jax import schedules
+from adamw_jax.alias import adam, adamw
+from adamw_jax.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
+from adamw_jax.moments import ScaleByAdamState, scale_by_adam
+from adamw_jax.updates import apply_updates
+from adamw_jax.weight_decay import WeightDecayState, add_decayed_weights, decoupled_weight_decay
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ScaleByAdamState",
+    "ScaleByLearningRateState",
+    "WeightDecayState",
+    "adam",
+    "adamw",
+    "add_decayed_weights",
+    "apply_updates",
+    "decoupled_weight_decay",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+    "schedules",
+]

@@ -1,0 +1,83 @@
+"""Argument checks shared by the factories, with messages that name the argument and the fix.
+
+Checks run on concrete values when an optimizer is built. Traced values (an optimizer built
+inside ``jax.jit``, ``jax.vmap`` or ``optax.inject_hyperparams``) cannot be inspected and are
+accepted as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def concrete_float(value: Any) -> float | None:
+    """The value as a Python float, or ``None`` when it is traced."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    return float(np.asarray(value))
+
+
+def check_real_scalar(name: str, value: Any, *, allow_schedule: bool = False) -> None:
+    """Raise a TypeError unless ``value`` is a real scalar (or, if allowed, a schedule)."""
+    if allow_schedule and callable(value):
+        return
+    what = "a float or a schedule (a function of the step)" if allow_schedule else "a float"
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}.")
+    if isinstance(value, (int, float, np.number)):
+        return
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape == () and dtype is not None and np.issubdtype(dtype, np.number):
+        if np.issubdtype(dtype, np.complexfloating):
+            raise TypeError(f"{name} must be real, got a {dtype} value.")
+        return
+    raise TypeError(
+        f"{name} must be {what}, got {type(value).__name__} {value!r}"
+        + (f" with shape {shape}." if shape is not None else ".")
+        + (" Pass a scalar, e.g. 0.9, not a sequence." if isinstance(value, (list, tuple)) else "")
+    )
+
+
+def check_range(
+    name: str,
+    value: Any,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    high_inclusive: bool = True,
+    allow_schedule: bool = False,
+    hint: str = "",
+) -> None:
+    """Check ``value`` is a real scalar in ``[low, high]`` (or ``[low, high)``).
+
+    Schedules are not evaluated here; NaN is always rejected.
+    """
+    check_real_scalar(name, value, allow_schedule=allow_schedule)
+    if callable(value):
+        return
+    number = concrete_float(value)
+    if number is None:
+        return
+    inside = low <= number and (number <= high if high_inclusive else number < high)
+    if not inside or math.isnan(number):
+        interval = f"[{low:g}, {high:g}{']' if high_inclusive else ')'}"
+        raise ValueError(f"{name} must be in {interval}, got {number!r}.{' ' + hint if hint else ''}")
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
+    """Check ``value`` is one of the allowed strings."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+
+
+def check_schedule_or_none(name: str, value: Callable[..., Any] | None) -> None:
+    """Check an optional schedule argument is callable."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a schedule (a function of the step) or None, got {value!r}.")

@@ -1,0 +1,156 @@
+"""``adamw`` and ``adam``: chains of the building blocks, nothing more.
+
+    adamw = chain([negate if maximize], scale_by_adam, [add_decayed_weights],
+                  scale_by_learning_rate, [decoupled_weight_decay])
+
+``weight_decay_mode="coupled"`` (torch, optax, Keras): ``θ ← θ - η_t·(u + λ·θ)``.
+``weight_decay_mode="decoupled"`` (Loshchilov & Hutter, Algorithm 2):
+``θ ← θ - η_t·u - (η_t/η_peak)·λ·θ``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from adamw_jax import _validation as check
+from adamw_jax._masking import Mask
+from adamw_jax.learning_rate import scale_by_learning_rate
+from adamw_jax.moments import scale_by_adam
+from adamw_jax.weight_decay import add_decayed_weights, decoupled_weight_decay
+
+WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+
+
+def _schedule_multiplier(
+    learning_rate: optax.ScalarOrSchedule, peak_learning_rate: float | None
+) -> optax.Schedule | None:
+    """``s_t = η_t / η_peak`` for decoupled decay; ``None`` (``s_t = 1``) for a constant rate."""
+    if peak_learning_rate is not None:
+        check.check_range("peak_learning_rate", peak_learning_rate, low=0.0,
+                          hint="It is the largest value of the learning-rate schedule.")
+        if check.concrete_float(peak_learning_rate) == 0.0:
+            raise ValueError("peak_learning_rate must be > 0: the decay multiplier divides by it.")
+        if callable(learning_rate):
+            return lambda count: learning_rate(count) / peak_learning_rate
+        return lambda count: learning_rate / peak_learning_rate
+    if callable(learning_rate):
+        raise ValueError(
+            "weight_decay_mode='decoupled' with a learning-rate schedule needs "
+            "peak_learning_rate=... (the schedule's maximum), since decay is scaled by "
+            "learning_rate(t) / peak_learning_rate."
+        )
+    return None
+
+
+def _adam_family(
+    learning_rate: optax.ScalarOrSchedule,
+    adam_kwargs: dict[str, Any],
+    *,
+    maximize: bool,
+    fused: bool,
+    decay: optax.GradientTransformation | None = None,
+    decay_after_learning_rate: bool = False,
+) -> optax.GradientTransformation:
+    if fused:
+        from adamw_jax import fused as fused_module  # imported lazily: an optional fast path
+
+        return fused_module.fused_adam_family(
+            learning_rate, adam_kwargs, maximize=maximize, decay=decay,
+            decay_after_learning_rate=decay_after_learning_rate,
+        )
+    steps = [optax.scale(-1.0)] if maximize else []
+    steps.append(scale_by_adam(**adam_kwargs))
+    if decay is not None and not decay_after_learning_rate:
+        steps.append(decay)
+    steps.append(scale_by_learning_rate(learning_rate))
+    if decay is not None and decay_after_learning_rate:
+        steps.append(decay)
+    return optax.chain(*steps)
+
+
+def adamw(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    weight_decay: optax.ScalarOrSchedule = 1e-2,
+    *,
+    weight_decay_mode: str = "coupled",
+    mask: Mask | None = None,
+    eps_mode: str = "adam",
+    amsgrad: bool = False,
+    nesterov: bool = False,
+    maximize: bool = False,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    fused: bool = False,
+    peak_learning_rate: float | None = None,
+) -> optax.GradientTransformation:
+    """AdamW (Loshchilov & Hutter 2019) with every option of torch, optax and Keras.
+
+    Args:
+      learning_rate: ``η``, a float >= 0 or a schedule of the 0-based step.
+      b1, b2, eps, eps_root, eps_mode, amsgrad, nesterov, mu_dtype, nu_dtype: see
+        ``scale_by_adam``.
+      weight_decay: ``λ``, a float >= 0 or a schedule (default 1e-2, torch's).
+      weight_decay_mode: ``"coupled"`` (``θ -= η_t·λ·θ``: torch, optax, Keras) or
+        ``"decoupled"`` (``θ -= (η_t/η_peak)·λ·θ``: the paper's Algorithm 2).
+      mask: which leaves to decay: a tree of bools, a prefix of one, or a callable.
+      maximize: ascend instead of descend (the gradient is negated first, as torch).
+      fused: use the flat-buffer fused implementation (same numbers, fewer kernels).
+      peak_learning_rate: ``η_peak`` for decoupled decay with a schedule (with a float learning
+        rate, ``η_peak`` is the learning rate and the multiplier is 1).
+
+    Returns:
+      An ``optax.GradientTransformation``; apply its updates with ``adamw_jax.apply_updates``
+      or ``optax.apply_updates``.
+    """
+    check.check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
+    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True,
+                      hint="Pass the positive step size, e.g. 1e-3.")
+    if weight_decay_mode == "coupled":
+        if peak_learning_rate is not None:
+            raise ValueError(
+                "peak_learning_rate is only used with weight_decay_mode='decoupled'; remove it."
+            )
+        decay = add_decayed_weights(weight_decay, mask)
+    else:
+        decay = decoupled_weight_decay(
+            weight_decay, _schedule_multiplier(learning_rate, peak_learning_rate), mask
+        )
+    return _adam_family(
+        learning_rate,
+        dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, eps_mode=eps_mode, amsgrad=amsgrad,
+             nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+        maximize=maximize, fused=fused, decay=decay,
+        decay_after_learning_rate=weight_decay_mode == "decoupled",
+    )
+
+
+def adam(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    eps_mode: str = "adam",
+    amsgrad: bool = False,
+    nesterov: bool = False,
+    maximize: bool = False,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    fused: bool = False,
+) -> optax.GradientTransformation:
+    """Adam (Kingma & Ba 2015) without weight decay; arguments as in ``adamw``."""
+    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True,
+                      hint="Pass the positive step size, e.g. 1e-3.")
+    return _adam_family(
+        learning_rate,
+        dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, eps_mode=eps_mode, amsgrad=amsgrad,
+             nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+        maximize=maximize, fused=fused,
+    )

@@ -1,0 +1,146 @@
+"""adamw / adam: whole trajectories against the float64 reference, for every option."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adamw_jax as aw
+from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
+from reference import adamw_trajectory
+
+STEPS = 200
+PARAMS = make_params(0)
+GRADS = gradient_stream(PARAMS, STEPS, seed=1)
+
+OPTIONS = {
+    "defaults": {},
+    "weight_decay": dict(weight_decay=0.1),
+    "amsgrad": dict(amsgrad=True),
+    "nesterov": dict(nesterov=True),
+    "hat": dict(eps_mode="hat", eps=1e-7),
+    "hat_amsgrad": dict(eps_mode="hat", amsgrad=True, weight_decay=0.05),
+    "eps_root": dict(eps_root=1e-8, eps=0.0),
+    "large_eps": dict(eps=1e-2),
+    "betas": dict(b1=0.5, b2=0.95),
+    "b1_zero": dict(b1=0.0),
+    "maximize": dict(maximize=True, weight_decay=0.1),
+    "decoupled": dict(weight_decay=1e-3, weight_decay_mode="decoupled"),
+    "nesterov_amsgrad_decay": dict(nesterov=True, amsgrad=True, weight_decay=0.2),
+}
+
+
+def warmup_cosine(step):
+    return float(aw.schedules.warmup_cosine_decay_schedule(0.0, 1e-2, 20, STEPS, 1e-4)(step))
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_adamw_matches_reference(name):
+    options = {"weight_decay": 0.0, **OPTIONS[name]}
+    expected = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, **options)
+    actual = trajectory(aw.adamw(1e-2, **options), PARAMS, GRADS)
+    assert max_abs_error(actual, expected) <= float32_tolerance(expected)
+
+
+def test_without_bias_correction_matches_reference():
+    optimizer = optax.chain(aw.scale_by_adam(bias_correction=False), aw.scale_by_learning_rate(1e-2))
+    expected = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, bias_correction=False)
+    assert max_abs_error(trajectory(optimizer, PARAMS, GRADS), expected) <= float32_tolerance(expected)
+
+
+@pytest.mark.parametrize("mode", ["coupled", "decoupled"])
+def test_schedules_for_learning_rate_and_decay(mode):
+    decay = 0.1 if mode == "coupled" else 1e-3
+    expected = adamw_trajectory(
+        PARAMS, GRADS, learning_rate=warmup_cosine, weight_decay=lambda t: decay * (1 + t / STEPS),
+        weight_decay_mode=mode, peak_learning_rate=1e-2,
+    )
+    schedule = aw.schedules.warmup_cosine_decay_schedule(0.0, 1e-2, 20, STEPS, 1e-4)
+    optimizer = aw.adamw(
+        schedule, weight_decay=lambda t: decay * (1 + t / STEPS), weight_decay_mode=mode,
+        peak_learning_rate=1e-2 if mode == "decoupled" else None,
+    )
+    actual = trajectory(optimizer, PARAMS, GRADS)
+    assert max_abs_error(actual, expected) <= float32_tolerance(expected)
+
+
+def test_decoupled_decay_is_not_multiplied_by_the_learning_rate():
+    """With a zero gradient only decay acts: coupled shrinks θ by η·λ, decoupled by λ."""
+    params = {"w": jnp.ones(3)}
+    zero = {"w": jnp.zeros(3)}
+    for mode, factor in (("coupled", 1 - 0.5 * 0.1), ("decoupled", 1 - 0.1)):
+        opt = aw.adamw(0.5, weight_decay=0.1, weight_decay_mode=mode)
+        updates, _ = opt.update(zero, opt.init(params), params)
+        np.testing.assert_allclose(aw.apply_updates(params, updates)["w"], factor, rtol=1e-7)
+
+
+def test_adam_is_adamw_without_decay():
+    expected = adamw_trajectory(PARAMS, GRADS, learning_rate=3e-3, amsgrad=True)
+    actual = trajectory(aw.adam(3e-3, amsgrad=True), PARAMS, GRADS)
+    assert max_abs_error(actual, expected) <= float32_tolerance(expected)
+
+
+def test_mask_limits_decay_to_selected_leaves():
+    mask = {"w": True, "b": False, "scalar": False, "conv": True}
+    expected = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, weight_decay=0.3, decay_mask=mask)
+    actual = trajectory(aw.adamw(1e-2, weight_decay=0.3, mask=mask), PARAMS, GRADS)
+    assert max_abs_error(actual, expected) <= float32_tolerance(expected)
+    by_rank = trajectory(
+        aw.adamw(1e-2, weight_decay=0.3, mask=lambda p: {k: v.ndim >= 2 for k, v in p.items()}),
+        PARAMS, GRADS,
+    )
+    assert max_abs_error(by_rank, actual) == 0.0
+
+
+def test_state_structure_does_not_depend_on_float_or_schedule():
+    params = {"w": jnp.ones(3)}
+    as_float = aw.adamw(1e-3, weight_decay=1e-2).init(params)
+    as_schedule = aw.adamw(lambda t: 1e-3, weight_decay=lambda t: 1e-2).init(params)
+
+    assert jax.tree_util.tree_structure(as_float) == jax.tree_util.tree_structure(as_schedule)
+    assert all(
+        a.shape == b.shape and a.dtype == b.dtype
+        for a, b in zip(jax.tree_util.tree_leaves(as_float), jax.tree_util.tree_leaves(as_schedule))
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(b1=1.0), ValueError, "b1"),
+        (dict(b1=-0.1), ValueError, "b1"),
+        (dict(b2=1.5), ValueError, "b2"),
+        (dict(b2=float("nan")), ValueError, "b2"),
+        (dict(eps=-1e-8), ValueError, "eps"),
+        (dict(eps_root=-1.0), ValueError, "eps_root"),
+        (dict(learning_rate=-1e-3), ValueError, "learning_rate"),
+        (dict(learning_rate="1e-3"), TypeError, "learning_rate"),
+        (dict(b1=[0.9, 0.999]), TypeError, "b1"),
+        (dict(weight_decay=-0.1), ValueError, "weight_decay"),
+        (dict(eps_mode="keras"), ValueError, "eps_mode"),
+        (dict(weight_decay_mode="l2"), ValueError, "weight_decay_mode"),
+        (dict(learning_rate=lambda t: 1e-3, weight_decay_mode="decoupled"), ValueError,
+         "peak_learning_rate"),
+        (dict(peak_learning_rate=1e-3), ValueError, "peak_learning_rate"),
+        (dict(mu_dtype="int32"), TypeError, "mu_dtype"),
+        (dict(nu_dtype="not-a-dtype"), TypeError, "nu_dtype"),
+        (dict(nesterov=True, eps_mode="hat"), ValueError, "nesterov"),
+    ],
+)
+def test_bad_arguments_are_named_when_built(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        aw.adamw(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "mask, error",
+    [({"w": True}, ValueError), ({"w": True, "b": 1}, TypeError), ([True, False], ValueError)],
+)
+def test_mask_that_does_not_fit_is_named_when_first_used(mask, error):
+    params = {"w": jnp.ones(2), "b": jnp.ones(2), "c": jnp.ones(1)}
+    opt = aw.adamw(mask=mask)
+    with pytest.raises(error, match="mask"):
+        opt.update(params, opt.init(params), params)
