@@ -3,8 +3,10 @@
 Every public name is re-exported here; see DESIGN.md for the contract.
 """
 
-from adamw_jax import schedules
+from adamw_jax import clipping, schedules
+from adamw_jax import presets
 from adamw_jax.alias import adam, adamw
+from adamw_jax.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
 from adamw_jax.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
 from adamw_jax.moments import ScaleByAdamState, scale_by_adam
 from adamw_jax.updates import apply_updates
@@ -20,7 +22,12 @@ __all__ = [
     "adamw",
     "add_decayed_weights",
     "apply_updates",
+    "clip_by_global_norm",
+    "clip_by_norm",
+    "clip_by_value",
+    "clipping",
     "decoupled_weight_decay",
+    "presets",
     "scale_by_adam",
     "scale_by_learning_rate",
     "schedules",
