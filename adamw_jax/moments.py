@@ -12,7 +12,8 @@ With ``t = count + 1`` and the gradient ``g``:
 
 The output ``u`` is the descent direction before the learning rate; the chain multiplies it by
 ``-η_t``. Moments are stored in ``mu_dtype`` / ``nu_dtype`` (default: the parameter dtype) and
-every formula runs in at least float32.
+every formula runs in at least float32. The storage formats (bfloat16, float16 kept safe
+with block scales, blockwise ``"int8"``, stochastic rounding) live in ``adamw_jax.lowbit``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
+from adamw_jax import lowbit
 
 EPS_MODES = ("adam", "hat")
 
@@ -39,14 +41,6 @@ class ScaleByAdamState(NamedTuple):
     nu_max: optax.Updates | None
 
 
-def _moment_like(params: optax.Params, dtype: jnp.dtype | None, *, real: bool) -> optax.Updates:
-    def zeros(p: jax.Array) -> jax.Array:
-        target = dtype or (jnp.real(jnp.zeros((), p.dtype)).dtype if real else p.dtype)
-        return jnp.zeros(jnp.shape(p), target)
-
-    return jax.tree_util.tree_map(zeros, params)
-
-
 def _squared_magnitude(g: jax.Array) -> jax.Array:
     """``|g|²``, real also for complex ``g`` (as optax)."""
     return jnp.square(jnp.real(g)) + jnp.square(jnp.imag(g)) if jnp.iscomplexobj(g) else jnp.square(g)
@@ -55,11 +49,6 @@ def _squared_magnitude(g: jax.Array) -> jax.Array:
 def _compute(x: jax.Array, *others: jax.Array) -> jax.Array:
     """``x`` in the arithmetic dtype: at least float32, wide enough for ``others`` too."""
     return x.astype(num.compute_dtype(jnp.result_type(x, *others)))
-
-
-def _store_like(values: optax.Updates, stored: optax.Updates) -> optax.Updates:
-    """Round freshly computed moments to the storage dtypes of the previous state."""
-    return jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), values, stored)
 
 
 def scale_by_adam(
@@ -74,6 +63,7 @@ def scale_by_adam(
     nesterov: bool = False,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformation:
     """Rescale gradients by Adam's bias-corrected moment estimates (math in the module docstring).
 
@@ -89,7 +79,10 @@ def scale_by_adam(
         "epsilon hat").
       amsgrad: use the running maximum of the raw second moment (torch, Keras semantics).
       nesterov: Nesterov momentum (Dozat 2016), as ``optax.nadam``; with ``eps_mode="adam"`` only.
-      mu_dtype, nu_dtype: storage dtypes of the moments; ``None`` keeps the parameter dtype.
+      mu_dtype, nu_dtype: storage of the moments: ``None`` (the parameter dtype), a float dtype
+        (``jnp.bfloat16``; ``jnp.float16`` is block-scaled so it cannot overflow or underflow)
+        or ``"int8"`` (blockwise 8-bit dynamic code); see ``adamw_jax.lowbit``.
+      stochastic_rounding: round the stored moments stochastically (noise from the step).
 
     Returns:
       An ``optax.GradientTransformation`` whose state is a ``ScaleByAdamState``.
@@ -103,15 +96,17 @@ def scale_by_adam(
     check.check_choice("eps_mode", eps_mode, EPS_MODES)
     if nesterov and eps_mode != "adam":
         raise ValueError("nesterov=True needs eps_mode='adam'; Keras-style 'hat' has no Nesterov form.")
-    mu_dtype = num.storage_dtype(mu_dtype, argument="mu_dtype")
-    nu_dtype = num.storage_dtype(nu_dtype, argument="nu_dtype")
+    mu_storage = lowbit.moment_storage(mu_dtype, argument="mu_dtype", second_moment=False,
+                                       stochastic_rounding=stochastic_rounding)
+    nu_storage = lowbit.moment_storage(nu_dtype, argument="nu_dtype", second_moment=True,
+                                       stochastic_rounding=stochastic_rounding)
     one_minus_b2 = num.one_minus(b2)
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
-        nu = _moment_like(params, nu_dtype, real=True)
+        nu = nu_storage.init(params)
         return ScaleByAdamState(
             count=num.zero_count(),
-            mu=_moment_like(params, mu_dtype, real=False),
+            mu=mu_storage.init(params),
             nu=nu,
             nu_max=nu if amsgrad else None,
         )
@@ -135,12 +130,13 @@ def scale_by_adam(
             correction1 = correction2 = correction1_next = jnp.ones([], b1_t.dtype)
 
         mu = jax.tree_util.tree_map(
-            lambda g, m: b1_t * _compute(m, g) + one_minus_b1 * _compute(g, m), updates, state.mu)
+            lambda g, m: b1_t * m + one_minus_b1 * _compute(g, m),
+            updates, mu_storage.decode(state.mu, updates))
         nu = jax.tree_util.tree_map(
-            lambda g, v: b2_t * _compute(v) + one_minus_b2 * _squared_magnitude(_compute(g)),
-            updates, state.nu)
+            lambda g, v: b2_t * v + one_minus_b2 * _squared_magnitude(_compute(g)),
+            updates, nu_storage.decode(state.nu, updates))
         nu_used = nu if not amsgrad else jax.tree_util.tree_map(
-            lambda v_max, v: jnp.maximum(_compute(v_max), v), state.nu_max, nu)
+            jnp.maximum, nu_storage.decode(state.nu_max, updates), nu)
 
         def direction(g: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
             if eps_mode == "hat":
@@ -155,9 +151,10 @@ def scale_by_adam(
         new_updates = jax.tree_util.tree_map(direction, updates, mu, nu_used)
         return new_updates, ScaleByAdamState(
             count=count,
-            mu=_store_like(mu, state.mu),
-            nu=_store_like(nu, state.nu),
-            nu_max=_store_like(nu_used, state.nu_max) if amsgrad else None,
+            mu=mu_storage.encode(mu, state.mu, count, lowbit.FIRST_MOMENT_STREAM),
+            nu=nu_storage.encode(nu, state.nu, count, lowbit.SECOND_MOMENT_STREAM),
+            nu_max=nu_storage.encode(nu_used, state.nu_max, count, lowbit.MAX_SECOND_MOMENT_STREAM)
+            if amsgrad else None,
         )
 
     return optax.GradientTransformation(init_fn, update_fn)
