@@ -81,3 +81,15 @@ def check_schedule_or_none(name: str, value: Callable[..., Any] | None) -> None:
     """Check an optional schedule argument is callable."""
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be a schedule (a function of the step) or None, got {value!r}.")
+
+
+def check_positive_int(name: str, value: Any, *, allow_none: bool = False, hint: str = "") -> None:
+    """Check ``value`` is a Python int >= 1 (or ``None`` when allowed); bools are rejected."""
+    if value is None and allow_none:
+        return
+    what = "an int >= 1" + (" or None" if allow_none else "")
+    suffix = f" {hint}" if hint else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}.{suffix}")
+    if value < 1:
+        raise ValueError(f"{name} must be {what}, got {value!r}.{suffix}")
