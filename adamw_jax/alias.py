@@ -52,13 +52,16 @@ def _adam_family(
     fused: bool,
     decay: optax.GradientTransformation | None = None,
     decay_after_learning_rate: bool = False,
+    decay_kwargs: dict[str, Any] | None = None,
 ) -> optax.GradientTransformation:
+    """The chain, or with ``fused=True`` the one-pass equivalent built from ``decay_kwargs``
+    (the arguments ``decay`` was built from: weight_decay, mask, schedule_multiplier)."""
     if fused:
         from adamw_jax import fused as fused_module  # imported lazily: an optional fast path
 
         return fused_module.fused_adam_family(
-            learning_rate, adam_kwargs, maximize=maximize, decay=decay,
-            decay_after_learning_rate=decay_after_learning_rate,
+            learning_rate, adam_kwargs, maximize=maximize,
+            decay_after_learning_rate=decay_after_learning_rate, **(decay_kwargs or {}),
         )
     steps = [optax.scale(-1.0)] if maximize else []
     steps.append(scale_by_adam(**adam_kwargs))
@@ -116,17 +119,20 @@ def adamw(
             raise ValueError(
                 "peak_learning_rate is only used with weight_decay_mode='decoupled'; remove it."
             )
-        decay = add_decayed_weights(weight_decay, mask)
+        decay_kwargs = dict(weight_decay=weight_decay, mask=mask)
+        decay = add_decayed_weights(**decay_kwargs)
     else:
-        decay = decoupled_weight_decay(
-            weight_decay, _schedule_multiplier(learning_rate, peak_learning_rate), mask
+        decay_kwargs = dict(
+            weight_decay=weight_decay, mask=mask,
+            schedule_multiplier=_schedule_multiplier(learning_rate, peak_learning_rate),
         )
+        decay = decoupled_weight_decay(**decay_kwargs)
     return _adam_family(
         learning_rate,
         dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, eps_mode=eps_mode, amsgrad=amsgrad,
              nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         maximize=maximize, fused=fused, decay=decay,
-        decay_after_learning_rate=weight_decay_mode == "decoupled",
+        decay_after_learning_rate=weight_decay_mode == "decoupled", decay_kwargs=decay_kwargs,
     )
 
 
