@@ -1,0 +1,140 @@
+"""Where each leaf of a pytree lives in a few contiguous flat buffers.
+
+A ``FlatLayout`` groups the leaves by a static key (their dtype, and for the fused optimizer
+whether they are weight-decayed), and gives each leaf a slot ``[offset, offset + size)`` in its
+group's buffer. Each buffer's length is rounded up to a multiple of ``multiple`` so that it splits
+evenly into blocks (8-bit storage) or across devices (sharding); the tail is zero padding.
+
+Packing is one ``concatenate`` per group; unpacking is static slices and reshapes, which XLA fuses
+into their consumers inside ``jit`` (no copy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSlot:
+    """One leaf: its group, its offset in the group's buffer, its shape and dtype."""
+
+    group: int
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatLayout:
+    """A static, hashable map from a pytree's leaves to flat buffers (one per group).
+
+    ``group_keys[i]`` is the key shared by the leaves of buffer ``i``, ``group_dtypes[i]`` their
+    dtype and ``group_sizes[i]`` the buffer's padded length.
+    """
+
+    treedef: Any
+    slots: tuple[LeafSlot, ...]
+    group_keys: tuple[Hashable, ...]
+    group_dtypes: tuple[np.dtype, ...]
+    group_sizes: tuple[int, ...]
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_keys)
+
+    def leaf_groups(self) -> tuple[tuple[int, ...], ...]:
+        """For each group, the indices (in tree order) of its leaves."""
+        return tuple(
+            tuple(i for i, slot in enumerate(self.slots) if slot.group == group)
+            for group in range(self.num_groups)
+        )
+
+    def pack(self, tree: Any, dtypes: Sequence[Any] | None = None) -> tuple[jax.Array, ...]:
+        """The leaves of ``tree`` concatenated into one zero-padded buffer per group.
+
+        ``dtypes[i]`` is the dtype of buffer ``i`` (default: the group's dtype).
+        """
+        leaves = self.treedef.flatten_up_to(tree)
+        dtypes = self.group_dtypes if dtypes is None else tuple(dtypes)
+        buffers = []
+        for group, members in enumerate(self.leaf_groups()):
+            dtype = dtypes[group]
+            parts = [jnp.ravel(jnp.asarray(leaves[i])).astype(dtype) for i in members]
+            padding = self.group_sizes[group] - sum(self.slots[i].size for i in members)
+            if padding or not parts:
+                parts.append(jnp.zeros([padding], dtype))
+            buffers.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
+        return tuple(buffers)
+
+    def unpack(
+        self, buffers: Sequence[jax.Array], cast: Callable[[jax.Array, LeafSlot], jax.Array] | None = None
+    ) -> Any:
+        """The pytree whose leaves are slices of ``buffers``, reshaped (and cast to their dtype,
+        or by ``cast(value, slot)`` when given)."""
+        cast = cast or (lambda value, slot: value.astype(slot.dtype))
+        leaves = [
+            cast(jnp.reshape(buffers[slot.group][slot.offset:slot.offset + slot.size], slot.shape), slot)
+            for slot in self.slots
+        ]
+        return self.treedef.unflatten(leaves)
+
+
+def _round_up(size: int, multiple: int) -> int:
+    return -(-size // multiple) * multiple
+
+
+def layout_of(
+    tree: Any,
+    *,
+    group_key: Callable[[int, Any], Hashable] | None = None,
+    multiple: int = 1,
+) -> FlatLayout:
+    """The layout of ``tree``'s leaves (arrays or ``jax.ShapeDtypeStruct``).
+
+    ``group_key(index, leaf)`` decides which leaves share a buffer (default: the leaf's dtype);
+    groups are ordered by first appearance in the tree, leaves keep their tree order in a group.
+    """
+    if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
+        raise ValueError(
+            f"multiple must be a positive int (the block size or device count each flat buffer is "
+            f"padded to a multiple of), got {multiple!r}."
+        )
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys: list[Hashable] = []
+    dtypes: list[np.dtype] = []
+    used: list[int] = []
+    slots = []
+    for index, leaf in enumerate(leaves):
+        dtype = np.dtype(jnp.result_type(leaf))
+        key = dtype if group_key is None else group_key(index, leaf)
+        if key not in keys:
+            keys.append(key)
+            dtypes.append(dtype)
+            used.append(0)
+        group = keys.index(key)
+        if dtypes[group] != dtype:
+            raise ValueError(
+                f"leaves grouped under {key!r} have different dtypes ({dtypes[group]} and {dtype}); "
+                "a flat buffer holds one dtype."
+            )
+        slot = LeafSlot(group, used[group], tuple(np.shape(leaf)), dtype)
+        used[group] += slot.size
+        slots.append(slot)
+    return FlatLayout(
+        treedef=treedef,
+        slots=tuple(slots),
+        group_keys=tuple(keys),
+        group_dtypes=tuple(dtypes),
+        group_sizes=tuple(_round_up(size, multiple) for size in used),
+    )

@@ -1,0 +1,252 @@
+"""Fused AdamW: the whole step as one elementwise pass over a few contiguous flat buffers.
+
+``adamw(..., fused=True)`` lands here. The moments live in one flat buffer per group of leaves
+(a group: one parameter dtype, decayed or not), so the state is a handful of arrays however many
+tensors the model has. Per step, every scalar is formed once, in float32 (float64 under x64):
+
+    t = count + 1,   c1 = 1 - β1^t,   c2 = 1 - β2^t,   c1' = 1 - β1^(t+1)
+    m ← β1·m + (1-β1)·g                v ← β2·v + (1-β2)·|g|²      (AMSGrad: v̄ ← max(v̄, v))
+    "adam":  u = -a·n / (sqrt(v·(1/c2) + eps_root) + eps),  n = m, a = η/c1
+             Nesterov: n = (β1/c1')·m + ((1-β1)/c1)·g, a = η
+    "hat":   u = -a·m / (sqrt(v + eps_root) + eps),  a = η·sqrt(c2)/c1
+    decay:   u ← u - k·θ,  k = η·λ (coupled) or s·λ (decoupled, s = η/η_peak)
+
+so the per-element work is one pass with a single divide and a single square root; the update
+differs from the unfused chain's only by float32 rounding (the bias corrections are applied as
+scalar factors instead of dividing each element).
+
+The flat layout is simple to split: ``pad_multiple`` rounds each buffer's length up to a multiple
+of a block size (8-bit storage) or a device count (sharding); the zero padding stays zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adamw_jax import _numerics as num
+from adamw_jax._flat_layout import FlatLayout, layout_of
+from adamw_jax._masking import Mask, resolve_mask
+from adamw_jax.moments import scale_by_adam
+
+
+class FusedAdamState(NamedTuple):
+    """``count``: int32 steps taken; ``mu``/``nu``: one flat buffer of the first/second moment per
+    leaf group; ``nu_max``: the running maximum of ``nu`` (AMSGrad), else ``None``."""
+
+    count: jax.Array
+    mu: tuple[jax.Array, ...]
+    nu: tuple[jax.Array, ...]
+    nu_max: tuple[jax.Array, ...] | None
+
+
+class _StepScalars(NamedTuple):
+    """The per-step scalars of the fused pass (see the module docstring)."""
+
+    b1: jax.Array
+    one_minus_b1: jax.Array
+    b2: jax.Array
+    one_minus_b2: jax.Array
+    inverse_c2: jax.Array
+    eps: jax.Array
+    eps_root: jax.Array
+    step_size: jax.Array  # a
+    nesterov_m: jax.Array  # β1/c1'
+    nesterov_g: jax.Array  # (1-β1)/c1
+    decay: jax.Array  # k
+
+
+def _real_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(jnp.real(jnp.zeros((), dtype)).dtype)
+
+
+def _squared_magnitude(g: jax.Array) -> jax.Array:
+    return jnp.square(jnp.real(g)) + jnp.square(jnp.imag(g)) if jnp.iscomplexobj(g) else jnp.square(g)
+
+
+def fused_adam_family(
+    learning_rate: optax.ScalarOrSchedule,
+    adam_kwargs: dict[str, Any],
+    *,
+    maximize: bool,
+    weight_decay: optax.ScalarOrSchedule | None = None,
+    mask: Mask | None = None,
+    schedule_multiplier: optax.Schedule | None = None,
+    decay_after_learning_rate: bool = False,
+    pad_multiple: int = 1,
+) -> optax.GradientTransformation:
+    """AdamW (or Adam when ``weight_decay`` is None) as one flat-buffer pass.
+
+    Args:
+      learning_rate: ``η``, a float or a schedule of the 0-based step.
+      adam_kwargs: the arguments of ``scale_by_adam`` (validated with its messages).
+      maximize: negate the gradient first.
+      weight_decay: ``λ``, a float or a schedule; ``None`` for no decay.
+      mask: which leaves to decay (see ``adamw_jax._masking``).
+      schedule_multiplier: ``s_t`` of decoupled decay; ``None`` means 1.
+      decay_after_learning_rate: ``True`` for decoupled decay (``k = s·λ``), ``False`` for
+        coupled (``k = η·λ``).
+      pad_multiple: each flat buffer's length is a multiple of this.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is a ``FusedAdamState``.
+    """
+    scale_by_adam(**adam_kwargs)  # the argument checks, with the unfused path's messages
+    options = dict(b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, bias_correction=True,
+                   eps_mode="adam", amsgrad=False, nesterov=False, mu_dtype=None, nu_dtype=None)
+    options.update(adam_kwargs)
+    mu_dtype = num.storage_dtype(options["mu_dtype"], argument="mu_dtype")
+    nu_dtype = num.storage_dtype(options["nu_dtype"], argument="nu_dtype")
+    amsgrad = options["amsgrad"]
+    layout_for = _layout_builder(weight_decay is not None, mask, pad_multiple)
+    scalars_at = _scalars_builder(
+        learning_rate, options, weight_decay, schedule_multiplier, decay_after_learning_rate
+    )
+
+    def storage(layout: FlatLayout) -> tuple[tuple[np.dtype, ...], tuple[np.dtype, ...]]:
+        mu = tuple(mu_dtype or dtype for dtype in layout.group_dtypes)
+        nu = tuple(nu_dtype or _real_dtype(dtype) for dtype in layout.group_dtypes)
+        return mu, nu
+
+    def init_fn(params: optax.Params) -> FusedAdamState:
+        layout = layout_for(params)
+        mu_dtypes, nu_dtypes = storage(layout)
+        mu = tuple(jnp.zeros([n], d) for n, d in zip(layout.group_sizes, mu_dtypes))
+        nu = tuple(jnp.zeros([n], d) for n, d in zip(layout.group_sizes, nu_dtypes))
+        return FusedAdamState(num.zero_count(), mu, nu, nu if amsgrad else None)
+
+    def update_fn(
+        updates: optax.Updates, state: FusedAdamState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, FusedAdamState]:
+        if weight_decay is not None and params is None:
+            raise ValueError("weight decay needs the parameters: call update(updates, state, params).")
+        layout = layout_for(updates if params is None else params)
+        _check_state_fits(layout, state)
+        scalars = scalars_at(state.count)
+        grads = layout.pack(updates, [num.compute_dtype(d) for d in layout.group_dtypes])
+        decayed = layout.pack(params) if weight_decay is not None else (None,) * layout.num_groups
+        nu_max = state.nu_max if amsgrad else (None,) * layout.num_groups
+        results = [
+            _fused_pass(g, m, v, v_max, p, key[1], scalars, options, maximize)
+            for g, m, v, v_max, p, key in zip(
+                grads, state.mu, state.nu, nu_max, decayed, layout.group_keys)
+        ]
+        new_updates = layout.unpack([r[0] for r in results], cast=lambda value, slot: value)
+        new_updates = jax.tree_util.tree_map(lambda u, g: u.astype(g.dtype), new_updates, updates)
+        store = lambda values, old: tuple(x.astype(o.dtype) for x, o in zip(values, old))  # noqa: E731
+        return new_updates, FusedAdamState(
+            count=num.safe_increment(state.count),
+            mu=store([r[1] for r in results], state.mu),
+            nu=store([r[2] for r in results], state.nu),
+            nu_max=store([r[3] for r in results], state.nu_max) if amsgrad else None,
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _layout_builder(
+    has_decay: bool, mask: Mask | None, pad_multiple: int
+) -> Callable[[optax.Params], FlatLayout]:
+    """``params -> layout`` grouping leaves by (dtype, decayed)."""
+
+    def layout_for(params: optax.Params) -> FlatLayout:
+        if has_decay and mask is not None:
+            flags = jax.tree_util.tree_leaves(resolve_mask(mask, params))
+        else:
+            flags = [has_decay] * len(jax.tree_util.tree_leaves(params))
+        return layout_of(
+            params,
+            group_key=lambda index, leaf: (np.dtype(jnp.result_type(leaf)), flags[index]),
+            multiple=pad_multiple,
+        )
+
+    return layout_for
+
+
+def _check_state_fits(layout: FlatLayout, state: FusedAdamState) -> None:
+    sizes = tuple(int(buffer.shape[0]) for buffer in state.mu)
+    if sizes != layout.group_sizes:
+        raise ValueError(
+            f"the fused state holds flat buffers of sizes {sizes} but these parameters need "
+            f"{layout.group_sizes}: call init with parameters of the same shapes, dtypes and "
+            "mask as the gradients passed to update."
+        )
+
+
+def _scalars_builder(
+    learning_rate: optax.ScalarOrSchedule,
+    options: dict[str, Any],
+    weight_decay: optax.ScalarOrSchedule | None,
+    schedule_multiplier: optax.Schedule | None,
+    decay_after_learning_rate: bool,
+) -> Callable[[jax.Array], _StepScalars]:
+    """``count -> _StepScalars``, the same hyperparameter rules as ``scale_by_adam``."""
+    b1, b2 = options["b1"], options["b2"]
+    one_minus_b2 = num.one_minus(b2)
+
+    def scalars_at(count: jax.Array) -> _StepScalars:
+        eta = num.hyperparameter_at(learning_rate, count)
+        b1_t = num.hyperparameter_at(b1, count)
+        one_minus_b1 = num.one_minus(b1) if not callable(b1) else 1 - b1_t
+        step = num.safe_increment(count).astype(b1_t.dtype)
+        one = jnp.ones([], b1_t.dtype)
+        if options["bias_correction"]:
+            c1 = num.bias_correction(one_minus_b1, step)
+            c2 = num.bias_correction(one_minus_b2, step)
+            c1_next = num.bias_correction(one_minus_b1, step + 1)
+        else:
+            c1 = c2 = c1_next = one
+        if options["eps_mode"] == "hat":
+            step_size = eta * jnp.sqrt(c2) / c1
+        elif options["nesterov"]:
+            step_size = eta
+        else:
+            step_size = eta / c1
+        if weight_decay is None:
+            decay = jnp.zeros([], b1_t.dtype)
+        else:
+            decay = num.hyperparameter_at(weight_decay, count)
+            scale = eta if not decay_after_learning_rate else (
+                one if schedule_multiplier is None
+                else num.hyperparameter_at(schedule_multiplier, count))
+            decay = scale * decay
+        return _StepScalars(
+            b1=b1_t, one_minus_b1=one_minus_b1, b2=num.as_hyperparameter(b2),
+            one_minus_b2=one_minus_b2, inverse_c2=one / c2 if options["eps_mode"] == "adam" else one,
+            eps=num.as_hyperparameter(options["eps"]),
+            eps_root=num.as_hyperparameter(options["eps_root"]), step_size=step_size,
+            nesterov_m=b1_t / c1_next, nesterov_g=one_minus_b1 / c1, decay=decay,
+        )
+
+    return scalars_at
+
+
+def _fused_pass(
+    g: jax.Array,
+    m: jax.Array,
+    v: jax.Array,
+    v_max: jax.Array | None,
+    p: jax.Array | None,
+    decayed: bool,
+    s: _StepScalars,
+    options: dict[str, Any],
+    maximize: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """One elementwise pass over a group's flat buffers: ``(update, m, v, v_max)``."""
+    if maximize:
+        g = -g
+    m = s.b1 * m + s.one_minus_b1 * g
+    v = s.b2 * v + s.one_minus_b2 * _squared_magnitude(g)
+    if v_max is not None:
+        v_max = jnp.maximum(v_max, v)
+    second = v if v_max is None else v_max
+    numerator = s.nesterov_m * m + s.nesterov_g * g if options["nesterov"] else m
+    update = -s.step_size * numerator / (jnp.sqrt(second * s.inverse_c2 + s.eps_root) + s.eps)
+    if decayed:
+        update = update - s.decay * p
+    return update, m, v, v_max
