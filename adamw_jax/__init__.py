@@ -5,6 +5,8 @@ Every public name is re-exported here; see DESIGN.md for the contract.
 
 from adamw_jax import clipping, schedules
 from adamw_jax import presets
+from adamw_jax import flat, fused
+from adamw_jax.fused import FusedAdamState
 from adamw_jax.alias import adam, adamw
 from adamw_jax.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
 from adamw_jax.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
@@ -31,4 +33,7 @@ __all__ = [
     "scale_by_adam",
     "scale_by_learning_rate",
     "schedules",
+    "FusedAdamState",
+    "flat",
+    "fused",
 ]
