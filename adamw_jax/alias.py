@@ -17,6 +17,7 @@ import optax
 from adamw_jax import _validation as check
 from adamw_jax._masking import Mask
 from adamw_jax.learning_rate import scale_by_learning_rate
+from adamw_jax.lowbit import low_precision_params
 from adamw_jax.moments import scale_by_adam
 from adamw_jax.weight_decay import add_decayed_weights, decoupled_weight_decay
 
@@ -53,9 +54,33 @@ def _adam_family(
     decay: optax.GradientTransformation | None = None,
     decay_after_learning_rate: bool = False,
     decay_kwargs: dict[str, Any] | None = None,
+    stochastic_rounding: bool = False,
+    master_weights: bool = False,
 ) -> optax.GradientTransformation:
     """The chain, or with ``fused=True`` the one-pass equivalent built from ``decay_kwargs``
-    (the arguments ``decay`` was built from: weight_decay, mask, schedule_multiplier)."""
+    (the arguments ``decay`` was built from: weight_decay, mask, schedule_multiplier), wrapped
+    in ``low_precision_params`` for stochastic rounding or master weights of bf16/f16 params."""
+    if stochastic_rounding:
+        adam_kwargs = dict(adam_kwargs, stochastic_rounding=True)
+    optimizer = _adam_chain(learning_rate, adam_kwargs, maximize=maximize, fused=fused, decay=decay,
+                            decay_after_learning_rate=decay_after_learning_rate,
+                            decay_kwargs=decay_kwargs)
+    if stochastic_rounding or master_weights:
+        return low_precision_params(optimizer, master_weights=master_weights,
+                                    stochastic_rounding=stochastic_rounding)
+    return optimizer
+
+
+def _adam_chain(
+    learning_rate: optax.ScalarOrSchedule,
+    adam_kwargs: dict[str, Any],
+    *,
+    maximize: bool,
+    fused: bool,
+    decay: optax.GradientTransformation | None,
+    decay_after_learning_rate: bool,
+    decay_kwargs: dict[str, Any] | None,
+) -> optax.GradientTransformation:
     if fused:
         from adamw_jax import fused as fused_module  # imported lazily: an optional fast path
 
@@ -91,6 +116,8 @@ def adamw(
     nu_dtype: Any = None,
     fused: bool = False,
     peak_learning_rate: float | None = None,
+    stochastic_rounding: bool = False,
+    master_weights: bool = False,
 ) -> optax.GradientTransformation:
     """AdamW (Loshchilov & Hutter 2019) with every option of torch, optax and Keras.
 
@@ -106,6 +133,10 @@ def adamw(
       fused: use the flat-buffer fused implementation (same numbers, fewer kernels).
       peak_learning_rate: ``η_peak`` for decoupled decay with a schedule (with a float learning
         rate, ``η_peak`` is the learning rate and the multiplier is 1).
+      stochastic_rounding: round low-precision moments and bf16/f16 parameters stochastically
+        (noise from the step count), so updates below half an ulp still count on average.
+      master_weights: keep float32 copies of bf16/f16 parameters in the state and round the
+        parameters from them (see ``adamw_jax.lowbit.low_precision_params``).
 
     Returns:
       An ``optax.GradientTransformation``; apply its updates with ``adamw_jax.apply_updates``
@@ -133,6 +164,7 @@ def adamw(
              nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         maximize=maximize, fused=fused, decay=decay,
         decay_after_learning_rate=weight_decay_mode == "decoupled", decay_kwargs=decay_kwargs,
+        stochastic_rounding=stochastic_rounding, master_weights=master_weights,
     )
 
 
@@ -150,6 +182,8 @@ def adam(
     mu_dtype: Any = None,
     nu_dtype: Any = None,
     fused: bool = False,
+    stochastic_rounding: bool = False,
+    master_weights: bool = False,
 ) -> optax.GradientTransformation:
     """Adam (Kingma & Ba 2015) without weight decay; arguments as in ``adamw``."""
     check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True,
@@ -158,5 +192,6 @@ def adam(
         learning_rate,
         dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, eps_mode=eps_mode, amsgrad=amsgrad,
              nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-        maximize=maximize, fused=fused,
+        maximize=maximize, fused=fused, stochastic_rounding=stochastic_rounding,
+        master_weights=master_weights,
     )
