@@ -31,12 +31,12 @@ class DemoConfig:
     """Everything that defines a demo run; the defaults take about a minute on 2 CPU cores."""
 
     steps: int = 300
-    batch_size: int = 32
+    batch_size: int = 16
     context: int = 64
     width: int = 64
     heads: int = 4
     layers: int = 2
-    peak_learning_rate: float = 3e-3
+    peak_learning_rate: float = 1e-2
     warmup_fraction: float = 0.1
     b1: float = 0.9
     b2: float = 0.99
