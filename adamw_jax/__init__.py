@@ -9,8 +9,16 @@ from adamw_jax import flat, fused
 from adamw_jax.fused import FusedAdamState
 from adamw_jax.alias import adam, adamw
 from adamw_jax.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
+from adamw_jax.hyperparams import (
+    InjectHyperparamsState,
+    current_hyperparams,
+    current_learning_rate,
+    inject_hyperparams,
+    set_hyperparams,
+)
 from adamw_jax.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
 from adamw_jax.moments import ScaleByAdamState, scale_by_adam
+from adamw_jax.plateau import ReduceOnPlateauState, reduce_on_plateau
 from adamw_jax.updates import apply_updates
 from adamw_jax.weight_decay import WeightDecayState, add_decayed_weights, decoupled_weight_decay
 
@@ -36,4 +44,11 @@ __all__ = [
     "FusedAdamState",
     "flat",
     "fused",
+    "InjectHyperparamsState",
+    "ReduceOnPlateauState",
+    "current_hyperparams",
+    "current_learning_rate",
+    "inject_hyperparams",
+    "reduce_on_plateau",
+    "set_hyperparams",
 ]
