@@ -18,6 +18,7 @@ from adamw_jax.hyperparams import (
 )
 from adamw_jax.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
 from adamw_jax.moments import ScaleByAdamState, scale_by_adam
+from adamw_jax.sharding import state_shardings
 from adamw_jax.plateau import ReduceOnPlateauState, reduce_on_plateau
 from adamw_jax.updates import apply_updates
 from adamw_jax.weight_decay import WeightDecayState, add_decayed_weights, decoupled_weight_decay
@@ -41,6 +42,7 @@ __all__ = [
     "scale_by_adam",
     "scale_by_learning_rate",
     "schedules",
+    "state_shardings",
     "FusedAdamState",
     "flat",
     "fused",
