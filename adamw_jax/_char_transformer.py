@@ -19,10 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from adamw_jax.masks import exclude_from_weight_decay
-
-# Weight decay on every parameter but biases and norm scales, chosen by their Flax names.
-decay_mask = exclude_from_weight_decay([r"\bbias\b", r"\bscale\b"])
+NO_DECAY_NAMES = ("bias", "scale")
 
 
 @dataclass(frozen=True)
@@ -74,6 +71,20 @@ class CharTransformer(nnx.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.head(self.final_norm(x))
+
+
+def decay_mask(params: Any) -> Any:
+    """``True`` on the leaves to decay: every parameter but biases and norm scales.
+
+    Works on any pytree whose paths carry the Flax names (an ``nnx.State`` or a Linen params
+    dict): a leaf is spared when its last named key is in ``NO_DECAY_NAMES``.
+    """
+
+    def decays(path: tuple[Any, ...], _: Any) -> bool:
+        names = [key.key for key in path if isinstance(key, jax.tree_util.DictKey)]
+        return not names or names[-1] not in NO_DECAY_NAMES
+
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def next_character_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:

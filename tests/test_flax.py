@@ -9,6 +9,8 @@ import numpy as np
 import optax
 from flax import linen, nnx
 from flax.training import train_state
+from hypothesis import given
+from hypothesis import strategies as st
 
 import adamw_jax as aw
 from adamw_jax._char_transformer import decay_mask
@@ -131,6 +133,26 @@ def test_decay_mask_from_flax_paths_spares_biases_and_norm_scales():
                                    rtol=1e-7)
     for module, name in [("encoder", "bias"), ("norm", "scale"), ("norm", "bias"), ("head", "bias")]:
         np.testing.assert_array_equal(after[module][name], before[module][name])
+
+
+NAMES = st.sampled_from(["kernel", "bias", "scale", "embedding"])
+MODULES = st.sampled_from(["Dense_0", "attention", "LayerNorm_1", "mlp", "bias_net"])
+LINEN_PARAMS = st.recursive(
+    st.dictionaries(NAMES, st.just(0.0), min_size=1),
+    lambda children: st.dictionaries(MODULES, children, min_size=1),
+    max_leaves=12,
+)
+
+
+@given(LINEN_PARAMS)
+def test_decay_mask_follows_the_last_parameter_name_at_any_depth(params):
+    """Only the leaf's own name counts: a module called ``bias_net`` is still decayed."""
+    mask = decay_mask(params)
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        flag = mask
+        for key in path:
+            flag = flag[key.key]
+        assert flag is (path[-1].key not in ("bias", "scale"))
 
 
 def test_per_module_learning_rates_follow_the_reference():
