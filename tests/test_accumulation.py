@@ -3,21 +3,18 @@ gradient_accumulation_steps, and proof that the inner update is skipped on micro
 
 from __future__ import annotations
 
-import os
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import adamw_jax as aw  # noqa: E402
-from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory  # noqa: E402
-from reference import adamw_trajectory  # noqa: E402
+import adamw_jax as aw
+from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
+from keras_runner import keras_trajectory
+from reference import adamw_trajectory
 
 K = 4
 UPDATES = 30
@@ -68,23 +65,19 @@ def test_matches_optax_multisteps():
 def test_matches_keras_gradient_accumulation_with_a_schedule():
     """Keras AdamW(gradient_accumulation_steps=k): lr schedule at the micro-step counter, bias
     correction at accumulated steps, epsilon-hat, decay λ·η·θ."""
-    import keras
+    import keras  # after keras_runner, which selects the JAX backend
 
     schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=7, decay_rate=0.5)
     keras_opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05,
                                        gradient_accumulation_steps=K)
-    variables = [keras.Variable(np.float32(PARAMS[k])) for k in PARAMS]
-    expected = []
-    for g in MICRO_GRADS[:K * 10]:
-        keras_opt.apply([jnp.asarray(g[k], jnp.float32) for k in PARAMS], variables)
-        expected.append({k: np.asarray(v.value, np.float64) for k, v in zip(PARAMS, variables)})
+    expected = keras_trajectory(keras_opt, PARAMS, MICRO_GRADS)
 
     def jax_schedule(step):
         return 1e-2 * 0.5 ** (step / 7)
 
     inner = aw.adamw(aw.micro_step_schedule(jax_schedule, K), eps=1e-7, weight_decay=0.05,
                      eps_mode="hat")
-    actual = trajectory(aw.accumulate_gradients(K, inner=inner), PARAMS, MICRO_GRADS[:K * 10])
+    actual = trajectory(aw.accumulate_gradients(K, inner=inner), PARAMS, MICRO_GRADS)
     # Two float32 runs, each within float32_tolerance of the exact trajectory.
     assert max_abs_error(actual, expected) <= 2 * float32_tolerance(expected)
 
