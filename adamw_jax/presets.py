@@ -18,8 +18,13 @@ from collections.abc import Sequence
 import optax
 
 from adamw_jax import _validation as check
+from adamw_jax import masks
+from adamw_jax.accumulation import accumulate_gradients, micro_step_schedule
 from adamw_jax.alias import adamw
+from adamw_jax.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
+from adamw_jax.ema import param_ema
 from adamw_jax.learning_rate import scale_by_learning_rate
+from adamw_jax.loss_scaling import loss_scaling
 from adamw_jax.moments import scale_by_adam
 from adamw_jax.torch_interop import from_torch_state_dict, to_torch_state_dict
 from adamw_jax.weight_decay import add_decayed_weights
@@ -103,4 +108,133 @@ def torch_adam(
         scale_by_adam(b1, b2, eps, amsgrad=amsgrad),
         scale_by_learning_rate(lr),
     ]
+    return optax.chain(*steps)
+
+
+def _check_positive(name: str, value: float, hint: str) -> None:
+    check.check_range(name, value, low=0.0, hint=hint)
+    if check.concrete_float(value) == 0.0:
+        raise ValueError(f"{name} must be > 0, got {value!r}. {hint}")
+
+
+def _check_keras_arguments(
+    weight_decay: float, beta_1: float, beta_2: float, epsilon: float, ema_momentum: float,
+    ema_overwrite_frequency: int | None, loss_scale_factor: float | None,
+    gradient_accumulation_steps: int | None,
+) -> None:
+    """Keras' checks, with Keras' argument names in the messages."""
+    check.check_range("weight_decay", weight_decay, low=0.0, hint="Keras' default is 0.004.")
+    for name, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
+        check.check_range(name, beta, low=0.0, high=1.0, high_inclusive=False,
+                          hint="Keras' defaults are beta_1=0.9, beta_2=0.999.")
+    check.check_range("epsilon", epsilon, low=0.0, hint="Keras' default is 1e-7.")
+    check.check_range("ema_momentum", ema_momentum, low=0.0, high=1.0,
+                      hint="Keras' default is 0.99.")
+    check.check_positive_int("ema_overwrite_frequency", ema_overwrite_frequency, allow_none=True,
+                             hint="It is the number of steps between overwrites; None: never.")
+    check.check_positive_int("gradient_accumulation_steps", gradient_accumulation_steps,
+                             allow_none=True, hint="None: no accumulation.")
+    if loss_scale_factor is not None:
+        _check_positive("loss_scale_factor", loss_scale_factor,
+                        "The loss is multiplied by it; None: no scaling.")
+
+
+def _keras_clipping(
+    clipnorm: float | None, clipvalue: float | None, global_clipnorm: float | None
+) -> list[optax.GradientTransformation]:
+    """The one clipping transform Keras allows, or none."""
+    given = {name: value for name, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                                             ("global_clipnorm", global_clipnorm))
+             if value is not None}
+    if len(given) > 1:
+        raise ValueError(
+            "Only one of clipnorm, clipvalue and global_clipnorm can be set (as in Keras); got "
+            + ", ".join(f"{name}={value!r}" for name, value in given.items()) + "."
+        )
+    for name, value in given.items():
+        _check_positive(name, value, "It is the clipping threshold; None disables clipping.")
+    if clipnorm is not None:
+        return [clip_by_norm(clipnorm)]
+    if clipvalue is not None:
+        return [clip_by_value(clipvalue)]
+    if global_clipnorm is not None:
+        return [clip_by_global_norm(global_clipnorm)]
+    return []
+
+
+def keras_adamw(
+    learning_rate: optax.ScalarOrSchedule = 0.001,
+    weight_decay: float = 0.004,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-7,
+    amsgrad: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
+    exclude_from_weight_decay: Sequence[str] | None = None,
+) -> optax.GradientTransformation:
+    """``keras.optimizers.AdamW`` (Keras 3, JAX backend), step for step.
+
+    Keras' ``apply`` on micro-step ``j`` (0-based; ``k = gradient_accumulation_steps``, 1 if
+    ``None``; ``n = j // k`` the accumulated step) does, in this order, and so does this chain:
+
+    1. ``g ← g / loss_scale_factor``                                   (``loss_scaling``, static)
+    2. with accumulation, ``S ← S + g``; only when ``j % k = k - 1`` go on with ``ḡ = S/k``
+       (``accumulate_gradients``, inner update under ``lax.cond``)
+    3. clip ``ḡ``: ``clipnorm`` per tensor, ``clipvalue``, or ``global_clipnorm``   (one only)
+    4. ``θ ← θ - η·λ·θ`` unless the name matches ``exclude_from_weight_decay``
+    5. Adam with epsilon-hat, ``t = n + 1``:
+       ``θ ← θ - η·sqrt(1-β2^t)/(1-β1^t) · m / (sqrt(v) + ε)``  (``v`` → ``max(v)`` if amsgrad)
+    6. ``use_ema`` on *every* micro-step: ``θ̄ ← θ`` while ``n = 0``, else
+       ``θ̄ ← μ·θ̄ + (1-μ)·θ``; ``θ ← θ̄`` when ``(n + 1) % ema_overwrite_frequency = 0``.
+
+    ``η = learning_rate(j)``: a schedule sees micro-steps (Keras' ``iterations`` before the
+    ``// k``), while bias correction and the EMA see accumulated steps ``n``.
+
+    Numerics: Keras forms ``1 - β`` in Python double (as ``_numerics.one_minus``) but ``β^t`` as
+    ``float32(β)^t`` in float32, so its ``1 - β2^t`` is off by up to ~1e-5 relative for the first
+    few hundred steps (``float32(0.999) ≠ 0.999``); here ``1 - β^t`` is exact to float32, and
+    the two runs differ by that much more than by rounding alone (see tests/parity).
+
+    Args:
+      learning_rate: a float or a function of the 0-based micro-step (a
+        ``keras.optimizers.schedules.LearningRateSchedule`` works as is).
+      weight_decay, beta_1, beta_2, epsilon, amsgrad, clipnorm, clipvalue, global_clipnorm,
+      use_ema, ema_momentum, ema_overwrite_frequency, loss_scale_factor,
+      gradient_accumulation_steps: as in Keras. Multiply the loss by ``loss_scale_factor``
+        yourself (Keras' ``optimizer.scale_loss``).
+      exclude_from_weight_decay: Keras' ``optimizer.exclude_from_weight_decay(var_names=...)``:
+        regular expressions searched in each parameter's ``/``-joined path (Keras searches the
+        variable's short name, e.g. ``"bias"``, which is the last part of the path).
+
+    Returns:
+      An ``optax.GradientTransformation``; read the average with ``ema_params(state)`` when
+      ``use_ema`` and ``ema_overwrite_frequency`` is ``None`` (Keras' ``finalize_variable_values``).
+    """
+    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True,
+                      hint="Pass a float, or a function of the 0-based step.")
+    _check_keras_arguments(weight_decay, beta_1, beta_2, epsilon, ema_momentum,
+                           ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps)
+    accumulation = gradient_accumulation_steps
+    inner = optax.chain(
+        *_keras_clipping(clipnorm, clipvalue, global_clipnorm),
+        scale_by_adam(beta_1, beta_2, epsilon, eps_mode="hat", amsgrad=amsgrad),
+        add_decayed_weights(weight_decay, mask=(
+            None if exclude_from_weight_decay is None
+            else masks.exclude_from_weight_decay(exclude_from_weight_decay))),
+        scale_by_learning_rate(
+            micro_step_schedule(learning_rate, accumulation)
+            if accumulation is not None and callable(learning_rate) else learning_rate),
+    )
+    steps = [] if loss_scale_factor is None else [loss_scaling(loss_scale_factor, dynamic=False)]
+    steps.append(inner if accumulation is None else accumulate_gradients(accumulation, inner=inner))
+    if use_ema:
+        steps.append(param_ema(ema_momentum, ema_overwrite_frequency,
+                               accumulation_steps=accumulation or 1))
     return optax.chain(*steps)

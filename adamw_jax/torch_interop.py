@@ -26,23 +26,10 @@ import numpy as np
 import optax
 
 from adamw_jax import _numerics as num
+from adamw_jax._state_search import find_state
 from adamw_jax.moments import ScaleByAdamState
 
 _TORCH_MOMENTS = {"mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"}
-
-
-def _adam_state(opt_state: optax.OptState, *, argument: str) -> ScaleByAdamState:
-    found = [
-        s for s in jax.tree_util.tree_leaves(
-            opt_state, is_leaf=lambda x: isinstance(x, ScaleByAdamState))
-        if isinstance(s, ScaleByAdamState)
-    ]
-    if len(found) != 1:
-        raise ValueError(
-            f"{argument} must contain exactly one ScaleByAdamState (the state of a torch_adamw or "
-            f"torch_adam preset, optimizer.init(params)); found {len(found)}."
-        )
-    return found[0]
 
 
 def _torch_indices(param_groups: Any, leaves: int) -> list[int]:
@@ -86,7 +73,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], like: optax.OptState) -
     Raises:
       ValueError: when the parameters, shapes, steps or AMSGrad setting do not match.
     """
-    adam = _adam_state(like, argument="like")
+    adam = find_state(like, ScaleByAdamState, transform="scale_by_adam")
     treedef = jax.tree_util.tree_structure(adam.mu)
     indices = _torch_indices(state_dict["param_groups"], treedef.num_leaves)
     per_param = state_dict["state"]
@@ -155,7 +142,7 @@ def to_torch_state_dict(
     """
     import torch
 
-    adam = _adam_state(opt_state, argument="opt_state")
+    adam = find_state(opt_state, ScaleByAdamState, transform="scale_by_adam")
     param_groups = copy.deepcopy(list(like["param_groups"]))
     indices = _torch_indices(param_groups, jax.tree_util.tree_structure(adam.mu).num_leaves)
     wants_max = any(group.get("amsgrad", False) for group in param_groups)
