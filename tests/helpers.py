@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,24 @@ def gradient_stream(params: dict[str, np.ndarray], steps: int, seed: int = 1) ->
     return out
 
 
+def run_steps(
+    optimizer: optax.GradientTransformation,
+    params: Any,
+    stacked_grads: Any,
+    observe: Callable[[Any, optax.OptState], Any] = lambda params, state: params,
+) -> Any:
+    """``observe(params, state)`` after each step of ``optimizer`` over the leading axis of
+    ``stacked_grads``, stacked; one ``lax.scan``, traceable (call it inside ``jax.jit``)."""
+
+    def step(carry, g):
+        p, state = carry
+        updates, state = optimizer.update(g, state, p)
+        p = aw.apply_updates(p, updates)
+        return (p, state), observe(p, state)
+
+    return jax.lax.scan(step, (params, optimizer.init(params)), stacked_grads)[1]
+
+
 def trajectory(
     optimizer: optax.GradientTransformation,
     params: dict[str, np.ndarray],
@@ -45,19 +64,7 @@ def trajectory(
     """Run ``optimizer`` jitted (one ``lax.scan``) and return the params after each step."""
     p0 = {k: jnp.asarray(v, dtype) for k, v in params.items()}
     stacked = {k: jnp.asarray(np.stack([g[k] for g in grads]), dtype) for k in params}
-
-    @jax.jit
-    def run(p, stacked_grads):
-        def step(carry, g):
-            p, state = carry
-            updates, state = optimizer.update(g, state, p)
-            p = aw.apply_updates(p, updates)
-            return (p, state), p
-
-        _, history = jax.lax.scan(step, (p, optimizer.init(p)), stacked_grads)
-        return history
-
-    history = jax.device_get(run(p0, stacked))
+    history = jax.device_get(jax.jit(lambda p, g: run_steps(optimizer, p, g))(p0, stacked))
     return [{k: np.asarray(history[k][i], np.float64) for k in params} for i in range(len(grads))]
 
 
