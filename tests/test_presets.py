@@ -15,7 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import adamw_jax as aw
-from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
+from helpers import (
+    float32_tolerance, gradient_stream, make_params, max_abs_error, run_steps, trajectory,
+)
 from reference import adamw_trajectory
 
 STEPS = 200
@@ -84,17 +86,7 @@ def traced_hyperparameter_runs(hyper):
                   aw.presets.keras_adamw(lr, decay, b1, b2, eps))
     params = {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()}
     stacked = {k: jnp.asarray(np.stack([g[k] for g in HYPER_GRADS]), jnp.float32) for k in PARAMS}
-
-    def run(optimizer):
-        def step(carry, g):
-            params, state = carry
-            updates, state = optimizer.update(g, state, params)
-            params = aw.apply_updates(params, updates)
-            return (params, state), params
-
-        return jax.lax.scan(step, (params, optimizer.init(params)), stacked)[1]
-
-    return [run(optimizer) for optimizer in optimizers]
+    return [run_steps(optimizer, params, stacked) for optimizer in optimizers]
 
 
 def _as_float32(value: float) -> float:

@@ -23,7 +23,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import adamw_jax as aw  # noqa: E402
-from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error  # noqa: E402
+from helpers import (  # noqa: E402
+    float32_tolerance, gradient_stream, make_params, max_abs_error, run_steps,
+)
 
 STEPS = 200
 PARAMS = make_params(0)
@@ -109,21 +111,16 @@ def _history(leaves: list) -> list[dict]:
 def preset_run(options: dict, grads: dict) -> tuple[list[dict], list[dict] | None]:
     """The preset's float32 parameters (and ``ema_params``) after each micro-step, jitted."""
     optimizer = aw.presets.keras_adamw(**built(options))
+    use_ema = bool(options.get("use_ema"))
+
+    def observe(params, state):
+        ema = aw.ema_params(state) if use_ema else params
+        return [params[k] for k in KEYS], [ema[k] for k in KEYS]
+
     params = {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()}
-
-    @jax.jit
-    def run(params, stacked):
-        def step(carry, g):
-            params, state = carry
-            updates, state = optimizer.update(g, state, params)
-            params = aw.apply_updates(params, updates)
-            ema = aw.ema_params(state) if options.get("use_ema") else params
-            return (params, state), ([params[k] for k in KEYS], [ema[k] for k in KEYS])
-
-        return jax.lax.scan(step, (params, optimizer.init(params)), stacked)[1]
-
-    history, emas = run(params, {k: jnp.asarray(g, jnp.float32) for k, g in grads.items()})
-    return _history(history), (_history(emas) if options.get("use_ema") else None)
+    stacked = {k: jnp.asarray(g, jnp.float32) for k, g in grads.items()}
+    history, emas = jax.jit(lambda p, g: run_steps(optimizer, p, g, observe))(params, stacked)
+    return _history(history), (_history(emas) if use_ema else None)
 
 
 @pytest.mark.parametrize("option", sorted(OPTIONS))
