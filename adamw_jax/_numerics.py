@@ -98,3 +98,31 @@ def storage_dtype(dtype: Any, *, argument: str) -> jnp.dtype | None:
 def hyperparameter_at(value: ArrayLike, count: Array) -> Array:
     """A float or a schedule evaluated at the 0-based ``count``, as a hyperparameter array."""
     return as_hyperparameter(value(count) if callable(value) else value)
+
+
+def limit_magnitude(g: Array) -> Array:
+    """Clamp a gradient (in its arithmetic dtype) to ``±sqrt(max)/2`` before it is squared.
+
+    With ``|g| <= G = sqrt(finfo.max)/2`` every second moment stays below ``G²`` (a convex
+    combination of squares), ``v / (1 - β2^t) <= G²`` as well, and nothing overflows; beyond
+    ``G`` (1.8e19 in float32, where ``g²`` itself would be ``inf``) the step keeps the gradient's
+    sign instead of turning into ``0`` forever (``m/inf``) or NaN (``inf/inf``).
+    Complex gradients are clamped part by part. NaN stays NaN.
+    """
+    bound = np.sqrt(np.finfo(g.dtype).max) / 2
+    if jnp.iscomplexobj(g):
+        return jax.lax.complex(jnp.clip(g.real, -bound, bound), jnp.clip(g.imag, -bound, bound))
+    return jnp.clip(g, -bound, bound)
+
+
+def adam_ratio(numerator: Array, denominator: Array) -> Array:
+    """``numerator / denominator``, or ``sign(numerator)`` where the denominator is 0.
+
+    The denominator ``sqrt(v̂ + eps_root) + eps`` is 0 only with ``eps = eps_root = 0`` and a
+    second moment that is 0 or underflowed (|g| < 1e-19 in float32). There the exact ratio of a
+    steady gradient is ``±1`` and of a zero gradient ``0``; the double ``where`` keeps
+    ``jax.grad`` free of ``0·inf`` NaNs.
+    """
+    positive = denominator > 0
+    safe = jnp.where(positive, denominator, jnp.ones_like(denominator))
+    return jnp.where(positive, numerator / safe, jnp.sign(numerator))

@@ -93,3 +93,20 @@ def check_positive_int(name: str, value: Any, *, allow_none: bool = False, hint:
         raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}.{suffix}")
     if value < 1:
         raise ValueError(f"{name} must be {what}, got {value!r}.{suffix}")
+
+
+def check_parameter_leaves(params: Any, *, argument: str = "params") -> None:
+    """Reject integer and boolean leaves, naming their path: they have no gradient to follow.
+
+    ``None`` leaves and empty trees are fine. Keep non-trainable leaves out of the optimized tree
+    (``nnx.Optimizer(..., wrt=nnx.Param)``, ``optax.masked``, ``equinox.filter``).
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jax.numpy.issubdtype(dtype, jax.numpy.inexact):
+            raise TypeError(
+                f"{argument}{jax.tree_util.keystr(path)} has dtype "
+                f"{getattr(dtype, 'name', type(leaf).__name__)}: adamw_jax optimizes floating-point "
+                "(or complex) arrays only. Leave integer and boolean leaves out of the optimized "
+                "tree, e.g. nnx.Optimizer(model, tx, wrt=nnx.Param) or optax.masked."
+            )

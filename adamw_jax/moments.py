@@ -46,9 +46,46 @@ def _squared_magnitude(g: jax.Array) -> jax.Array:
     return jnp.square(jnp.real(g)) + jnp.square(jnp.imag(g)) if jnp.iscomplexobj(g) else jnp.square(g)
 
 
-def _compute(x: jax.Array, *others: jax.Array) -> jax.Array:
-    """``x`` in the arithmetic dtype: at least float32, wide enough for ``others`` too."""
-    return x.astype(num.compute_dtype(jnp.result_type(x, *others)))
+def _check_state(state: Any, updates: optax.Updates, *, amsgrad: bool) -> None:
+    """Name the mismatch when ``update`` gets a state its ``init`` did not make for these
+    gradients, instead of failing inside a tree map or an XLA shape check."""
+    if not isinstance(state, ScaleByAdamState):
+        raise TypeError(
+            f"scale_by_adam.update got a {type(state).__name__} state; pass the state returned "
+            "by this transformation's init (or by the previous update)."
+        )
+    if (state.nu_max is None) == amsgrad and jax.tree_util.tree_leaves(updates):
+        made, built = ("amsgrad=False", "amsgrad=True") if amsgrad else ("amsgrad=True", "amsgrad=False")
+        raise ValueError(
+            f"the state was created with {made} but this optimizer has {built}; re-run init "
+            "with this optimizer, or convert the state (AMSGrad keeps nu_max)."
+        )
+    try:
+        mismatches = [
+            (path, jnp.shape(g), jnp.shape(m))
+            for path, g, m in _paired_leaves(updates, state.mu)
+            if not isinstance(m, lowbit.BlockwiseArray) and jnp.shape(g) != jnp.shape(m)
+        ]
+    except ValueError:
+        raise ValueError(
+            "the optimizer state does not match the gradients: the state was initialised for "
+            f"{jax.tree_util.tree_structure(state.mu)} but the gradients are "
+            f"{jax.tree_util.tree_structure(updates)}. Call init on the parameters you train."
+        ) from None
+    if mismatches:
+        path, got, stored = mismatches[0]
+        raise ValueError(
+            f"the gradient at {jax.tree_util.keystr(path)} has shape {got} but the optimizer "
+            f"state holds shape {stored} there; call init on the parameters you train."
+        )
+
+
+def _paired_leaves(tree: Any, prefixed: Any) -> list[tuple[Any, Any, Any]]:
+    """``(path, leaf, matching subtree)`` for each leaf of ``tree``; ``prefixed`` must have
+    ``tree``'s structure as a prefix (ValueError otherwise)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    subtrees = jax.tree_util.tree_structure(tree).flatten_up_to(prefixed)
+    return [(path, leaf, sub) for (path, leaf), sub in zip(leaves, subtrees)]
 
 
 def scale_by_adam(
@@ -102,6 +139,7 @@ def scale_by_adam(
                                        stochastic_rounding=stochastic_rounding)
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
+        check.check_parameter_leaves(params)
         nu = nu_storage.init(params)
         return ScaleByAdamState(
             count=num.zero_count(),
@@ -131,26 +169,28 @@ def scale_by_adam(
         else:
             correction1 = correction2 = correction1_next = jnp.ones([], b1_t.dtype)
 
+        _check_state(state, updates, amsgrad=amsgrad)
+        grads = jax.tree_util.tree_map(lambda g: num.limit_magnitude(g.astype(num.compute_dtype(g.dtype))), updates)
         mu = jax.tree_util.tree_map(
-            lambda g, m: b1_t * m + one_minus_b1 * _compute(g, m),
-            updates, mu_storage.decode(state.mu, updates))
+            lambda g, m: b1_t * m + one_minus_b1 * g, grads, mu_storage.decode(state.mu, updates))
         nu = jax.tree_util.tree_map(
-            lambda g, v: b2_t * v + one_minus_b2 * _squared_magnitude(_compute(g)),
-            updates, nu_storage.decode(state.nu, updates))
+            lambda g, v: b2_t * v + one_minus_b2 * _squared_magnitude(g),
+            grads, nu_storage.decode(state.nu, updates))
         nu_used = nu if not amsgrad else jax.tree_util.tree_map(
             jnp.maximum, nu_storage.decode(state.nu_max, updates), nu)
 
         def direction(g: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
             if eps_mode == "hat":
                 step_size = jnp.sqrt(correction2) / correction1
-                return (step_size * m / (jnp.sqrt(v + eps_root_t) + eps_t)).astype(g.dtype)
+                return step_size * num.adam_ratio(m, jnp.sqrt(v + eps_root_t) + eps_t)
             if nesterov:
-                m_hat = b1_t * m / correction1_next + one_minus_b1 * _compute(g) / correction1
+                m_hat = b1_t * m / correction1_next + one_minus_b1 * g / correction1
             else:
                 m_hat = m / correction1
-            return (m_hat / (jnp.sqrt(v / correction2 + eps_root_t) + eps_t)).astype(g.dtype)
+            return num.adam_ratio(m_hat, jnp.sqrt(v / correction2 + eps_root_t) + eps_t)
 
-        new_updates = jax.tree_util.tree_map(direction, updates, mu, nu_used)
+        new_updates = jax.tree_util.tree_map(
+            lambda u, g, m, v: direction(g, m, v).astype(u.dtype), updates, grads, mu, nu_used)
         return new_updates, ScaleByAdamState(
             count=count,
             mu=mu_storage.encode(mu, state.mu, count, lowbit.FIRST_MOMENT_STREAM),

@@ -42,6 +42,9 @@ def _weight_decay_transform(
     def update_fn(
         updates: optax.Updates, state: WeightDecayState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, WeightDecayState]:
+        new_state = WeightDecayState(count=num.safe_increment(state.count))
+        if not jax.tree_util.tree_leaves(updates):
+            return updates, new_state
         if params is None:
             raise ValueError(
                 "weight decay needs the parameters: call update(updates, state, params)."
@@ -54,7 +57,7 @@ def _weight_decay_transform(
         new_updates = where_masked(
             mask, params, jax.tree_util.tree_map(decayed, updates, params), updates
         )
-        return new_updates, WeightDecayState(count=num.safe_increment(state.count))
+        return new_updates, new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -1,0 +1,208 @@
+"""Reliability: bad input is named, faults stay contained, long runs do not drift.
+
+The behaviour this file pins down is the README's "Reliability" table.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import adamw_jax as aw
+from helpers import float32_tolerance, max_abs_error, trajectory
+from reference import adamw_trajectory
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.uint8])
+def test_integer_and_bool_leaves_are_rejected_with_their_path(dtype):
+    params = {"w": jnp.ones(3), "nested": {"step": jnp.zeros((), dtype)}}
+    with pytest.raises(TypeError, match=r"nested.*step.*" + jnp.dtype(dtype).name):
+        aw.adamw().init(params)
+
+
+def test_empty_trees_and_none_leaves_work():
+    optimizer = aw.adamw(weight_decay=0.1)
+    updates, _ = jax.jit(optimizer.update)({}, optimizer.init({}), {})
+    assert updates == {}
+    params = {"w": jnp.ones(2), "frozen": None}
+    updates, _ = jax.jit(optimizer.update)({"w": jnp.ones(2), "frozen": None}, optimizer.init(params), params)
+    assert updates["frozen"] is None and np.all(np.isfinite(updates["w"]))
+
+
+def test_state_of_another_configuration_is_named():
+    params = {"w": jnp.ones(3)}
+    plain, with_max = aw.scale_by_adam(), aw.scale_by_adam(amsgrad=True)
+    with pytest.raises(ValueError, match="amsgrad"):
+        with_max.update(params, plain.init(params))
+    with pytest.raises(ValueError, match="amsgrad"):
+        plain.update(params, with_max.init(params))
+
+
+def test_state_of_another_parameter_tree_is_named():
+    optimizer = aw.adamw()
+    state = optimizer.init({"w": jnp.ones(3)})
+    bigger = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    with pytest.raises(ValueError, match="state"):
+        optimizer.update(bigger, state, bigger)
+    reshaped = {"w": jnp.ones(4)}
+    with pytest.raises(ValueError, match=r"shape"):
+        optimizer.update(reshaped, state, reshaped)
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("eps", [1e-8, 0.0])
+def test_extreme_gradient_magnitudes_give_finite_sign_correct_updates(dtype, eps):
+    """|g| from the dtype's max down to its smallest subnormal: finite moments and updates.
+
+    Where (1 - b1)·g is still a normal float32 (|g| >= 1e-36) the step has the gradient's sign
+    (for |g| > 1.8e19, where g² overflows, via the clamp of ``_numerics.limit_magnitude``; with
+    eps = 0 and an underflowed v, via ``adam_ratio``'s ±1). Below that XLA flushes the moment
+    to zero and the step is 0.
+    """
+    info = jnp.finfo(dtype)
+    values = [float(info.max), -float(info.max), 1e-30, float(info.tiny), -float(info.smallest_subnormal), 0.0]
+    g = {"w": jnp.asarray(values, dtype)}
+    g32 = np.float32(g["w"])
+    optimizer = aw.adam(1.0, eps=eps)
+    state = optimizer.init(g)
+    for _ in range(3):
+        updates, state = jax.jit(optimizer.update)(g, state)
+        u = np.float32(updates["w"])
+        assert np.all(np.isfinite(u)), u
+        assert np.all(np.isfinite(np.float32(state[0].nu["w"])))
+        assert np.all(np.isfinite(np.float32(state[0].mu["w"])))
+        signed = np.abs(g32) >= 1e-36
+        assert np.all(np.sign(u[signed]) == -np.sign(g32[signed])), u
+        assert np.all(u[g32 == 0] == 0.0)
+
+
+def test_large_but_representable_gradients_match_the_reference():
+    params = {"w": np.zeros(3)}
+    grads = [{"w": np.array([1e18, -3e15, 1e-30])}, {"w": np.array([-2e17, 4e16, 2e-30])}]
+    expected = adamw_trajectory(params, grads, learning_rate=1.0)
+    actual = trajectory(aw.adam(1.0), params, grads)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a["w"], e["w"], rtol=1e-6)
+
+
+def test_nan_gradient_without_a_guard_stays_in_its_element():
+    """Documented: without skip_nonfinite/loss scaling, a NaN poisons only its own element."""
+    params = {"w": jnp.ones(3)}
+    optimizer = aw.adamw(1e-2)
+    g = {"w": jnp.array([jnp.nan, 1.0, -1.0])}
+    updates, state = optimizer.update(g, optimizer.init(params), params)
+    new = aw.apply_updates(params, updates)["w"]
+    assert np.isnan(new[0]) and np.all(np.isfinite(new[1:]))
+    assert np.all(np.isfinite(state[0].mu["w"][1:]))
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+def test_runs_are_bit_identical_and_jit_agrees_with_eager():
+    params = {"w": jnp.linspace(-1, 1, 7), "b": jnp.ones(2)}
+    grads = [jax.tree_util.tree_map(lambda x, i=i: jnp.sin(x * (i + 3)), params) for i in range(10)]
+    optimizer = aw.adamw(1e-2, weight_decay=0.1, amsgrad=True)
+
+    def run(update):
+        p, s = params, optimizer.init(params)
+        for g in grads:
+            u, s = update(g, s, p)
+            p = aw.apply_updates(p, u)
+        return p
+
+    jitted = jax.jit(optimizer.update)
+    first, second, eager = run(jitted), run(jitted), run(optimizer.update)
+    for k in params:
+        np.testing.assert_array_equal(first[k], second[k])
+        np.testing.assert_allclose(eager[k], first[k], rtol=2e-6, atol=2e-7)
+
+
+# ----------------------------------------------------------------------------- long runs
+
+
+def test_soak_1e5_steps_stays_on_the_float64_reference():
+    steps = 100_000
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=6)}
+    scale = 10.0 ** rng.uniform(-2, 1, size=(steps, 1))
+    g = (rng.normal(size=(steps, 6)) * scale).astype(np.float32).astype(np.float64)
+    grads = [{"w": row} for row in g]
+    rate = lambda t: 1e-3 * (0.5 + 0.5 * np.cos(np.pi * t / steps))  # noqa: E731
+    schedule = lambda t: 1e-3 * (0.5 + 0.5 * jnp.cos(jnp.pi * t / steps))  # noqa: E731
+    expected = adamw_trajectory(params, grads, learning_rate=rate, weight_decay=0.1)
+    actual = trajectory(aw.adamw(schedule, weight_decay=0.1), params, grads)
+    assert max_abs_error(actual[-1:], expected[-1:]) <= float32_tolerance(expected)
+
+
+def test_repeated_steps_do_not_recompile_or_grow_memory():
+    params = {"w": jnp.ones((64, 64)), "b": jnp.zeros(64)}
+    optimizer = aw.adamw(1e-3, weight_decay=0.1)
+    step = jax.jit(lambda g, s, p: optimizer.update(g, s, p), donate_argnums=(1,))
+    state = optimizer.init(params)
+    for _ in range(200):
+        _, state = step(params, state, params)
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(2000):
+        _, state = step(params, state, params)
+    jax.block_until_ready(state)
+    gc.collect()
+    assert step._cache_size() == 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 20_000  # KiB
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+
+class Pair(NamedTuple):
+    left: jax.Array
+    right: object
+
+
+def _pytrees():
+    shapes = st.sampled_from([(), (0,), (1,), (3,), (2, 3), (0, 4), (2, 1, 2)])
+    dtypes = st.sampled_from([jnp.float32, jnp.bfloat16, jnp.float16])
+    leaf = st.builds(lambda s, d, seed: jnp.asarray(
+        np.random.default_rng(seed).normal(size=s), d), shapes, dtypes, st.integers(0, 99))
+    return st.recursive(
+        st.one_of(leaf, st.none()),
+        lambda children: st.one_of(
+            st.dictionaries(st.sampled_from("abcd"), children, max_size=3),
+            st.lists(children, max_size=3),
+            st.tuples(children, children),
+            st.builds(Pair, children, children),
+        ),
+        max_leaves=6,
+    )
+
+
+@given(
+    params=_pytrees(), lr=st.floats(0.0, 1.0), b1=st.floats(0.0, 0.999), b2=st.floats(0.0, 0.9999),
+    eps=st.floats(0.0, 1e-3), weight_decay=st.floats(0.0, 1.0), amsgrad=st.booleans(),
+    eps_mode=st.sampled_from(["adam", "hat"]), mode=st.sampled_from(["coupled", "decoupled"]),
+)
+def test_fuzz_adamw_on_random_pytrees(params, lr, b1, b2, eps, weight_decay, amsgrad, eps_mode, mode):
+    optimizer = aw.adamw(lr, b1, b2, eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                         eps_mode=eps_mode, weight_decay_mode=mode)
+    state = optimizer.init(params)
+    grads = jax.tree_util.tree_map(lambda p: jnp.cos(p.astype(jnp.float32)).astype(p.dtype), params)
+    updates, state = jax.jit(optimizer.update)(grads, state, params)
+    new = aw.apply_updates(params, updates)
+    assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(params)
+    for p, n in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(new)):
+        assert n.dtype == p.dtype and n.shape == p.shape
+        assert np.all(np.isfinite(np.float32(n)))
