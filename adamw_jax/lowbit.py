@@ -295,6 +295,12 @@ def add_and_round(base: jax.Array, update: jax.Array, dtype: Any, key: jax.Array
     return round_to_dtype(total, dtype, _uniform(key, total.shape))
 
 
+def _master_or(master: Any, params: optax.Params) -> optax.Params:
+    """The float32 master copy where there is one, else the parameter."""
+    return jax.tree_util.tree_map(lambda m, p: p if m is None else m, master, params,
+                                  is_leaf=lambda x: x is None)
+
+
 class LowPrecisionParamsState(NamedTuple):
     """``count``: int32 steps (the rounding noise's seed); ``master``: float32 copies of the
     bf16/f16 parameters (``None`` for other leaves, or without master weights);
@@ -312,7 +318,8 @@ def low_precision_params(
     """Wrap ``inner`` so bf16/f16 parameters keep learning.
 
     ``master_weights``: keep ``θ32``, a float32 copy of each bf16/f16 parameter, in the state;
-    ``inner`` sees ``θ32`` (so weight decay acts on it), ``θ32 ← θ32 + u`` exactly, and the
+    ``inner`` sees ``θ32`` (its state is built from it, so default moments are float32, and
+    weight decay acts on it), ``θ32 ← θ32 + u`` exactly, and the
     parameter becomes ``round(θ32)`` (TransformerEngine, apex). ``stochastic_rounding``: the
     new parameter ``θ + u`` (or ``θ32``) is rounded stochastically. The emitted update is
     ``new - θ`` in float32, exact, so ``apply_updates`` lands on ``new``. Leaves of float32 and
@@ -322,16 +329,14 @@ def low_precision_params(
     def init_fn(params: optax.Params) -> LowPrecisionParamsState:
         master = jax.tree_util.tree_map(
             lambda p: p.astype(jnp.float32) if master_weights and _low_precision(p) else None, params)
-        return LowPrecisionParamsState(num.zero_count(), master, inner.init(params))
+        return LowPrecisionParamsState(num.zero_count(), master, inner.init(_master_or(master, params)))
 
     def update_fn(updates: optax.Updates, state: LowPrecisionParamsState,
                   params: optax.Params | None = None) -> tuple[optax.Updates, LowPrecisionParamsState]:
         if params is None:
             raise ValueError("bf16/f16 parameter rounding needs the parameters: call "
                              "update(updates, state, params).")
-        is_none = lambda x: x is None  # noqa: E731
-        base = jax.tree_util.tree_map(lambda m, p: p if m is None else m, state.master, params,
-                                      is_leaf=is_none)
+        base = _master_or(state.master, params)
         inner_updates, inner_state = inner.update(updates, state.inner_state, base)
         leaves, treedef = jax.tree_util.tree_flatten(params)
         keys = step_keys(state.count, PARAMS_STREAM, len(leaves))

@@ -188,3 +188,17 @@ def plateau_scales(values: Sequence[float], *, factor: float, patience: int, rto
                 cool, bad = cooldown, 0
         out.append(scale)
     return out
+
+
+def dynamic_code_value(byte: int, *, signed: bool) -> float:
+    """The value of one 8-bit pattern of the dynamic tree code (Dettmers 2016, 2022), read bit
+    by bit: [sign,] ``z`` zero bits (the decade ``10^-z``), a one bit, then ``f`` fraction bits
+    ``k`` read as a linear position ``0.1 + 0.9·(k + 1)/2^f`` in the decade. All zeros is 0."""
+    sign = -1.0 if signed and byte & 0x80 else 1.0
+    bits = format(byte & 0x7F if signed else byte, "07b" if signed else "08b")
+    if "1" not in bits:
+        return 0.0
+    zeros = bits.index("1")
+    fraction = bits[zeros + 1:]
+    k = int(fraction, 2) if fraction else 0
+    return sign * 10.0 ** -zeros * (0.1 + 0.9 * (k + 1) / 2 ** len(fraction))

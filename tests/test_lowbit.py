@@ -1,0 +1,299 @@
+"""lowbit: dynamic code tables, blockwise int8/float16 round trips, stochastic rounding, state
+bytes per parameter, one step against float32 state, bf16 parameters (master weights and
+stochastic rounding)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import adamw_jax as aw
+from adamw_jax import lowbit
+from helpers import gradient_stream, make_params
+from reference import dynamic_code_value
+
+# Values spread over eight decades with both signs and exact zeros: every decade of the code.
+spread_values = hnp.arrays(
+    np.float32, 700,
+    elements=st.one_of(st.just(0.0), st.floats(2.0**-20, 2.0**7, width=32), st.floats(-(2.0**7), -(2.0**-20), width=32)),
+)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _roundtrip_jitted(x: jax.Array, values_dtype) -> jax.Array:
+    return lowbit.decode_blocks(lowbit.encode_blocks(x, values_dtype), x.size)
+
+
+def _roundtrip(x: np.ndarray, values_dtype) -> np.ndarray:
+    return np.asarray(_roundtrip_jitted(jnp.asarray(x), values_dtype))
+
+
+def _blocks(x: np.ndarray) -> np.ndarray:
+    padded = np.pad(x, (0, lowbit.block_count(x.size) * lowbit.BLOCK_SIZE - x.size))
+    return padded.reshape(-1, lowbit.BLOCK_SIZE)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_code_table_is_the_bitwise_dynamic_tree_code(signed):
+    """Every 8-bit pattern read bit by bit (the oracle) gives exactly the table's values."""
+    decoded = {dynamic_code_value(byte, signed=signed) for byte in range(256)}
+    table = lowbit.dynamic_code(signed=signed)
+    assert len(table) == (255 if signed else 256) and np.all(np.diff(table) > 0)
+    np.testing.assert_allclose(np.sort(list(decoded)), table, rtol=1e-7)
+    assert table[-1] == 1.0 and np.min(np.abs(table[table != 0])) == pytest.approx(1e-6 if signed else 1e-7)
+
+
+@pytest.mark.parametrize("values_dtype", [jnp.int8, jnp.uint8])
+@given(x=spread_values)
+def test_int8_round_trip_is_the_nearest_code_per_block(values_dtype, x):
+    """Each decoded value is a nearest code entry times the block's absmax; the per-block error
+    is at most half the widest gap of the table (0.7% of the block's absmax)."""
+    x = np.abs(x) if values_dtype == jnp.uint8 else x
+    table = lowbit.dynamic_code(signed=values_dtype == jnp.int8).astype(np.float64)
+    blocks, decoded = _blocks(x), _blocks(_roundtrip(x, values_dtype))
+    scale = np.max(np.abs(blocks), axis=1, keepdims=True)
+    scale = np.where(scale > 0, scale, 1.0)
+    normalized = (blocks.astype(np.float32) / scale.astype(np.float32)).astype(np.float64)
+    best = np.min(np.abs(normalized[..., None] - table), axis=-1)
+    got = np.abs(decoded / scale - normalized)
+    if values_dtype == jnp.uint8:  # positive values below the smallest code round up to it
+        best = np.where((normalized > 0) & (normalized < table[1]), table[1] - normalized, best)
+        assert np.all((decoded > 0) == (blocks > 0))
+    assert np.all(got <= best + 1e-6)
+    assert np.all(np.max(got, axis=1) <= 0.5 * np.max(np.diff(table)) + 1e-6)
+
+
+@given(x=spread_values)
+def test_float16_round_trip_uses_an_exact_power_of_two_scale(x):
+    blocks, decoded = _blocks(x), _blocks(_roundtrip(x, jnp.float16))
+    exponent = np.frexp(np.max(np.abs(blocks), axis=1, keepdims=True))[1]
+    scale = np.where(np.any(blocks != 0, axis=1, keepdims=True), np.ldexp(1.0, exponent), 1.0)
+    expected = (blocks / scale).astype(np.float16).astype(np.float64) * scale
+    smallest = float(np.finfo(np.float16).smallest_subnormal)
+    nonzero_floor = np.where(blocks != 0, np.copysign(smallest, blocks) * scale, 0.0)
+    expected = np.where((expected == 0) & (blocks != 0), nonzero_floor, expected)
+    np.testing.assert_array_equal(decoded, expected)
+
+
+_round_jitted = jax.jit(lowbit.round_to_dtype, static_argnums=1)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@given(x=hnp.arrays(np.float32, 64, elements=st.floats(-1e4, 1e4, width=32)), seed=st.integers(0, 99))
+def test_stochastic_rounding_picks_one_of_the_two_neighbours(dtype, x, seed):
+    x = jnp.asarray(x)
+    uniform = jax.random.uniform(jax.random.key(seed), x.shape)
+    rounded = _round_jitted(x, dtype, uniform).astype(jnp.float32)
+    down = jnp.nextafter(x.astype(dtype), jnp.asarray(-jnp.inf, dtype)).astype(jnp.float32)
+    up = jnp.nextafter(x.astype(dtype), jnp.asarray(jnp.inf, dtype)).astype(jnp.float32)
+    nearest = x.astype(dtype).astype(jnp.float32)
+    assert bool(jnp.all((rounded == nearest) | ((rounded == down) & (down < x)) | ((rounded == up) & (up > x))))
+    assert bool(jnp.all(jnp.where(nearest == x, rounded == x, True)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_stochastic_rounding_is_unbiased_and_keeps_non_finite_values(dtype):
+    """1 + 2^-10 lies a quarter of the way from 1 to the next bf16 (8 bits); the mean of 2^16
+    draws is within 5 standard errors (ulp·sqrt(p(1-p)/n)) of the exact value."""
+    x = jnp.full((2**16,), 1 + 2**-10 if dtype == jnp.bfloat16 else 1 + 2**-13, jnp.float32)
+    uniform = jax.random.uniform(jax.random.key(0), x.shape)
+    mean = float(jnp.mean(lowbit.round_to_dtype(x, dtype, uniform).astype(jnp.float32)))
+    ulp = float(jnp.finfo(dtype).eps)
+    assert abs(mean - float(x[0])) <= 5 * ulp * np.sqrt(0.25 * 0.75 / x.size)
+    special = jnp.array([jnp.nan, jnp.inf, -jnp.inf, 0.0, 1e30 if dtype == jnp.float16 else 3.5e38])
+    out = lowbit.round_to_dtype(special, dtype, jnp.full(special.shape, 0.99))
+    np.testing.assert_array_equal(np.float32(out), np.float32(special.astype(dtype)))
+
+
+@pytest.mark.parametrize("mu_dtype, nu_dtype, expected", [
+    (jnp.float32, jnp.float32, 8.0),
+    (jnp.bfloat16, jnp.bfloat16, 4.0),
+    (jnp.bfloat16, jnp.float16, 4.0 + 4 / 256),
+    ("int8", "int8", 2.0 + 8 / 256),
+])
+def test_state_bytes_per_parameter_measured_from_the_arrays(mu_dtype, nu_dtype, expected):
+    params = {"w": jax.ShapeDtypeStruct((1024, 1024), jnp.float32)}
+    state = jax.eval_shape(aw.scale_by_adam(mu_dtype=mu_dtype, nu_dtype=nu_dtype).init, params)
+    moments = sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
+    assert (moments - 4) / 2**20 == expected  # minus the int32 count
+
+
+def test_small_tensors_keep_float32_and_large_ones_are_blockwise():
+    params = {"small": jnp.zeros((4095,)), "large": jnp.zeros((4096,))}
+    state = aw.scale_by_adam(mu_dtype="int8", nu_dtype="int8").init(params)
+    assert state.mu["small"].dtype == jnp.float32 and state.nu["small"].dtype == jnp.float32
+    assert state.mu["large"].values.dtype == jnp.int8 and state.nu["large"].values.dtype == jnp.uint8
+    assert state.mu["large"].values.shape == (16, 256) and state.mu["large"].scales.dtype == jnp.float32
+
+
+@functools.cache
+def _one_step_setup(mu_dtype, nu_dtype):
+    """Jitted pieces, built once per format: low update, float32 update, decoders."""
+    low = aw.scale_by_adam(mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    mu_storage = lowbit.moment_storage(mu_dtype, argument="mu_dtype", second_moment=False)
+    nu_storage = lowbit.moment_storage(nu_dtype, argument="nu_dtype", second_moment=True)
+    first_step = jax.jit(lambda g: low.update(g, low.init(g))[1])
+    return (jax.jit(low.update), jax.jit(aw.scale_by_adam().update), first_step,
+            mu_storage, nu_storage, jax.jit(mu_storage.decode), jax.jit(nu_storage.decode))
+
+
+@pytest.mark.parametrize("mu_dtype, nu_dtype", [("int8", "int8"), (jnp.bfloat16, jnp.bfloat16),
+                                                (jnp.bfloat16, jnp.float16)])
+@given(seed=st.integers(0, 2**16), log_scale=st.floats(-6, 2))
+def test_one_step_differs_from_float32_state_by_at_most_the_quantization_step(
+        mu_dtype, nu_dtype, seed, log_scale):
+    """From the same (decoded) state and gradient, the direction is the same and the new
+    stored moments are the float32 ones rounded once: within half a step of the format."""
+    low_update, full_update, first_step, mu_storage, nu_storage, mu_decode, nu_decode = (
+        _one_step_setup(mu_dtype, nu_dtype))
+    rng = np.random.default_rng(seed)
+    shape = (40, 130)  # 5200 elements: blockwise, with a padded last block
+    g = {"w": jnp.asarray(rng.standard_t(3, shape) * 10**log_scale, jnp.float32)}
+    state = first_step(g)  # a realistic low-precision state
+    full_state = state._replace(mu=mu_decode(state.mu, g), nu=nu_decode(state.nu, g))
+    g2 = {"w": g["w"] * jnp.asarray(rng.uniform(-2, 2, shape), jnp.float32)}
+    u_low, low_state = low_update(g2, state)
+    u_full, next_full = full_update(g2, full_state)
+    # b1·m + (1-b1)·g can cancel, and XLA fuses the two programs differently (FMA or not):
+    # allow a few float32 ulps of the terms (|u| <= ~3 here), not of the result.
+    np.testing.assert_allclose(u_low["w"], u_full["w"], rtol=1e-6, atol=1e-6)
+    for stored, exact, name in ((low_state.mu, next_full.mu, "mu"), (low_state.nu, next_full.nu, "nu")):
+        decode = mu_decode if name == "mu" else nu_decode
+        got = np.asarray(decode(stored, g)["w"], np.float64)
+        want = np.asarray(exact["w"], np.float64)
+        if isinstance(stored["w"], lowbit.BlockwiseArray):
+            magnitude = np.sqrt(want) if name == "nu" else want
+            half_gap = 0.5 * np.max(np.diff(lowbit.dynamic_code(signed=name == "mu")))
+            if stored["w"].values.dtype == jnp.float16:
+                half_gap = 2.0**-11  # half an ulp of float16 below the power-of-two scale
+            step = half_gap * np.max(np.abs(_blocks(magnitude.ravel())), axis=1)
+            got_m = np.sqrt(got) if name == "nu" else got
+            error = np.max(np.abs(_blocks((got_m - magnitude).ravel())), axis=1)
+            assert np.all(error <= step * (1 + 1e-5)), name
+        else:
+            np.testing.assert_allclose(got, want, rtol=2.0**-8, atol=0, err_msg=name)
+
+
+def test_positive_second_moment_never_decodes_to_zero():
+    v = jnp.concatenate([jnp.array([1e6]), jnp.full((4095,), 1e-30)])
+    for dtype in ("int8", jnp.float16):
+        storage = lowbit.moment_storage(dtype, argument="nu_dtype", second_moment=True)
+        stored = storage.encode({"v": v}, storage.init({"v": v}), jnp.int32(1), 0)
+        assert bool(jnp.all(storage.decode(stored, {"v": v})["v"] > 0)), dtype
+
+
+@pytest.mark.parametrize("mu_dtype, nu_dtype", [("int8", "int8"), (jnp.bfloat16, jnp.float16)])
+def test_training_with_low_precision_state_follows_float32(mu_dtype, nu_dtype):
+    """200 AdamW steps on the drifting gradient stream: the parameters move by ~lr per step;
+    the low-precision state keeps them within 5% of that total motion of the float32 run."""
+    params = make_params(0, {"w": (64, 80), "b": (7,)})
+    grads = gradient_stream(params, 200, seed=3)
+    runs = {}
+    for name, kwargs in (("fp32", {}), ("low", dict(mu_dtype=mu_dtype, nu_dtype=nu_dtype))):
+        runs[name] = _train(aw.adamw(1e-2, weight_decay=0.1, **kwargs), params, grads)
+    motion = np.abs(runs["fp32"]["w"] - params["w"]).mean()
+    assert np.abs(runs["low"]["w"] - runs["fp32"]["w"]).mean() <= 0.05 * motion
+
+
+def _train(optimizer, params, grads, dtype=jnp.float32):
+    p = {k: jnp.asarray(v, dtype) for k, v in params.items()}
+    stacked = {k: jnp.asarray(np.stack([g[k] for g in grads]), jnp.float32) for k in params}
+
+    @jax.jit
+    def run(p, stacked):
+        def step(carry, g):
+            p, state = carry
+            updates, state = optimizer.update(g, state, p)
+            return (aw.apply_updates(p, updates), state), None
+
+        return jax.lax.scan(step, (p, optimizer.init(p)), stacked)[0]
+
+    final, state = run(p, stacked)
+    return {k: np.asarray(v, np.float64) for k, v in final.items()} | {"state": state}
+
+
+def test_master_weights_follow_float32_adamw_bit_for_bit():
+    """bf16 params, float32 gradients: the master copy is exactly the float32 AdamW run (weight
+    decay acts on it too) and the parameters are its nearest bf16 rounding."""
+    params = make_params(1, {"w": (16, 12), "b": (12,)})
+    params = {k: np.asarray(jnp.asarray(v, jnp.bfloat16), np.float64) for k, v in params.items()}
+    grads = gradient_stream(params, 100, seed=4)
+    optimizer = dict(learning_rate=1e-2, weight_decay=0.1)
+    full = _train(aw.adamw(**optimizer), params, grads)
+    low = _train(aw.adamw(**optimizer, master_weights=True), params, grads, jnp.bfloat16)
+    master = low["state"].master
+    for key in ("w", "b"):
+        np.testing.assert_array_equal(np.asarray(master[key]), full[key].astype(np.float32))
+        np.testing.assert_array_equal(low[key], np.asarray(master[key].astype(jnp.bfloat16), np.float64))
+
+
+@pytest.mark.parametrize("how", ["apply_updates", "adamw"])
+def test_stochastic_rounding_keeps_bf16_params_learning_below_half_an_ulp(how):
+    """θ = 1 in bf16 (ulp 2^-7) and a constant step of -1e-4 (1/78 ulp): nearest rounding never
+    moves θ; stochastic rounding moves it by 1e-4 per step on average. Over 500 steps and 4096
+    elements the mean moves 0.05 ± 5 standard errors (ulp·sqrt(500/4)/sqrt(4096) each)."""
+    steps, size = 500, 4096
+    params = {"w": jnp.ones((size,), jnp.bfloat16)}
+    moved = {}
+    for stochastic in (False, True):
+        if how == "apply_updates":
+            def step(p, index, stochastic=stochastic):
+                update = {"w": jnp.full((size,), -1e-4, jnp.float32)}
+                return aw.apply_updates(p, update, stochastic_rounding=stochastic,
+                                        step=index if stochastic else None), None
+            final = jax.jit(lambda p: jax.lax.scan(step, p, jnp.arange(steps))[0])(params)
+        else:  # sign-constant gradient: Adam's step is exactly lr
+            final = {"w": jnp.asarray(_train(
+                aw.adam(1e-4, stochastic_rounding=stochastic), {"w": np.ones(size)},
+                [{"w": np.ones(size)}] * steps, jnp.bfloat16)["w"])}
+        moved[stochastic] = 1.0 - float(jnp.mean(final["w"].astype(jnp.float32)))
+    assert moved[False] == 0.0
+    assert abs(moved[True] - steps * 1e-4) <= 5 * 2**-7 * np.sqrt(steps / 4) / np.sqrt(size)
+
+
+def test_stochastic_rounding_is_reproducible_from_the_step():
+    p = {"w": jnp.ones((256,), jnp.bfloat16)}
+    u = {"w": jnp.full((256,), 1e-3, jnp.float32)}
+    first, again, other = (aw.apply_updates(p, u, stochastic_rounding=True, step=s) for s in (3, 3, 4))
+    np.testing.assert_array_equal(first["w"], again["w"])
+    assert not np.array_equal(first["w"], other["w"])
+
+
+def test_amsgrad_and_stochastic_moments_run_jitted_with_int8_state():
+    g = {"w": jnp.linspace(-1.0, 1.0, 5000)}
+    opt = aw.adamw(1e-3, amsgrad=True, mu_dtype="int8", nu_dtype="int8", stochastic_rounding=True)
+    state = opt.init(g)
+    for _ in range(3):
+        updates, state = jax.jit(opt.update)(g, state, g)
+    inner = state.inner_state[0]
+    assert inner.nu_max["w"].values.dtype == jnp.uint8
+    assert bool(jnp.all(jnp.isfinite(updates["w"]))) and int(inner.count) == 3
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(mu_dtype="int4"), TypeError, "mu_dtype.*'int8'"),
+    (dict(nu_dtype=jnp.int32), TypeError, "nu_dtype.*'int8'"),
+])
+def test_bad_storage_is_named_when_built(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        aw.adamw(**kwargs)
+
+
+def test_stochastic_apply_updates_without_step_is_a_clear_error():
+    with pytest.raises(ValueError, match="step="):
+        aw.apply_updates({"w": jnp.ones(2)}, {"w": jnp.ones(2)}, stochastic_rounding=True)
+
+
+def test_low_precision_params_needs_the_params():
+    opt = lowbit.low_precision_params(optax.identity(), master_weights=True)
+    p = {"w": jnp.ones(2, jnp.bfloat16)}
+    with pytest.raises(ValueError, match="params"):
+        opt.update(p, opt.init(p))
