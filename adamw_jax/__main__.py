@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"--steps must be an integer >= 2, got {text}.")
-    return value
+def _step_count(text: str) -> int:
+    """``--steps``: at least 2, since the first step compiles and tokens/s times the rest."""
+    if not text.strip().isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of optimizer steps >= 2, got {text!r}; e.g. --steps 300.")
+    return int(text)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="train a character transformer with adamw_jax and optax.adamw, plot both",
     )
-    demo.add_argument("--steps", type=_positive_int, default=300,
+    demo.add_argument("--steps", type=_step_count, default=300,
                       help="optimizer steps per run (default 300, about a minute on 2 CPU cores)")
     demo.add_argument("--out", type=Path, default=Path("adamw_jax_demo"),
                       help="folder for loss_curves.png and checkpoint/ (default ./adamw_jax_demo)")
