@@ -12,8 +12,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adamw_jax as aw
@@ -206,3 +207,46 @@ def test_fuzz_adamw_on_random_pytrees(params, lr, b1, b2, eps, weight_decay, ams
     for p, n in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(new)):
         assert n.dtype == p.dtype and n.shape == p.shape
         assert np.all(np.isfinite(np.float32(n)))
+
+
+# Every public transform, built with valid random hyperparameters: `x` in [0, 1) picks them.
+TRANSFORMS = {
+    "scale_by_adam": lambda x: aw.scale_by_adam(0.9 * x, 0.5 + 0.49 * x, amsgrad=x > 0.5),
+    "add_decayed_weights": lambda x: aw.add_decayed_weights(x),
+    "decoupled_weight_decay": lambda x: aw.decoupled_weight_decay(x * 1e-3),
+    "scale_by_learning_rate": lambda x: aw.scale_by_learning_rate(x),
+    "clip_by_value": lambda x: aw.clip_by_value(0.1 + x),
+    "clip_by_norm": lambda x: aw.clip_by_norm(0.1 + x),
+    "clip_by_global_norm": lambda x: aw.clip_by_global_norm(0.1 + x),
+    "accumulate_gradients": lambda x: aw.accumulate_gradients(1 + int(3 * x), inner=aw.adamw(x)),
+    "param_ema": lambda x: aw.param_ema(x, overwrite_every=2),
+    "loss_scaling": lambda x: aw.loss_scaling(2.0 ** int(16 * x)),
+    "skip_nonfinite": lambda x: aw.skip_nonfinite(aw.adamw(x), max_consecutive=2),
+    "inject_hyperparams": lambda x: aw.inject_hyperparams(aw.adamw)(learning_rate=x, weight_decay=x),
+    "reduce_on_plateau": lambda x: aw.reduce_on_plateau(factor=0.1 + 0.8 * x, patience=1),
+    "torch_adamw": lambda x: aw.presets.torch_adamw(lr=x, amsgrad=x > 0.5),
+    "torch_adam": lambda x: aw.presets.torch_adam(lr=x, weight_decay=x),
+    "keras_adamw": lambda x: aw.presets.keras_adamw(x, clipnorm=1.0, use_ema=True),
+    "adamw_fused": lambda x: aw.adamw(x, weight_decay=x, fused=True),
+}
+
+
+@settings(max_examples=60)
+@given(params=_pytrees(), name=st.sampled_from(sorted(TRANSFORMS)), x=st.floats(0.0, 0.999),
+       poison=st.booleans())
+def test_fuzz_every_public_transform(params, name, x, poison):
+    """Random trees (None leaves, 0-sized and scalar leaves, three float dtypes), two jitted
+    steps, the second with a NaN gradient when ``poison``: the output keeps the tree, shapes and
+    dtypes, and is finite on finite gradients."""
+    transform = optax.with_extra_args_support(TRANSFORMS[name](x))
+    state = transform.init(params)
+    update = jax.jit(lambda g, s, p: transform.update(g, s, p, value=jnp.float32(1.0)))
+    grads = jax.tree_util.tree_map(lambda p: jnp.cos(p.astype(jnp.float32)).astype(p.dtype), params)
+    updates, state = update(grads, state, params)
+    for p, u in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(updates)):
+        assert u.shape == p.shape and np.all(np.isfinite(np.float32(u)))
+    assert jax.tree_util.tree_structure(updates) == jax.tree_util.tree_structure(grads)
+    if poison:
+        bad = jax.tree_util.tree_map(lambda g: jnp.full_like(g, jnp.nan), grads)
+        updates, state = update(bad, state, params)
+        assert jax.tree_util.tree_structure(updates) == jax.tree_util.tree_structure(grads)
