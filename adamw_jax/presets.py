@@ -205,7 +205,8 @@ def keras_adamw(
 
     Args:
       learning_rate: a float or a function of the 0-based micro-step (a
-        ``keras.optimizers.schedules.LearningRateSchedule`` works as is).
+        ``keras.optimizers.schedules.LearningRateSchedule`` works as is; Keras' other form, a
+        callable without arguments, does not: it cannot see the step inside ``jit``).
       weight_decay, beta_1, beta_2, epsilon, amsgrad, clipnorm, clipvalue, global_clipnorm,
       use_ema, ema_momentum, ema_overwrite_frequency, loss_scale_factor,
       gradient_accumulation_steps: as in Keras. Multiply the loss by ``loss_scale_factor``

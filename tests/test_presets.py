@@ -64,7 +64,8 @@ def test_torch_adam_weight_decay_is_l2_on_the_gradient():
 def test_keras_adamw_is_epsilon_hat_adamw_with_name_masks():
     expected = adamw_trajectory(
         PARAMS, GRADS, learning_rate=1e-2, b1=0.8, b2=0.99, eps=1e-3, weight_decay=0.2,
-        eps_mode="hat", amsgrad=True, decay_mask={"b": False, "conv": True, "scalar": False, "w": True},
+        eps_mode="hat", amsgrad=True,
+        decay_mask={"b": False, "conv": True, "scalar": False, "w": True},
     )
     preset = aw.presets.keras_adamw(1e-2, 0.2, 0.8, 0.99, 1e-3, amsgrad=True,
                                     exclude_from_weight_decay=["^b$", "scal"])
@@ -108,7 +109,8 @@ def test_presets_match_reference_for_any_hyperparameters(lr, b1, b2, eps, decay)
         adamw_trajectory(PARAMS, HYPER_GRADS, weight_decay=decay, eps_mode="hat", **common),
     )
     for run, expected in zip(runs, references):
-        actual = [{k: np.asarray(run[k][s], np.float64) for k in PARAMS} for s in range(HYPER_STEPS)]
+        actual = [{k: np.asarray(run[k][s], np.float64) for k in PARAMS}
+                  for s in range(HYPER_STEPS)]
         assert max_abs_error(actual, expected) <= float32_tolerance(expected)
 
 
@@ -143,7 +145,8 @@ def like_state(amsgrad: bool, dtype=jnp.float32):
 @given(step=st.integers(1, 2**24), amsgrad=st.booleans(), seed=st.integers(0, 2**16),
        bfloat16=st.booleans())
 def test_torch_state_dict_round_trip_is_exact(step, amsgrad, seed, bfloat16):
-    torch_dtype, jax_dtype = (torch.bfloat16, jnp.bfloat16) if bfloat16 else (torch.float32, jnp.float32)
+    torch_dtype, jax_dtype = ((torch.bfloat16, jnp.bfloat16) if bfloat16
+                              else (torch.float32, jnp.float32))
     original = torch_state_dict(step, amsgrad, torch_dtype, seed)
     state = aw.presets.from_torch_state_dict(original, like_state(amsgrad, jax_dtype))
 
@@ -190,7 +193,8 @@ def test_mismatched_torch_state_is_named(change, words):
 
 def test_amsgrad_mismatch_is_named_both_ways():
     with pytest.raises(ValueError, match="amsgrad=True"):
-        aw.presets.from_torch_state_dict(torch_state_dict(5, True, torch.float32), like_state(False))
+        aw.presets.from_torch_state_dict(torch_state_dict(5, True, torch.float32),
+                                         like_state(False))
     with pytest.raises(ValueError, match="amsgrad"):
         aw.presets.to_torch_state_dict(like_state(False), torch_state_dict(5, True, torch.float32))
     with pytest.raises(ValueError, match="scale_by_adam"):

@@ -99,7 +99,8 @@ def keras_run(options: dict, grads: dict, dtype: str) -> tuple[list[dict], list[
         return jax.lax.scan(step, (trainable, optimizer_variables), stacked)[1]
 
     stacked = [jnp.asarray(grads[k], dtype) for k in KEYS]
-    params, emas = run([v.value for v in variables], [v.value for v in optimizer.variables], stacked)
+    params, emas = run([v.value for v in variables], [v.value for v in optimizer.variables],
+                       stacked)
     return _history(params), (_history(emas) if averages else None)
 
 

@@ -106,7 +106,9 @@ def float32(tree: dict) -> dict:
     return {k: np.asarray(v, np.float32) for k, v in tree.items()}
 
 
-def continue_jax(optimizer, params: dict, state, grads: Sequence[dict]) -> tuple[list[dict], object]:
+def continue_jax(
+    optimizer, params: dict, state, grads: Sequence[dict]
+) -> tuple[list[dict], object]:
     """Continue an adamw_jax run from float32 ``(params, state)``, one jitted step at a time."""
     step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
         *optimizer.update(g, s, p)))
