@@ -1,0 +1,284 @@
+"""Time one fp32 AdamW step: adamw_jax (fused and not, pytree and flat params) against
+optax.adamw (jit + donation), torch AdamW (fused, foreach) and keras AdamW, in one process.
+
+    python benchmarks/step.py            # the three workloads of issue 5 (needs ~12 GB of RAM)
+    python benchmarks/step.py --quick    # small shapes, a smoke run
+
+It first measures the in-place triad bandwidth (``a ← a + s·b``, 12 bytes per element, jitted
+with donation on the same device), then for each workload builds every contender, times its
+compilation (torch: its first step), and runs the steps alternating between contenders, round
+after round, so that machine noise hits all of them alike. An AdamW step reads g, p, m, v and
+writes p, m, v: 28 bytes per fp32 parameter, so the bound is ``28·n / bandwidth``. Results are
+printed and saved as JSON and Markdown under ``benchmarks/results/`` with the date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import adamw_jax as aw  # noqa: E402
+
+BYTES_PER_PARAM = 28
+HYPER = dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2)
+
+
+def gpt2_shapes(vocab: int = 50257, positions: int = 1024, width: int = 768, layers: int = 12):
+    """The 148 tensors of GPT-2 small (124M parameters), or a scaled-down copy."""
+    block = [(width,), (width,), (width, 3 * width), (3 * width,), (width, width), (width,),
+             (width,), (width,), (width, 4 * width), (4 * width,), (4 * width, width), (width,)]
+    return [(vocab, width), (positions, width)] + block * layers + [(width,), (width,)]
+
+
+def workloads(quick: bool) -> dict[str, list[tuple[int, ...]]]:
+    if quick:
+        return {"gpt2_small_shapes": gpt2_shapes(512, 64, 32, 2),
+                "many_small_tensors": [(256,)] * 40, "one_large_tensor": [(1 << 16,)]}
+    return {"gpt2_small_shapes": gpt2_shapes(), "many_small_tensors": [(4096,)] * 2000,
+            "one_large_tensor": [(1 << 26,)]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak_rss() -> None:
+    """Make VmHWM restart from the current RSS (Linux: ``5`` in ``clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Contenders: each is built by a function returning (compile seconds, step callable)
+
+
+def _jax_contender(optimizer: optax.GradientTransformation, params, grads, apply: Callable):
+    """jit with params and state donated, as a training loop would run it."""
+
+    def step(params, state, grads):
+        updates, state = optimizer.update(grads, state, params)
+        return apply(params, updates), state
+
+    state = jax.jit(optimizer.init)(params)
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    compile_s = time.perf_counter() - start
+    carry = [params, state]
+
+    def run() -> None:
+        carry[0], carry[1] = compiled(carry[0], carry[1], grads)
+        jax.block_until_ready(carry[0])
+
+    return compile_s, run
+
+
+def _copy(tree):
+    return jax.tree_util.tree_map(jnp.copy, tree)
+
+
+def build_jax_contenders(shapes, params, grads) -> dict[str, Callable]:
+    lr, b1, b2, eps, wd = (HYPER[k] for k in ("lr", "b1", "b2", "eps", "weight_decay"))
+    flat_params, layout = aw.flat.flatten(params)
+    flat_grads = layout.pack(grads)
+    return {
+        "optax.adamw": lambda: _jax_contender(
+            optax.adamw(lr, b1, b2, eps, weight_decay=wd), _copy(params), grads, optax.apply_updates),
+        "adamw_jax": lambda: _jax_contender(
+            aw.adamw(lr, b1, b2, eps, weight_decay=wd), _copy(params), grads, aw.apply_updates),
+        "adamw_jax fused": lambda: _jax_contender(
+            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(params), grads,
+            aw.apply_updates),
+        "adamw_jax fused, flat params": lambda: _jax_contender(
+            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(flat_params), flat_grads,
+            aw.apply_updates),
+    }
+
+
+def build_torch_contenders(shapes, grads) -> dict[str, Callable]:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    host_grads = [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)]
+
+    def contender(implementation: str):
+        params = [torch.nn.Parameter(torch.ones(s, device=device)) for s in shapes]
+        for p, g in zip(params, host_grads):
+            p.grad = torch.from_numpy(np.array(g)).to(device)
+        optimizer = torch.optim.AdamW(
+            params, lr=HYPER["lr"], betas=(HYPER["b1"], HYPER["b2"]), eps=HYPER["eps"],
+            weight_decay=HYPER["weight_decay"], **{implementation: True})
+
+        def run() -> None:
+            optimizer.step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        start = time.perf_counter()
+        run()  # torch has no compilation; its first step allocates the state
+        return time.perf_counter() - start, run
+
+    return {"torch AdamW fused": lambda: contender("fused"),
+            "torch AdamW foreach": lambda: contender("foreach")}
+
+
+def build_keras_contender(params, grads) -> dict[str, Callable]:
+    import keras
+
+    def contender():
+        variables = [keras.Variable(p) for p in jax.tree_util.tree_leaves(_copy(params))]
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=HYPER["lr"], weight_decay=HYPER["weight_decay"], beta_1=HYPER["b1"],
+            beta_2=HYPER["b2"], epsilon=HYPER["eps"])
+        optimizer.build(variables)
+        values = [v.value for v in variables]
+        state = [v.value for v in optimizer.variables]
+        grad_list = jax.tree_util.tree_leaves(grads)
+
+        def step(values, state, grad_list):
+            return optimizer.stateless_apply(state, grad_list, values)
+
+        start = time.perf_counter()
+        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(values, state, grad_list).compile()
+        compile_s = time.perf_counter() - start
+        carry = [values, state]
+
+        def run() -> None:
+            carry[0], carry[1] = compiled(carry[0], carry[1], grad_list)
+            jax.block_until_ready(carry[0])
+
+        return compile_s, run
+
+    return {"keras AdamW": contender}
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+
+
+def triad_bandwidth(elements: int, repeats: int) -> float:
+    """Bytes per second of the in-place triad ``a ← a + s·b`` (12 bytes per element)."""
+    triad = jax.jit(lambda a, b: a + 0.5 * b, donate_argnums=0)
+    a, b = jnp.ones([elements], jnp.float32), jnp.ones([elements], jnp.float32)
+    a = jax.block_until_ready(triad(a, b))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a = jax.block_until_ready(triad(a, b))
+        times.append(time.perf_counter() - start)
+    return 12 * elements / min(times)
+
+
+def run_workload(name: str, shapes, rounds: int, bandwidth: float, peers: bool) -> dict:
+    n = sum(int(np.prod(s)) for s in shapes)
+    keys = jax.random.split(jax.random.key(0), len(shapes))
+    params = [jnp.ones(s, jnp.float32) for s in shapes]
+    grads = [1e-3 * jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes)]
+    builders = build_jax_contenders(shapes, params, grads)
+    if peers:
+        builders |= build_torch_contenders(shapes, grads) | build_keras_contender(params, grads)
+    runners, results = {}, {}
+    for label, build in builders.items():
+        gc.collect()
+        rss_before = _status_kib("VmRSS")
+        _reset_peak_rss()
+        compile_s, run = build()
+        for _ in range(2):
+            run()
+        results[label] = dict(compile_s=compile_s, times=[],
+                              peak_rss_mb=(_status_kib("VmHWM") - rss_before) / 1024)
+        runners[label] = run
+    for _ in range(rounds):  # alternate, so that machine noise hits every contender alike
+        for label, run in runners.items():
+            start = time.perf_counter()
+            run()
+            results[label]["times"].append(time.perf_counter() - start)
+    bound_ms = 1e3 * BYTES_PER_PARAM * n / bandwidth
+    for label, result in results.items():
+        times = result.pop("times")
+        result.update(median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times))
+        result["fraction_of_bound"] = bound_ms / result["median_ms"]
+    for label, result in results.items():
+        for peer in ("optax.adamw", "torch AdamW fused"):
+            if peer in results:
+                result[f"ratio_to_{peer}"] = result["median_ms"] / results[peer]["median_ms"]
+    return dict(workload=name, params=n, tensors=len(shapes), bound_ms=bound_ms, results=results)
+
+
+def format_table(report: dict) -> str:
+    lines = [f"## {report['workload']}: {report['params']:,} params in {report['tensors']} tensors, "
+             f"bound {report['bound_ms']:.1f} ms", "",
+             "| contender | median ms | min ms | / optax | / torch fused | of bound | compile s "
+             "| peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    for label, r in report["results"].items():
+        ratio = lambda key: f"{r[key]:.2f}x" if key in r else "-"  # noqa: E731
+        lines.append(
+            f"| {label} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | {ratio('ratio_to_optax.adamw')} "
+            f"| {ratio('ratio_to_torch AdamW fused')} | {100 * r['fraction_of_bound']:.0f}% "
+            f"| {r['compile_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes, few rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="timed steps per contender")
+    parser.add_argument("--no-peers", action="store_true", help="skip torch and keras")
+    parser.add_argument("--workload", action="append", help="run only these workloads")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 15)
+    device = jax.devices()[0]
+    bandwidth = triad_bandwidth(1 << (16 if args.quick else 26), rounds)
+    machine = dict(host=socket.gethostname(), platform=platform.platform(),
+                   processor=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+                   device=device.device_kind, jax=jax.__version__, optax=optax.__version__)
+    header = (f"# AdamW step, {datetime.datetime.now():%Y-%m-%d %H:%M} on {machine['host']} "
+              f"({machine['device']}, {machine['cpus']} CPUs)\n\n"
+              f"In-place triad bandwidth: {bandwidth / 1e9:.1f} GB/s; bound = "
+              f"{BYTES_PER_PARAM} bytes/param at that bandwidth.")
+    print(header, flush=True)
+    reports = []
+    for name, shapes in workloads(args.quick).items():
+        if args.workload and name not in args.workload:
+            continue
+        reports.append(run_workload(name, shapes, rounds, bandwidth, peers=not args.no_peers))
+        print("\n" + format_table(reports[-1]), flush=True)
+        gc.collect()
+    result = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), machine=machine,
+                  quick=args.quick, rounds=rounds, triad_gb_s=bandwidth / 1e9, workloads=reports)
+    stem = f"{datetime.date.today():%Y-%m-%d}_{machine['host']}{'_quick' if args.quick else ''}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (args.out / f"{stem}.md").write_text(
+        header + "\n\n" + "\n\n".join(format_table(r) for r in reports) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""benchmarks/step.py --quick: the smoke run produces consistent, saved results."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+STEP = Path(__file__).resolve().parents[1] / "benchmarks" / "step.py"
+
+
+@pytest.fixture(scope="module")
+def step_module():
+    spec = importlib.util.spec_from_file_location("benchmark_step", STEP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpt2_shapes_have_124m_parameters_in_148_tensors(step_module):
+    shapes = step_module.gpt2_shapes()
+    assert len(shapes) == 148
+    assert sum(int(__import__("math").prod(s)) for s in shapes) == 124_439_808
+
+
+def test_quick_run_times_every_contender_and_saves_results(step_module, tmp_path):
+    result = step_module.main(["--quick", "--rounds", "2", "--workload", "one_large_tensor",
+                               "--out", str(tmp_path)])
+    saved = json.loads(next(tmp_path.glob("*_quick.json")).read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert "AdamW step" in next(tmp_path.glob("*_quick.md")).read_text()
+    assert saved["triad_gb_s"] > 0 and saved["machine"]["cpus"] >= 1
+    (workload,) = saved["workloads"]
+    assert workload["params"] == 1 << 16 and workload["tensors"] == 1
+    contenders = workload["results"]
+    assert set(contenders) == {
+        "optax.adamw", "adamw_jax", "adamw_jax fused", "adamw_jax fused, flat params",
+        "torch AdamW fused", "torch AdamW foreach", "keras AdamW"}
+    for r in contenders.values():
+        assert 0 < r["min_ms"] <= r["median_ms"] and r["compile_s"] > 0
+        assert r["fraction_of_bound"] == pytest.approx(workload["bound_ms"] / r["median_ms"])
+        assert r["ratio_to_optax.adamw"] == pytest.approx(
+            r["median_ms"] / contenders["optax.adamw"]["median_ms"])
+    assert contenders["torch AdamW fused"]["ratio_to_torch AdamW fused"] == pytest.approx(1.0)
