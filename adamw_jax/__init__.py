@@ -23,6 +23,8 @@ from adamw_jax.hyperparams import (
     set_hyperparams,
 )
 from adamw_jax.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
+from adamw_jax import lowbit
+from adamw_jax.lowbit import BlockwiseArray, LowPrecisionParamsState, low_precision_params
 from adamw_jax.loss_scaling import (
     LossScaleState,
     SkipNonfiniteState,
@@ -41,6 +43,10 @@ from adamw_jax.weight_decay import WeightDecayState, add_decayed_weights, decoup
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockwiseArray",
+    "LowPrecisionParamsState",
+    "low_precision_params",
+    "lowbit",
     "AccumulateGradientsState",
     "LossScaleState",
     "ParamEmaState",
