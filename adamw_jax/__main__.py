@@ -22,7 +22,9 @@ def _step_count(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The ``adamw-jax`` argument parser."""
-    parser = argparse.ArgumentParser(prog="adamw-jax", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="adamw-jax", description="adamw_jax command line: 'adamw-jax demo' trains a small "
+        "character transformer with adamw_jax and optax.adamw and plots both.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo", help="train a character transformer with adamw_jax and optax.adamw, plot both",
@@ -38,8 +40,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m adamw_jax`` and of the ``adamw-jax`` script."""
-    arguments = parser().parse_args(argv)
-    from adamw_jax import _demo  # imported here so that --help answers at once
+    command_line = parser()
+    arguments = command_line.parse_args(argv)
+    try:  # imported here so that --help answers at once
+        from adamw_jax import _demo
+    except ModuleNotFoundError as error:
+        command_line.exit(2, f"adamw-jax demo needs the package {error.name!r}: "
+                             "pip install 'adamw_jax[examples]'\n")
 
     config = _demo.DemoConfig(steps=arguments.steps, seed=arguments.seed)
     _demo.run_demo(arguments.out, config, progress=not arguments.no_progress)

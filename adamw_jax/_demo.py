@@ -83,13 +83,43 @@ def optimizers(config: DemoConfig) -> dict[str, tuple[optax.GradientTransformati
     }
 
 
-def split_corpus(config: DemoConfig) -> tuple[ct.Vocabulary, np.ndarray, np.ndarray]:
-    """The vocabulary and the training / held-out token arrays (held-out = the text's tail)."""
+@dataclass
+class Task:
+    """What both optimizers share: the data, the model's structure and its initial weights."""
+
+    vocabulary: ct.Vocabulary
+    train_tokens: np.ndarray
+    held_out_tokens: np.ndarray
+    graphdef: nnx.GraphDef
+    initial_params: nnx.State
+
+
+def prepare(config: DemoConfig) -> Task:
+    """Encode the corpus (held-out = its last ``held_out_fraction``) and initialise the model
+    from ``config.seed``."""
     text = ct.load_fables()
     vocabulary = ct.Vocabulary(text)
     tokens = vocabulary.encode(text)
     cut = int(len(tokens) * (1 - config.held_out_fraction))
-    return vocabulary, tokens[:cut], tokens[cut:]
+    model_config = ct.ModelConfig(len(vocabulary), config.context, config.width, config.heads,
+                                  config.layers)
+
+    def fresh_model() -> ct.CharTransformer:
+        return ct.CharTransformer(model_config, rngs=nnx.Rngs(config.seed))
+
+    # Jitted: one compilation instead of one per initializer op.
+    initial_params = jax.jit(lambda: nnx.state(fresh_model()))()
+    return Task(vocabulary, tokens[:cut], tokens[cut:], nnx.graphdef(nnx.eval_shape(fresh_model)),
+                initial_params)
+
+
+def loss_of(graphdef: nnx.GraphDef, params: nnx.State, inputs: jax.Array,
+            targets: jax.Array) -> jax.Array:
+    """The model's mean next-character loss on one batch."""
+    return ct.next_character_loss(nnx.merge(graphdef, params)(inputs), targets)
+
+
+evaluate = jax.jit(loss_of, static_argnums=0)
 
 
 def train(
@@ -97,28 +127,22 @@ def train(
     optimizer: optax.GradientTransformation,
     schedule: Callable,
     config: DemoConfig,
-    vocabulary_size: int,
-    train_tokens: np.ndarray,
-    held_out_tokens: np.ndarray,
+    task: Task,
     *,
     progress: bool = True,
 ) -> TrainingRun:
-    """Train a fresh model (initialised from ``config.seed``) for ``config.steps`` steps."""
-    model_config = ct.ModelConfig(vocabulary_size, config.context, config.width, config.heads,
-                                  config.layers)
-    graphdef, params = nnx.split(ct.CharTransformer(model_config, rngs=nnx.Rngs(config.seed)))
-
-    def loss_of(params: nnx.State, inputs: jax.Array, targets: jax.Array) -> jax.Array:
-        return ct.next_character_loss(nnx.merge(graphdef, params)(inputs), targets)
+    """Train the task's initial model for ``config.steps`` steps of ``optimizer``."""
 
     @jax.jit
     def step(params, opt_state, inputs, targets):
-        loss, grads = jax.value_and_grad(loss_of)(params, inputs, targets)
+        loss, grads = jax.value_and_grad(loss_of, argnums=1)(task.graphdef, params, inputs,
+                                                             targets)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    batches = ct.random_windows(train_tokens, config.batch_size, config.context, config.seed)
-    opt_state = optimizer.init(params)
+    batches = ct.random_windows(task.train_tokens, config.batch_size, config.context, config.seed)
+    params = task.initial_params
+    opt_state = jax.jit(optimizer.init)(params)
     losses = np.empty(config.steps)
     bar = tqdm(range(config.steps), desc=f"{name:>11}", disable=not progress, unit="step",
                dynamic_ncols=True)
@@ -132,16 +156,15 @@ def train(
             rate = index * config.tokens_per_step / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{losses[index]:.3f}", tokens_per_s=f"{rate:,.0f}")
     elapsed = time.perf_counter() - start
-    measured_steps = max(config.steps - 1, 1)
-    held_out = ct.random_windows(held_out_tokens, config.batch_size, config.context, seed=12345)
-    evaluate = jax.jit(loss_of)
-    held_out_loss = np.mean([float(evaluate(params, *next(held_out)))
+    held_out = ct.random_windows(task.held_out_tokens, config.batch_size, config.context,
+                                 seed=12345)
+    held_out_loss = np.mean([float(evaluate(task.graphdef, params, *next(held_out)))
                              for _ in range(config.held_out_batches)])
     return TrainingRun(
         name=name, losses=losses, held_out_loss=float(held_out_loss),
-        tokens_per_second=measured_steps * config.tokens_per_step / max(elapsed, 1e-9),
-        graphdef=graphdef, params=params, opt_state=opt_state,
-        learning_rates=np.asarray(jax.vmap(schedule)(np.arange(config.steps))),
+        tokens_per_second=(config.steps - 1) * config.tokens_per_step / max(elapsed, 1e-9),
+        graphdef=task.graphdef, params=params, opt_state=opt_state,
+        learning_rates=np.asarray(jax.jit(jax.vmap(schedule))(np.arange(config.steps))),
     )
 
 
@@ -209,13 +232,12 @@ def run_demo(
     """Train with both optimizers, then write ``loss_curves.png`` and ``checkpoint/`` into
     ``out`` and report the numbers and a sample of generated text."""
     out = Path(out)
-    vocabulary, train_tokens, held_out_tokens = split_corpus(config)
+    task = prepare(config)
     report(f"adamw_jax demo: {config.steps} steps of a {config.layers}-layer character "
-           f"transformer (width {config.width}) on {len(train_tokens):,} characters; "
+           f"transformer (width {config.width}) on {len(task.train_tokens):,} characters; "
            f"{jax.device_count()} {jax.default_backend()} device(s).")
     runs = [
-        train(name, optimizer, schedule, config, len(vocabulary), train_tokens, held_out_tokens,
-              progress=progress)
+        train(name, optimizer, schedule, config, task, progress=progress)
         for name, (optimizer, schedule) in optimizers(config).items()
     ]
     for run in runs:
@@ -227,7 +249,7 @@ def run_demo(
     ours = runs[0]
     checkpoint = save_checkpoint(out / "checkpoint", ours.params, ours.opt_state)
     report(f"wrote {plot} and {checkpoint}")
-    sample = ct.sample_text(ours.graphdef, ours.params, vocabulary, "1. The ",
+    sample = ct.sample_text(ours.graphdef, ours.params, task.vocabulary, "1. The ",
                             length=config.sample_length, context=config.context, seed=config.seed)
     report("sample from the adamw_jax model:\n" + sample)
     return runs

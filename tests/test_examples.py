@@ -4,6 +4,7 @@ with their peers, they write their PNG (and checkpoint)."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -11,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+import adamw_jax
 from adamw_jax import __main__ as cli
 from adamw_jax import _demo
 
@@ -86,3 +88,14 @@ def test_demo_command_rejects_bad_steps(steps, capsys):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--steps", steps])
     assert "--steps" in capsys.readouterr().err
+
+
+def test_demo_command_names_the_extra_to_install_when_a_dependency_is_missing(
+    monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # as if tqdm were not installed
+    monkeypatch.delitem(sys.modules, "adamw_jax._demo", raising=False)
+    monkeypatch.delattr(adamw_jax, "_demo", raising=False)
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--steps", "2"])
+    assert "pip install 'adamw_jax[examples]'" in capsys.readouterr().err
