@@ -84,7 +84,12 @@ def _jax_contender(optimizer: optax.GradientTransformation, params, grads, apply
         updates, state = optimizer.update(grads, state, params)
         return apply(params, updates), state
 
-    state = jax.jit(optimizer.init)(params)
+    return _donated_runner(step, params, jax.jit(optimizer.init)(params), grads)
+
+
+def _donated_runner(step: Callable, params, state, grads):
+    """Compile ``step(params, state, grads) -> (params, state)`` with params and state donated;
+    return the compile time and a callable that runs one step in place."""
     start = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
     compile_s = time.perf_counter() - start
@@ -163,16 +168,7 @@ def build_keras_contender(params, grads) -> dict[str, Callable]:
         def step(values, state, grad_list):
             return optimizer.stateless_apply(state, grad_list, values)
 
-        start = time.perf_counter()
-        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(values, state, grad_list).compile()
-        compile_s = time.perf_counter() - start
-        carry = [values, state]
-
-        def run() -> None:
-            carry[0], carry[1] = compiled(carry[0], carry[1], grad_list)
-            jax.block_until_ready(carry[0])
-
-        return compile_s, run
+        return _donated_runner(step, values, state, grad_list)
 
     return {"keras AdamW": contender}
 

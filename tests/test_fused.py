@@ -15,6 +15,7 @@ import adamw_jax as aw
 from adamw_jax.fused import FusedAdamState, fused_adam_family
 from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 from reference import adamw_trajectory
+from test_alias import OPTIONS as ALIAS_OPTIONS
 
 STEPS = 120
 PARAMS = make_params(0)
@@ -22,18 +23,7 @@ GRADS = gradient_stream(PARAMS, STEPS, seed=2)
 MASK = {"w": True, "b": False, "scalar": False, "conv": True}
 
 OPTIONS = {
-    "defaults": {},
-    "weight_decay": dict(weight_decay=0.1),
-    "amsgrad": dict(amsgrad=True),
-    "nesterov": dict(nesterov=True),
-    "hat": dict(eps_mode="hat", eps=1e-7),
-    "hat_amsgrad": dict(eps_mode="hat", amsgrad=True, weight_decay=0.05),
-    "eps_root": dict(eps_root=1e-8, eps=0.0),
-    "large_eps": dict(eps=1e-2),
-    "betas": dict(b1=0.5, b2=0.95),
-    "b1_zero": dict(b1=0.0),
-    "maximize": dict(maximize=True, weight_decay=0.1),
-    "decoupled": dict(weight_decay=1e-3, weight_decay_mode="decoupled"),
+    **ALIAS_OPTIONS,
     "mask": dict(weight_decay=0.3, decay_mask=MASK),
     "nesterov_amsgrad_mask": dict(nesterov=True, amsgrad=True, weight_decay=0.2, decay_mask=MASK),
 }
