@@ -97,18 +97,18 @@ def _round_between(x: jax.Array, low: jax.Array, high: jax.Array, uniform: jax.A
 def _code_index(normalized: jax.Array, code: np.ndarray, uniform: jax.Array | None) -> jax.Array:
     """Index into ``code`` of the entry ``normalized`` (in [-1, 1]) rounds to.
 
-    Computed, not searched: in decade ``z`` with ``2^f`` entries, entry ``k`` is magnitude
-    number ``2^f + k - 2`` (the deeper decades hold ``2^f - 1``), and ``k = 0`` continues into
-    the top of the next decade, so a ``log10`` that lands one decade off is fixed by one
-    comparison on each side. Magnitudes are rounded, so signed values round symmetrically.
+    Computed, not searched: the decade ``z`` counts the powers of ten above ``|x|``; in it, with
+    ``2^f`` entries, entry ``k`` is magnitude number ``2^f + k - 2`` (the deeper decades hold
+    ``2^f - 1``), and ``k = 0`` continues into the top of the next decade, so the float32
+    rounding of ``k`` near an entry is fixed by one comparison on each side. Magnitudes are
+    rounded, so signed values round symmetrically.
     """
     signed = bool(code[0] < 0)
     magnitudes = code[code > 0]
     with_zero = jnp.asarray(np.concatenate([[0.0], magnitudes]).astype(np.float32))
     magnitude = jnp.abs(normalized)
     top_bits = 6 if signed else 7  # fraction bits of the top decade
-    zeros = jnp.clip(jnp.floor(-jnp.log10(jnp.maximum(magnitude, 1e-30))), 0, top_bits)
-    zeros = zeros.astype(jnp.int32)
+    zeros = sum((magnitude < np.float32(10.0**-z)).astype(jnp.int32) for z in range(1, top_bits + 1))
     steps = 2.0 ** (top_bits - np.arange(top_bits + 1))  # per decade; gathers beat pow on CPU
     slope = jnp.asarray(10.0 ** np.arange(top_bits + 1) / 0.9 * steps, jnp.float32)[zeros]
     offset = jnp.asarray(0.1 / 0.9 * steps - steps + 2, jnp.float32)[zeros]
