@@ -297,3 +297,21 @@ def test_low_precision_params_needs_the_params():
     p = {"w": jnp.ones(2, jnp.bfloat16)}
     with pytest.raises(ValueError, match="params"):
         opt.update(p, opt.init(p))
+
+
+def test_zero1_sharded_int8_state_keeps_blocks_whole_and_steps_like_unsharded():
+    """ZeRO-1 splits the (blocks, 256) codes on the block axis: every device holds whole blocks
+    with their scales, and the sharded step gives the same state as the unsharded one."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    params = {"w": jnp.linspace(-1.0, 1.0, 64 * 256).reshape(64, 256)}
+    opt = aw.adamw(1e-3, mu_dtype="int8", nu_dtype="int8")
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shardings = aw.state_shardings(opt.init(params), {"w": replicated}, zero_axis="data")
+    codes = shardings[0].mu["w"].values
+    assert codes.spec[0] == "data" and codes.shard_shape((64, 256)) == (8, 256)
+    step = jax.jit(opt.update, out_shardings=(replicated, shardings))
+    state = jax.device_put(opt.init(params), shardings)
+    _, sharded = step(params, state, params)
+    _, plain = jax.jit(opt.update)(params, opt.init(params), params)
+    for got, want in zip(jax.tree_util.tree_leaves(sharded), jax.tree_util.tree_leaves(plain)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
