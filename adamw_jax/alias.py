@@ -49,22 +49,15 @@ def _adam_family(
     learning_rate: optax.ScalarOrSchedule,
     adam_kwargs: dict[str, Any],
     *,
-    maximize: bool,
-    fused: bool,
-    decay: optax.GradientTransformation | None = None,
-    decay_after_learning_rate: bool = False,
-    decay_kwargs: dict[str, Any] | None = None,
     stochastic_rounding: bool = False,
     master_weights: bool = False,
+    **chain_kwargs: Any,
 ) -> optax.GradientTransformation:
-    """The chain, or with ``fused=True`` the one-pass equivalent built from ``decay_kwargs``
-    (the arguments ``decay`` was built from: weight_decay, mask, schedule_multiplier), wrapped
-    in ``low_precision_params`` for stochastic rounding or master weights of bf16/f16 params."""
+    """``_adam_chain``, wrapped in ``low_precision_params`` for stochastic rounding or master
+    weights of bf16/f16 parameters."""
     if stochastic_rounding:
         adam_kwargs = dict(adam_kwargs, stochastic_rounding=True)
-    optimizer = _adam_chain(learning_rate, adam_kwargs, maximize=maximize, fused=fused, decay=decay,
-                            decay_after_learning_rate=decay_after_learning_rate,
-                            decay_kwargs=decay_kwargs)
+    optimizer = _adam_chain(learning_rate, adam_kwargs, **chain_kwargs)
     if stochastic_rounding or master_weights:
         return low_precision_params(optimizer, master_weights=master_weights,
                                     stochastic_rounding=stochastic_rounding)
@@ -77,10 +70,12 @@ def _adam_chain(
     *,
     maximize: bool,
     fused: bool,
-    decay: optax.GradientTransformation | None,
-    decay_after_learning_rate: bool,
-    decay_kwargs: dict[str, Any] | None,
+    decay: optax.GradientTransformation | None = None,
+    decay_after_learning_rate: bool = False,
+    decay_kwargs: dict[str, Any] | None = None,
 ) -> optax.GradientTransformation:
+    """The chain, or with ``fused=True`` the one-pass equivalent built from ``decay_kwargs``
+    (the arguments ``decay`` was built from: weight_decay, mask, schedule_multiplier)."""
     if fused:
         from adamw_jax import fused as fused_module  # imported lazily: an optional fast path
 
