@@ -146,7 +146,7 @@ def test_soak_1e5_steps_stays_on_the_float64_reference():
     schedule = lambda t: 1e-3 * (0.5 + 0.5 * jnp.cos(jnp.pi * t / steps))  # noqa: E731
     expected = adamw_trajectory(params, grads, learning_rate=rate, weight_decay=0.1)
     actual = trajectory(aw.adamw(schedule, weight_decay=0.1), params, grads)
-    assert max_abs_error(actual[-1:], expected[-1:]) <= float32_tolerance(expected)
+    assert max_abs_error(actual, expected) <= float32_tolerance(expected)  # measured: 2.2e-6 of 1.5e-4
 
 
 def test_repeated_steps_do_not_recompile_or_grow_memory():
