@@ -10,6 +10,11 @@ compilation (torch: its first step), and runs the steps alternating between cont
 after round, so that machine noise hits all of them alike. An AdamW step reads g, p, m, v and
 writes p, m, v: 28 bytes per fp32 parameter, so the bound is ``28·n / bandwidth``. Results are
 printed and saved as JSON and Markdown under ``benchmarks/results/`` with the date and machine.
+
+Memory: "peak RSS MB" is how much the process's peak resident set grew while a contender was
+built and ran its first steps (memory freed by earlier contenders is reused, so it understates
+later ones: workloads run smallest first); "XLA temp MB" is the scratch memory XLA allocates
+inside one jitted step, zero when the step runs fully in place.
 """
 
 from __future__ import annotations
@@ -50,8 +55,8 @@ def workloads(quick: bool) -> dict[str, list[tuple[int, ...]]]:
     if quick:
         return {"gpt2_small_shapes": gpt2_shapes(512, 64, 32, 2),
                 "many_small_tensors": [(256,)] * 40, "one_large_tensor": [(1 << 16,)]}
-    return {"gpt2_small_shapes": gpt2_shapes(), "many_small_tensors": [(4096,)] * 2000,
-            "one_large_tensor": [(1 << 26,)]}
+    return {"many_small_tensors": [(4096,)] * 2000, "one_large_tensor": [(1 << 26,)],
+            "gpt2_small_shapes": gpt2_shapes()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,17 +94,19 @@ def _jax_contender(optimizer: optax.GradientTransformation, params, grads, apply
 
 def _donated_runner(step: Callable, params, state, grads):
     """Compile ``step(params, state, grads) -> (params, state)`` with params and state donated;
-    return the compile time and a callable that runs one step in place."""
+    return the compile time, a callable that runs one step in place, and XLA's scratch memory."""
     start = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
     compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    temp_mb = memory.temp_size_in_bytes / 2**20 if memory is not None else None
     carry = [params, state]
 
     def run() -> None:
         carry[0], carry[1] = compiled(carry[0], carry[1], grads)
         jax.block_until_ready(carry[0])
 
-    return compile_s, run
+    return compile_s, run, temp_mb
 
 
 def _copy(tree):
@@ -146,7 +153,7 @@ def build_torch_contenders(shapes, grads) -> dict[str, Callable]:
 
         start = time.perf_counter()
         run()  # torch has no compilation; its first step allocates the state
-        return time.perf_counter() - start, run
+        return time.perf_counter() - start, run, None
 
     return {"torch AdamW fused": lambda: contender("fused"),
             "torch AdamW foreach": lambda: contender("foreach")}
@@ -203,10 +210,10 @@ def run_workload(name: str, shapes, rounds: int, bandwidth: float, peers: bool) 
         gc.collect()
         rss_before = _status_kib("VmRSS")
         _reset_peak_rss()
-        compile_s, run = build()
+        compile_s, run, temp_mb = build()
         for _ in range(2):
             run()
-        results[label] = dict(compile_s=compile_s, times=[],
+        results[label] = dict(compile_s=compile_s, times=[], xla_temp_mb=temp_mb,
                               peak_rss_mb=(_status_kib("VmHWM") - rss_before) / 1024)
         runners[label] = run
     for _ in range(rounds):  # alternate, so that machine noise hits every contender alike
@@ -230,13 +237,14 @@ def format_table(report: dict) -> str:
     lines = [f"## {report['workload']}: {report['params']:,} params in {report['tensors']} tensors, "
              f"bound {report['bound_ms']:.1f} ms", "",
              "| contender | median ms | min ms | / optax | / torch fused | of bound | compile s "
-             "| peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+             "| peak RSS MB | XLA temp MB |", "|---|---|---|---|---|---|---|---|---|"]
     for label, r in report["results"].items():
         ratio = lambda key: f"{r[key]:.2f}x" if key in r else "-"  # noqa: E731
         lines.append(
             f"| {label} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | {ratio('ratio_to_optax.adamw')} "
             f"| {ratio('ratio_to_torch AdamW fused')} | {100 * r['fraction_of_bound']:.0f}% "
-            f"| {r['compile_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+            f"| {r['compile_s']:.2f} | {r['peak_rss_mb']:.0f} "
+            f"| {'-' if r['xla_temp_mb'] is None else format(r['xla_temp_mb'], '.0f')} |")
     return "\n".join(lines)
 
 

@@ -35,15 +35,13 @@ def _adamw_kwargs(options):
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS))
-def test_fused_matches_reference_and_unfused(name):
+def test_fused_matches_reference(name):
+    """test_alias holds the unfused chain to the same bound, so the two agree within twice it;
+    test_one_step_matches_unfused_for_any_tree compares them directly."""
     options = {"weight_decay": 0.0, **OPTIONS[name]}
     expected = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, **options)
     fused = trajectory(aw.adamw(1e-2, fused=True, **_adamw_kwargs(options)), PARAMS, GRADS)
-    unfused = trajectory(aw.adamw(1e-2, **_adamw_kwargs(options)), PARAMS, GRADS)
-    tolerance = float32_tolerance(expected)
-    assert max_abs_error(fused, expected) <= tolerance
-    # Both are float32 roundings of the same formulas: closer to each other than to the oracle.
-    assert max_abs_error(fused, unfused) <= tolerance
+    assert max_abs_error(fused, expected) <= float32_tolerance(expected)
 
 
 @pytest.mark.parametrize("mode", ["coupled", "decoupled"])
