@@ -106,6 +106,13 @@ def test_moments_are_a_few_flat_buffers_per_dtype_and_mask():
     assert [x.shape for x in state.nu_max] == [(19,), (9,), (1,)]
 
 
+def test_large_leaves_keep_a_buffer_of_their_own():
+    """Packing a large leaf would copy it every step; small leaves share one buffer."""
+    params = {"big": jnp.ones((256, 256)), "small": jnp.ones((3,)), "tiny": jnp.ones(())}
+    state = aw.adamw(fused=True).init(params)
+    assert [x.shape for x in state.mu] == [(65536,), (4,)]
+
+
 def test_padding_to_a_multiple_stays_zero_and_changes_nothing():
     padded = fused_adam_family(1e-2, {}, maximize=False, weight_decay=0.1, pad_multiple=8)
     plain = fused_adam_family(1e-2, {}, maximize=False, weight_decay=0.1)
