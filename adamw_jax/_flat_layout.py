@@ -3,7 +3,9 @@
 A ``FlatLayout`` groups the leaves by a static key (their dtype, and for the fused optimizer
 whether they are weight-decayed), and gives each leaf a slot ``[offset, offset + size)`` in its
 group's buffer. Each buffer's length is rounded up to a multiple of ``multiple`` so that it splits
-evenly into blocks (8-bit storage) or across devices (sharding); the tail is zero padding.
+evenly into blocks (8-bit storage) or across devices (sharding); the tail is zero padding. A group
+may also start each leaf at a multiple of an alignment (zero padding in between), so that blocks
+of that size never straddle two leaves.
 
 Packing is one ``concatenate`` per group; unpacking is static slices and reshapes, which XLA fuses
 into their consumers inside ``jit`` (no copy).
@@ -70,10 +72,15 @@ class FlatLayout:
         buffers = []
         for group, members in enumerate(self.leaf_groups()):
             dtype = dtypes[group]
-            parts = [jnp.ravel(jnp.asarray(leaves[i])).astype(dtype) for i in members]
-            padding = self.group_sizes[group] - sum(self.slots[i].size for i in members)
-            if padding or not parts:
-                parts.append(jnp.zeros([padding], dtype))
+            parts, end = [], 0
+            for i in members:
+                slot = self.slots[i]
+                if slot.offset > end:  # alignment gap before this leaf
+                    parts.append(jnp.zeros([slot.offset - end], dtype))
+                parts.append(jnp.ravel(jnp.asarray(leaves[i])).astype(dtype))
+                end = slot.offset + slot.size
+            if end < self.group_sizes[group] or not parts:
+                parts.append(jnp.zeros([self.group_sizes[group] - end], dtype))
             buffers.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
         return tuple(buffers)
 
@@ -99,11 +106,13 @@ def layout_of(
     *,
     group_key: Callable[[int, Any], Hashable] | None = None,
     multiple: int = 1,
+    alignment: Callable[[Hashable], int] | None = None,
 ) -> FlatLayout:
     """The layout of ``tree``'s leaves (arrays or ``jax.ShapeDtypeStruct``).
 
     ``group_key(index, leaf)`` decides which leaves share a buffer (default: the leaf's dtype);
     groups are ordered by first appearance in the tree, leaves keep their tree order in a group.
+    ``alignment(key)`` (default 1): each leaf of that group starts at a multiple of it.
     """
     if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
         raise ValueError(
@@ -128,8 +137,9 @@ def layout_of(
                 f"leaves grouped under {key!r} have different dtypes ({dtypes[group]} and {dtype}); "
                 "a flat buffer holds one dtype."
             )
-        slot = LeafSlot(group, used[group], tuple(np.shape(leaf)), dtype)
-        used[group] += slot.size
+        offset = used[group] if alignment is None else _round_up(used[group], alignment(key))
+        slot = LeafSlot(group, offset, tuple(np.shape(leaf)), dtype)
+        used[group] = offset + slot.size
         slots.append(slot)
     return FlatLayout(
         treedef=treedef,

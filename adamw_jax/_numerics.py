@@ -100,6 +100,11 @@ def hyperparameter_at(value: ArrayLike, count: Array) -> Array:
     return as_hyperparameter(value(count) if callable(value) else value)
 
 
+def squared_magnitude(g: Array) -> Array:
+    """``|g|²``, real also for complex ``g`` (as optax)."""
+    return jnp.square(jnp.real(g)) + jnp.square(jnp.imag(g)) if jnp.iscomplexobj(g) else jnp.square(g)
+
+
 def limit_magnitude(g: Array) -> Array:
     """Clamp a gradient (in its arithmetic dtype) to ``±sqrt(max)/2`` before it is squared.
 

@@ -5,16 +5,26 @@
 own, kept in its shape), so the state is a handful of arrays however many small tensors the model
 has. Per step, every scalar is formed once, in float32 (float64 under x64):
 
-    t = count + 1,   c1 = 1 - β1^t,   c2 = 1 - β2^t,   c1' = 1 - β1^(t+1)
+    t = count + 1,   c1 = 1 - β1^t,   c2 = 1 - β2^t,   c1' = 1 - β1^(t+1),   g ← clamp(g)
     m ← β1·m + (1-β1)·g                v ← β2·v + (1-β2)·|g|²      (AMSGrad: v̄ ← max(v̄, v))
-    "adam":  u = -a·n / (sqrt(v·(1/c2) + eps_root) + eps),  n = m, a = η/c1
-             Nesterov: n = (β1/c1')·m + ((1-β1)/c1)·g, a = η
-    "hat":   u = -a·m / (sqrt(v + eps_root) + eps),  a = η·sqrt(c2)/c1
+    "adam":  u = -η·ratio(n, sqrt(v·(1/c2) + eps_root) + eps),  n = (1/c1)·m
+             Nesterov: n = (β1/c1')·m + ((1-β1)/c1)·g
+    "hat":   u = -a·ratio(m, sqrt(v + eps_root) + eps),  a = η·sqrt(c2)/c1
     decay:   u ← u - k·θ,  k = η·λ (coupled) or s·λ (decoupled, s = η/η_peak)
 
-so the per-element work is one pass with a single divide and a single square root; the update
-differs from the unfused chain's only by float32 rounding (the bias corrections are applied as
-scalar factors instead of dividing each element).
+with the unfused step's kernels: ``clamp`` is ``_numerics.limit_magnitude`` (nothing overflows)
+and ``ratio`` is ``_numerics.adam_ratio`` (``sign(n)`` where the denominator is 0, eps = 0). The
+per-element work is one pass with a single divide and a single square root; the update differs
+from the unfused chain's only by float32 rounding (the bias corrections are applied as scalar
+factors instead of dividing each element).
+
+Low-precision moments (``mu_dtype``/``nu_dtype`` of bfloat16, float16 or ``"int8"``, stochastic
+rounding) use ``adamw_jax.lowbit``'s storage on the tuple of buffers. For the block formats, the
+layout keeps the unfused path's rule, leaf by leaf: a leaf of 4096 elements or more goes to a
+group whose leaves each start at a multiple of the 256-element block (so a block never straddles
+two leaves and holds exactly the values it holds unfused), and smaller leaves go to groups kept in
+float32. Deterministic formats then store bit for bit what the unfused path stores; stochastic
+rounding draws its noise per buffer instead of per leaf (same distribution, other draws).
 
 When it pays off: the pass itself is as fast as XLA makes any AdamW loop, and the state is a few
 arrays instead of two per leaf. With many small leaves (thousands), keep the parameters flat too
@@ -28,6 +38,7 @@ of a block size (8-bit storage) or a device count (sharding); the zero padding s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -37,6 +48,8 @@ import numpy as np
 import optax
 
 from adamw_jax import _numerics as num
+from adamw_jax import _validation as check
+from adamw_jax import lowbit
 from adamw_jax._flat_layout import FlatLayout, layout_of
 from adamw_jax._masking import Mask, resolve_mask
 from adamw_jax.moments import scale_by_adam
@@ -44,13 +57,14 @@ from adamw_jax.moments import scale_by_adam
 
 class FusedAdamState(NamedTuple):
     """``count``: int32 steps taken; ``mu``/``nu``: one buffer of the first/second moment per
-    leaf group (1-D; a large leaf alone in its group keeps its own shape); ``nu_max``: the
-    running maximum of ``nu`` (AMSGrad), else ``None``."""
+    leaf group (1-D; a large leaf alone in its group keeps its own shape; a
+    ``lowbit.BlockwiseArray`` in the block formats); ``nu_max``: the running maximum of ``nu``
+    (AMSGrad), else ``None``."""
 
     count: jax.Array
-    mu: tuple[jax.Array, ...]
-    nu: tuple[jax.Array, ...]
-    nu_max: tuple[jax.Array, ...] | None
+    mu: tuple[jax.Array | lowbit.BlockwiseArray, ...]
+    nu: tuple[jax.Array | lowbit.BlockwiseArray, ...]
+    nu_max: tuple[jax.Array | lowbit.BlockwiseArray, ...] | None
 
 
 class _StepScalars(NamedTuple):
@@ -63,18 +77,11 @@ class _StepScalars(NamedTuple):
     inverse_c2: jax.Array
     eps: jax.Array
     eps_root: jax.Array
-    step_size: jax.Array  # a
+    step_size: jax.Array  # η, or a = η·sqrt(c2)/c1 ("hat")
+    moment_scale: jax.Array  # n = moment_scale·m: 1/c1 ("adam") or 1 ("hat")
     nesterov_m: jax.Array  # β1/c1'
     nesterov_g: jax.Array  # (1-β1)/c1
     decay: jax.Array  # k
-
-
-def _real_dtype(dtype: np.dtype) -> np.dtype:
-    return np.dtype(jnp.real(jnp.zeros((), dtype)).dtype)
-
-
-def _squared_magnitude(g: jax.Array) -> jax.Array:
-    return jnp.square(jnp.real(g)) + jnp.square(jnp.imag(g)) if jnp.iscomplexobj(g) else jnp.square(g)
 
 
 def fused_adam_family(
@@ -106,28 +113,26 @@ def fused_adam_family(
     """
     scale_by_adam(**adam_kwargs)  # the argument checks, with the unfused path's messages
     options = dict(b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, bias_correction=True,
-                   eps_mode="adam", amsgrad=False, nesterov=False, mu_dtype=None, nu_dtype=None)
+                   eps_mode="adam", amsgrad=False, nesterov=False, mu_dtype=None, nu_dtype=None,
+                   stochastic_rounding=False)
     options.update(adam_kwargs)
-    mu_dtype = num.storage_dtype(options["mu_dtype"], argument="mu_dtype")
-    nu_dtype = num.storage_dtype(options["nu_dtype"], argument="nu_dtype")
+    mu_storage, nu_storage = (
+        lowbit.moment_storage(options[name], argument=name, second_moment=second,
+                              stochastic_rounding=options["stochastic_rounding"])
+        for name, second in (("mu_dtype", False), ("nu_dtype", True)))
     amsgrad = options["amsgrad"]
-    layout_for = _layout_builder(weight_decay is not None, mask, pad_multiple)
+    layout_for = _layout_builder(weight_decay is not None, mask, pad_multiple,
+                                 blocks=mu_storage.uses_blocks or nu_storage.uses_blocks)
     scalars_at = _scalars_builder(
         learning_rate, options, weight_decay, schedule_multiplier, decay_after_learning_rate
     )
 
-    def storage(layout: FlatLayout) -> tuple[tuple[np.dtype, ...], tuple[np.dtype, ...]]:
-        mu = tuple(mu_dtype or dtype for dtype in layout.group_dtypes)
-        nu = tuple(nu_dtype or _real_dtype(dtype) for dtype in layout.group_dtypes)
-        return mu, nu
-
     def init_fn(params: optax.Params) -> FusedAdamState:
+        check.check_parameter_leaves(params)
         layout = layout_for(params)
-        mu_dtypes, nu_dtypes = storage(layout)
-        shapes = _buffer_shapes(layout)
-        mu = tuple(jnp.zeros(shape, d) for shape, d in zip(shapes, mu_dtypes))
-        nu = tuple(jnp.zeros(shape, d) for shape, d in zip(shapes, nu_dtypes))
-        return FusedAdamState(num.zero_count(), mu, nu, nu if amsgrad else None)
+        nu = _zero_moments(nu_storage, layout)
+        return FusedAdamState(num.zero_count(), _zero_moments(mu_storage, layout), nu,
+                              nu if amsgrad else None)
 
     def update_fn(
         updates: optax.Updates, state: FusedAdamState, params: optax.Params | None = None
@@ -137,28 +142,29 @@ def fused_adam_family(
         layout = layout_for(updates if params is None else params)
         _check_state_fits(layout, state)
         scalars = scalars_at(state.count)
+        count = num.safe_increment(state.count)
         shapes = _buffer_shapes(layout)
         shaped = lambda buffers: tuple(jnp.reshape(b, s) for b, s in zip(buffers, shapes))  # noqa: E731
         grads = shaped(layout.pack(updates, [num.compute_dtype(d) for d in layout.group_dtypes]))
         decayed = (shaped(layout.pack(params)) if weight_decay is not None
                    else (None,) * layout.num_groups)
-        nu_max = state.nu_max if amsgrad else (None,) * layout.num_groups
+        nu_max = nu_storage.decode(state.nu_max, grads) if amsgrad else (None,) * layout.num_groups
         results = [
             _fused_pass(g, m, v, v_max, p, key[1], scalars, options, maximize)
             for g, m, v, v_max, p, key in zip(
-                grads, state.mu, state.nu, nu_max, decayed, layout.group_keys)
+                grads, mu_storage.decode(state.mu, grads), nu_storage.decode(state.nu, grads),
+                nu_max, decayed, layout.group_keys)
         ]
         new_updates = layout.unpack([jnp.ravel(r[0]) for r in results], cast=lambda value, slot: value)
         new_updates = jax.tree_util.tree_map(lambda u, g: u.astype(g.dtype), new_updates, updates)
-
-        def store(values: list[jax.Array], old: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-            return tuple(x.astype(o.dtype) for x, o in zip(values, old))
-
         return new_updates, FusedAdamState(
-            count=num.safe_increment(state.count),
-            mu=store([r[1] for r in results], state.mu),
-            nu=store([r[2] for r in results], state.nu),
-            nu_max=store([r[3] for r in results], state.nu_max) if amsgrad else None,
+            count=count,
+            mu=mu_storage.encode(tuple(r[1] for r in results), state.mu, count,
+                                 lowbit.FIRST_MOMENT_STREAM),
+            nu=nu_storage.encode(tuple(r[2] for r in results), state.nu, count,
+                                 lowbit.SECOND_MOMENT_STREAM),
+            nu_max=nu_storage.encode(tuple(r[3] for r in results), state.nu_max, count,
+                                     lowbit.MAX_SECOND_MOMENT_STREAM) if amsgrad else None,
         )
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -172,22 +178,41 @@ buffer per (dtype, decayed) group, which is what removes the per-buffer cost."""
 
 
 def _layout_builder(
-    has_decay: bool, mask: Mask | None, pad_multiple: int
+    has_decay: bool, mask: Mask | None, pad_multiple: int, *, blocks: bool
 ) -> Callable[[optax.Params], FlatLayout]:
-    """``params -> layout`` grouping leaves by (dtype, decayed, own buffer if large)."""
+    """``params -> layout`` grouping leaves by (dtype, decayed, own buffer if large, in blocks).
+
+    ``blocks``: a moment uses a block format; leaves it would store in blocks unfused (4096
+    elements or more, real) then form groups of their own whose leaves start on block
+    boundaries."""
 
     def layout_for(params: optax.Params) -> FlatLayout:
         if has_decay and mask is not None:
             flags = jax.tree_util.tree_leaves(resolve_mask(mask, params))
         else:
             flags = [has_decay] * len(jax.tree_util.tree_leaves(params))
-        def group_key(index: int, leaf: Any) -> tuple[np.dtype, bool, int]:
-            alone = index if np.size(leaf) >= OWN_BUFFER_SIZE else -1
-            return np.dtype(jnp.result_type(leaf)), flags[index], alone
 
-        return layout_of(params, group_key=group_key, multiple=pad_multiple)
+        def group_key(index: int, leaf: Any) -> tuple[np.dtype, bool, int, bool]:
+            dtype = np.dtype(jnp.result_type(leaf))
+            alone = index if np.size(leaf) >= OWN_BUFFER_SIZE else -1
+            in_blocks = (blocks and np.size(leaf) >= lowbit.MIN_BLOCKWISE_SIZE
+                         and not jnp.issubdtype(dtype, jnp.complexfloating))
+            return dtype, flags[index], alone, in_blocks
+
+        return layout_of(params, group_key=group_key, multiple=pad_multiple,
+                         alignment=lambda key: lowbit.BLOCK_SIZE if key[3] else 1)
 
     return layout_for
+
+
+def _zero_moments(storage: lowbit.MomentStorage, layout: FlatLayout) -> tuple[Any, ...]:
+    """One zero moment buffer per group, stored as ``storage`` says; a group of leaves that the
+    unfused path keeps in float32 (under 4096 elements each) keeps float32 here too."""
+    small = dataclasses.replace(storage, dtype=jnp.float32) if storage.uses_blocks else storage
+    return tuple(
+        (storage if key[3] else small).init(jnp.zeros(shape, dtype))
+        for key, shape, dtype in zip(layout.group_keys, _buffer_shapes(layout), layout.group_dtypes)
+    )
 
 
 def _buffer_shapes(layout: FlatLayout) -> tuple[tuple[int, ...], ...]:
@@ -203,9 +228,15 @@ def _buffer_shapes(layout: FlatLayout) -> tuple[tuple[int, ...], ...]:
     return tuple(shapes)
 
 
+def _holds(stored: jax.Array | lowbit.BlockwiseArray, size: int) -> bool:
+    if isinstance(stored, lowbit.BlockwiseArray):
+        return stored.values.shape[0] == lowbit.block_count(size)
+    return stored.size == size
+
+
 def _check_state_fits(layout: FlatLayout, state: FusedAdamState) -> None:
-    sizes = tuple(int(buffer.size) for buffer in state.mu)
-    if sizes != layout.group_sizes:
+    if len(state.mu) != layout.num_groups or not all(map(_holds, state.mu, layout.group_sizes)):
+        sizes = tuple(int(getattr(buffer, "values", buffer).size) for buffer in state.mu)
         raise ValueError(
             f"the fused state holds flat buffers of sizes {sizes} but these parameters need "
             f"{layout.group_sizes}: call init with parameters of the same shapes, dtypes and "
@@ -222,9 +253,11 @@ def _scalars_builder(
 ) -> Callable[[jax.Array], _StepScalars]:
     """``count -> _StepScalars``, the same hyperparameter rules as ``scale_by_adam``."""
     b1, b2 = options["b1"], options["b2"]
-    one_minus_b2 = num.one_minus(b2)
 
     def scalars_at(count: jax.Array) -> _StepScalars:
+        # Formed here, not when the transform is built: building an optimizer must not start a
+        # JAX backend (jax.distributed.initialize has to come first in multi-host programs).
+        one_minus_b2 = num.one_minus(b2)
         eta = num.hyperparameter_at(learning_rate, count)
         b1_t = num.hyperparameter_at(b1, count)
         one_minus_b1 = num.one_minus(b1) if not callable(b1) else 1 - b1_t
@@ -236,12 +269,8 @@ def _scalars_builder(
             c1_next = num.bias_correction(one_minus_b1, step + 1)
         else:
             c1 = c2 = c1_next = one
-        if options["eps_mode"] == "hat":
-            step_size = eta * jnp.sqrt(c2) / c1
-        elif options["nesterov"]:
-            step_size = eta
-        else:
-            step_size = eta / c1
+        hat = options["eps_mode"] == "hat"
+        step_size = eta * jnp.sqrt(c2) / c1 if hat else eta
         if weight_decay is None:
             decay = jnp.zeros([], b1_t.dtype)
         else:
@@ -252,10 +281,11 @@ def _scalars_builder(
             decay = scale * decay
         return _StepScalars(
             b1=b1_t, one_minus_b1=one_minus_b1, b2=num.as_hyperparameter(b2),
-            one_minus_b2=one_minus_b2, inverse_c2=one / c2 if options["eps_mode"] == "adam" else one,
+            one_minus_b2=one_minus_b2, inverse_c2=one if hat else one / c2,
             eps=num.as_hyperparameter(options["eps"]),
             eps_root=num.as_hyperparameter(options["eps_root"]), step_size=step_size,
-            nesterov_m=b1_t / c1_next, nesterov_g=one_minus_b1 / c1, decay=decay,
+            moment_scale=one if hat else one / c1, nesterov_m=b1_t / c1_next,
+            nesterov_g=one_minus_b1 / c1, decay=decay,
         )
 
     return scalars_at
@@ -273,15 +303,15 @@ def _fused_pass(
     maximize: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
     """One elementwise pass over a group's flat buffers: ``(update, m, v, v_max)``."""
-    if maximize:
-        g = -g
+    g = num.limit_magnitude(-g if maximize else g)
     m = s.b1 * m + s.one_minus_b1 * g
-    v = s.b2 * v + s.one_minus_b2 * _squared_magnitude(g)
+    v = s.b2 * v + s.one_minus_b2 * num.squared_magnitude(g)
     if v_max is not None:
         v_max = jnp.maximum(v_max, v)
     second = v if v_max is None else v_max
-    numerator = s.nesterov_m * m + s.nesterov_g * g if options["nesterov"] else m
-    update = -s.step_size * numerator / (jnp.sqrt(second * s.inverse_c2 + s.eps_root) + s.eps)
+    numerator = s.nesterov_m * m + s.nesterov_g * g if options["nesterov"] else s.moment_scale * m
+    denominator = jnp.sqrt(second * s.inverse_c2 + s.eps_root) + s.eps
+    update = -s.step_size * num.adam_ratio(numerator, denominator)
     if decayed:
         update = update - s.decay * p
     return update, m, v, v_max

@@ -240,11 +240,17 @@ class MomentStorage:
     second_moment: bool
     stochastic_rounding: bool
 
+    @property
+    def uses_blocks(self) -> bool:
+        """Whether tensors of ``MIN_BLOCKWISE_SIZE`` elements or more are stored as a
+        ``BlockwiseArray`` (``"int8"``, or a float16 second moment); smaller ones keep float32."""
+        return self.dtype == INT8 or (self.second_moment and self.dtype == jnp.float16)
+
     def _zeros(self, param: jax.Array) -> jax.Array | BlockwiseArray:
         target = self.dtype
         if target is None:
             target = jnp.real(jnp.zeros((), param.dtype)).dtype if self.second_moment else param.dtype
-        blockwise = target == INT8 or (self.second_moment and target == jnp.float16)
+        blockwise = self.uses_blocks
         if blockwise and _blockwise(param):
             blocks = block_count(jnp.size(param))
             values_dtype = jnp.float16 if target == jnp.float16 else (

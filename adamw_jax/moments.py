@@ -41,11 +41,6 @@ class ScaleByAdamState(NamedTuple):
     nu_max: optax.Updates | None
 
 
-def _squared_magnitude(g: jax.Array) -> jax.Array:
-    """``|g|²``, real also for complex ``g`` (as optax)."""
-    return jnp.square(jnp.real(g)) + jnp.square(jnp.imag(g)) if jnp.iscomplexobj(g) else jnp.square(g)
-
-
 def _check_state(state: Any, updates: optax.Updates, *, amsgrad: bool) -> None:
     """Name the mismatch when ``update`` gets a state its ``init`` did not make for these
     gradients, instead of failing inside a tree map or an XLA shape check."""
@@ -174,7 +169,7 @@ def scale_by_adam(
         mu = jax.tree_util.tree_map(
             lambda g, m: b1_t * m + one_minus_b1 * g, grads, mu_storage.decode(state.mu, updates))
         nu = jax.tree_util.tree_map(
-            lambda g, v: b2_t * v + one_minus_b2 * _squared_magnitude(g),
+            lambda g, v: b2_t * v + one_minus_b2 * num.squared_magnitude(g),
             grads, nu_storage.decode(state.nu, updates))
         nu_used = nu if not amsgrad else jax.tree_util.tree_map(
             jnp.maximum, nu_storage.decode(state.nu_max, updates), nu)
