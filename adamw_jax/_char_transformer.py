@@ -19,6 +19,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from adamw_jax.masks import exclude_from_weight_decay
+
 NO_DECAY_NAMES = ("bias", "scale")
 
 
@@ -73,18 +75,9 @@ class CharTransformer(nnx.Module):
         return self.head(self.final_norm(x))
 
 
-def decay_mask(params: Any) -> Any:
-    """``True`` on the leaves to decay: every parameter but biases and norm scales.
-
-    Works on any pytree whose paths carry the Flax names (an ``nnx.State`` or a Linen params
-    dict): a leaf is spared when its last named key is in ``NO_DECAY_NAMES``.
-    """
-
-    def decays(path: tuple[Any, ...], _: Any) -> bool:
-        names = [key.key for key in path if isinstance(key, jax.tree_util.DictKey)]
-        return not names or names[-1] not in NO_DECAY_NAMES
-
-    return jax.tree_util.tree_map_with_path(decays, params)
+#: ``True`` on the leaves to decay: every parameter but biases and norm scales. Works on any
+#: pytree whose paths carry the Flax names (an ``nnx.State`` or a Linen params dict).
+decay_mask = exclude_from_weight_decay([rf"(^|/)({'|'.join(NO_DECAY_NAMES)})(/|$)"])
 
 
 def next_character_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
