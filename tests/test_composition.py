@@ -102,3 +102,14 @@ def test_grad_through_the_update_is_finite_and_matches_finite_differences():
         return jnp.sum(updates["w"])
 
     assert np.all(np.isfinite(jax.grad(through_gradient)(jnp.zeros(3))))
+
+
+def test_blocks_accept_being_wrapped_by_optax_inject_hyperparams():
+    """Every numeric argument of the blocks may arrive as a traced float32 array."""
+    blocks = optax.chain(
+        optax.inject_hyperparams(aw.scale_by_adam)(b1=0.9, b2=0.999, eps=1e-8),
+        optax.inject_hyperparams(aw.add_decayed_weights)(weight_decay=0.1),
+        optax.inject_hyperparams(aw.scale_by_learning_rate)(learning_rate=1e-2),
+    )
+    expected = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, weight_decay=0.1)
+    assert max_abs_error(trajectory(blocks, PARAMS, GRADS), expected) <= float32_tolerance(expected)
