@@ -261,8 +261,8 @@ def _stored_leaf(stored, slot=None):
     """What a state holds for one leaf: ``(codes, scales)`` or the flat values; with ``slot``,
     the leaf's part of a fused group buffer."""
     if isinstance(stored, lowbit.BlockwiseArray):
-        rows = slice(0, None) if slot is None else slice(
-            slot.offset // lowbit.BLOCK_SIZE, slot.offset // lowbit.BLOCK_SIZE + lowbit.block_count(slot.size))
+        first = 0 if slot is None else slot.offset // lowbit.BLOCK_SIZE
+        rows = slice(0, None) if slot is None else slice(first, first + lowbit.block_count(slot.size))
         return np.asarray(stored.values[rows]), np.asarray(stored.scales[rows])
     flat = np.asarray(stored, np.float32).reshape(-1)
     return (flat,) if slot is None else (flat[slot.offset:slot.offset + slot.size],)
@@ -281,7 +281,8 @@ def test_low_precision_moments_store_what_the_unfused_chain_stores(dtype):
     unfused_params, unfused = _run(aw.adamw(1e-2, **kwargs), params, grads)
     adam = unfused[0]
     layout = _layout_builder(True, BLOCK_MASK, 1, blocks=dtype != jnp.bfloat16)(fused_params)
-    assert len(fused.mu) == (3 if dtype == jnp.bfloat16 else 4)  # b, big, mid+mid2, s1+s2 (bf16: b, big, the rest)
+    # groups: b, big, mid+mid2, s1+s2 (bf16, no blocks: b, big, the rest)
+    assert len(fused.mu) == (3 if dtype == jnp.bfloat16 else 4)
     for key, slot in zip(sorted(params), layout.slots):  # a dict's leaves are in key order
         for moment in ("mu", "nu", "nu_max"):
             got = _stored_leaf(getattr(fused, moment)[slot.group], slot)
@@ -365,7 +366,8 @@ def test_extreme_gradients_step_like_the_unfused_chain(eps, options):
             out.append(np.asarray(u["w"]))
         updates.append(np.stack(out))
     assert np.all(np.isfinite(updates[0]))
-    np.testing.assert_array_equal(np.sign(updates[0]), -np.sign(np.broadcast_to(EXTREME_GRADIENTS, updates[0].shape)))
+    signs = np.broadcast_to(np.sign(EXTREME_GRADIENTS), updates[0].shape)
+    np.testing.assert_array_equal(np.sign(updates[0]), -signs)
     np.testing.assert_allclose(updates[0], updates[1], rtol=1e-6, atol=0)
 
 
