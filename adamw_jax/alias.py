@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import optax
 
 from adamw_jax import _validation as check
@@ -57,11 +58,39 @@ def _adam_family(
     weights of bf16/f16 parameters."""
     if stochastic_rounding:
         adam_kwargs = dict(adam_kwargs, stochastic_rounding=True)
-    optimizer = _adam_chain(learning_rate, adam_kwargs, **chain_kwargs)
+    optimizer = _with_state_check(_adam_chain(learning_rate, adam_kwargs, **chain_kwargs))
     if stochastic_rounding or master_weights:
         return low_precision_params(optimizer, master_weights=master_weights,
                                     stochastic_rounding=stochastic_rounding)
     return optimizer
+
+
+def _state_kinds(state: Any) -> Any:
+    """The state's shape of types: a chain's tuple of state names, or one state's name."""
+    if isinstance(state, tuple) and not hasattr(state, "_fields"):
+        return tuple(_state_kinds(part) for part in state)
+    return type(state).__name__
+
+
+def _with_state_check(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``optimizer`` whose ``update`` names a state made by a differently configured optimizer
+    (adam vs adamw, ``maximize``, ``fused``...) instead of failing inside the chain."""
+
+    def update_fn(
+        updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, optax.OptState]:
+        # Abstract: init is traced for its structure, nothing is computed.
+        expected = _state_kinds(jax.eval_shape(optimizer.init, updates))
+        got = _state_kinds(state)
+        if expected != got:
+            raise ValueError(
+                f"this optimizer's state is {expected} but update got {got}: the state was "
+                "created by a differently configured optimizer (adam vs adamw, maximize, fused, "
+                "weight_decay_mode...). Call init with the optimizer you update with."
+            )
+        return optimizer.update(updates, state, params)
+
+    return optax.GradientTransformation(optimizer.init, update_fn)
 
 
 def _adam_chain(

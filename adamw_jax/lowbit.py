@@ -243,14 +243,18 @@ class MomentStorage:
     @property
     def uses_blocks(self) -> bool:
         """Whether tensors of ``MIN_BLOCKWISE_SIZE`` elements or more are stored as a
-        ``BlockwiseArray`` (``"int8"``, or a float16 second moment); smaller ones keep float32."""
-        return self.dtype == INT8 or (self.second_moment and self.dtype == jnp.float16)
+        ``BlockwiseArray`` (``"int8"``, or a float16 second moment); smaller ones keep float32.
+        With ``dtype=None`` this depends on the parameter dtype (see ``_blocks_for``)."""
+        return self._blocks_for(self.dtype)
+
+    def _blocks_for(self, target: Any) -> bool:
+        return target == INT8 or (self.second_moment and target == jnp.float16)
 
     def _zeros(self, param: jax.Array) -> jax.Array | BlockwiseArray:
         target = self.dtype
         if target is None:
             target = jnp.real(jnp.zeros((), param.dtype)).dtype if self.second_moment else param.dtype
-        blockwise = self.uses_blocks
+        blockwise = self._blocks_for(target)  # also a float16 v kept for float16 params
         if blockwise and _blockwise(param):
             blocks = block_count(jnp.size(param))
             values_dtype = jnp.float16 if target == jnp.float16 else (

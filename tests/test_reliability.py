@@ -49,6 +49,20 @@ def test_state_of_another_configuration_is_named():
         plain.update(params, with_max.init(params))
 
 
+@pytest.mark.parametrize(
+    "made_by, used_by",
+    [(dict(), dict(maximize=True, nesterov=True)), (dict(fused=True), dict()),
+     (dict(), dict(fused=True)), (dict(maximize=True), dict())],
+)
+def test_state_of_a_differently_configured_optimizer_is_named(made_by, used_by):
+    params = {"w": jnp.ones(3)}
+    state = aw.adamw(**made_by).init(params)
+    with pytest.raises(ValueError, match="differently configured"):
+        jax.jit(aw.adamw(**used_by).update)(params, state, params)
+    with pytest.raises(ValueError, match="differently configured"):
+        aw.adam(**used_by).update(params, aw.adamw(**made_by).init(params), params)
+
+
 def test_state_of_another_parameter_tree_is_named():
     optimizer = aw.adamw()
     state = optimizer.init({"w": jnp.ones(3)})
