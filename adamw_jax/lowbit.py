@@ -34,187 +34,38 @@ runs are reproducible.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from adamw_jax import _numerics as num
+from adamw_jax._quantization import (
+    BLOCK_SIZE,
+    BlockwiseArray,
+    uniform_noise,
+    block_count,
+    decode_blocks,
+    dynamic_code,
+    encode_blocks,
+    round_to_dtype,
+    step_keys,
+)
 
-BLOCK_SIZE = 256
 MIN_BLOCKWISE_SIZE = 4096
+
+__all__ = [
+    "BLOCK_SIZE", "FIRST_MOMENT_STREAM", "MAX_SECOND_MOMENT_STREAM", "MIN_BLOCKWISE_SIZE",
+    "PARAMS_STREAM", "SECOND_MOMENT_STREAM", "BlockwiseArray", "LowPrecisionParamsState",
+    "MomentStorage", "add_and_round", "block_count", "decode_blocks", "dynamic_code",
+    "encode_blocks", "low_precision_params", "moment_storage", "round_to_dtype", "state_bytes",
+    "step_keys",
+]
 
 # Key streams, one per kind of rounded value, so moments and parameters use independent noise.
 FIRST_MOMENT_STREAM, SECOND_MOMENT_STREAM, MAX_SECOND_MOMENT_STREAM, PARAMS_STREAM = range(4)
-
-
-class BlockwiseArray(NamedTuple):
-    """``values[b, i] · scales[b]`` (after the code table for int8 ``values``) is element
-    ``b·256 + i`` of the flattened tensor; the tail of the last block is padding."""
-
-    values: jax.Array
-    scales: jax.Array
-
-
-# --- dynamic code tables -------------------------------------------------------------------
-
-
-def dynamic_code(*, signed: bool) -> np.ndarray:
-    """The sorted values of the 8-bit dynamic code in ``[-1, 1]`` (signed) or ``[0, 1]``.
-
-    Signed: 255 values (int8 code ``c`` is entry ``c + 127``); unsigned: 256 values (uint8).
-    Decade ``z`` (``z`` leading zero bits, then a one bit) holds ``2^f`` values
-    ``10^-z·(0.1 + 0.9·k/2^f)``, ``k = 1..2^f``, with ``f`` the bits left after the sign,
-    the ``z`` zeros and the one bit; ``k = 2^f`` puts ``1.0`` itself in the table.
-    """
-    magnitude_bits = 7 if signed else 8
-    magnitudes = [
-        10.0 ** -zeros * (0.1 + 0.9 * k / 2 ** (magnitude_bits - zeros - 1))
-        for zeros in range(magnitude_bits)
-        for k in range(1, 2 ** (magnitude_bits - zeros - 1) + 1)
-    ]
-    magnitudes = np.sort(np.asarray(magnitudes))
-    if signed:
-        return np.concatenate([-magnitudes[::-1], [0.0], magnitudes]).astype(np.float32)
-    return np.concatenate([[0.0], magnitudes]).astype(np.float32)
-
-
-SIGNED_CODE = dynamic_code(signed=True)
-UNSIGNED_CODE = dynamic_code(signed=False)
-
-
-def _round_between(x: jax.Array, low: jax.Array, high: jax.Array, uniform: jax.Array | None) -> jax.Array:
-    """Whether to take ``high`` for ``low <= x <= high``: nearest, or with probability
-    ``(x - low) / (high - low)`` when ``uniform`` (in [0, 1)) is given."""
-    fraction = (x - low) / (high - low)
-    return fraction >= 0.5 if uniform is None else uniform < fraction
-
-
-def _code_index(normalized: jax.Array, code: np.ndarray, uniform: jax.Array | None) -> jax.Array:
-    """Index into ``code`` of the entry ``normalized`` (in [-1, 1]) rounds to.
-
-    Computed, not searched: the decade ``z`` counts the powers of ten above ``|x|``; in it, with
-    ``2^f`` entries, entry ``k`` is magnitude number ``2^f + k - 2`` (the deeper decades hold
-    ``2^f - 1``), and ``k = 0`` continues into the top of the next decade, so the float32
-    rounding of ``k`` near an entry is fixed by one comparison on each side. Magnitudes are
-    rounded, so signed values round symmetrically.
-    """
-    signed = bool(code[0] < 0)
-    magnitudes = code[code > 0]
-    with_zero = jnp.asarray(np.concatenate([[0.0], magnitudes]).astype(np.float32))
-    magnitude = jnp.abs(normalized)
-    top_bits = 6 if signed else 7  # fraction bits of the top decade
-    zeros = sum((magnitude < np.float32(10.0**-z)).astype(jnp.int32) for z in range(1, top_bits + 1))
-    steps = 2.0 ** (top_bits - np.arange(top_bits + 1))  # per decade; gathers beat pow on CPU
-    slope = jnp.asarray(10.0 ** np.arange(top_bits + 1) / 0.9 * steps, jnp.float32)[zeros]
-    offset = jnp.asarray(0.1 / 0.9 * steps - steps + 2, jnp.float32)[zeros]
-    # position in decade k = (|x|·10^z - 0.1)/0.9·2^f, then magnitude number 2^f + k - 2
-    low = jnp.clip(jnp.floor(magnitude * slope - offset), -1, magnitudes.size - 2).astype(jnp.int32)
-    low = jnp.maximum(low - (with_zero[low + 1] > magnitude), -1)
-    low = jnp.minimum(low + (with_zero[low + 2] < magnitude), magnitudes.size - 2)
-    up = _round_between(magnitude, with_zero[low + 1], with_zero[low + 2], uniform)
-    if not signed:  # the second-moment code: a positive value never rounds to zero
-        up = up | ((low == -1) & (magnitude > 0))
-    index = low + 1 + up.astype(jnp.int32)  # 0 is zero, i is magnitudes[i - 1]
-    return jnp.where(normalized < 0, -index, index) + (code.size // 2 if signed else 0)
-
-
-# --- stochastic rounding to a float dtype --------------------------------------------------
-
-
-def round_to_dtype(x: jax.Array, dtype: Any, uniform: jax.Array | None = None) -> jax.Array:
-    """``x`` rounded to ``dtype``: to nearest, or stochastically when ``uniform`` is given.
-
-    The two candidates are the nearest value and its neighbour on the other side of ``x``
-    (``nextafter``); non-finite results of the nearest rounding (NaN, overflow) are kept.
-    """
-    nearest = x.astype(dtype)
-    if uniform is None or jnp.dtype(dtype) == x.dtype:
-        return nearest
-    back = nearest.astype(x.dtype)
-    away = jnp.where(back > x, -jnp.inf, jnp.inf).astype(dtype)
-    other = jnp.nextafter(nearest, away).astype(x.dtype)
-    low, high = jnp.minimum(back, other), jnp.maximum(back, other)
-    rounded = jnp.where(_round_between(x, low, high, uniform), high, low).astype(dtype)
-    return jnp.where(jnp.isfinite(nearest), rounded, nearest)
-
-
-def _mix(h: jax.Array) -> jax.Array:
-    """A 32-bit integer hash with full avalanche (xor-shift-multiply, "lowbias32")."""
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x7FEB352D)
-    h = h ^ (h >> 15)
-    h = h * jnp.uint32(0x846CA68B)
-    return h ^ (h >> 16)
-
-
-def step_keys(step: jax.typing.ArrayLike, stream: int, count: int) -> list[jax.Array]:
-    """``count`` independent uint32 seeds for the given step and stream (one per leaf)."""
-    base = _mix(jnp.asarray(step).astype(jnp.uint32) * jnp.uint32(0x9E3779B9) ^ jnp.uint32(stream))
-    return [_mix(base + jnp.uint32(index) * jnp.uint32(0x85EBCA6B)) for index in range(count)]
-
-
-def _uniform(seed: jax.Array | None, shape: tuple[int, ...]) -> jax.Array | None:
-    """Uniform [0, 1) float32 noise: a counter-based hash of (seed, element index).
-
-    A hash, not ``jax.random``: threefry costs ~30x a step of AdamW on CPU, while rounding
-    noise needs only independence between elements, leaves and steps, and 24 bits.
-    """
-    if seed is None:
-        return None
-    index = jax.lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1) if shape else jnp.uint32(0)
-    for axis in range(len(shape) - 1):  # row-major element number
-        stride = int(np.prod(shape[axis + 1:]))
-        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
-    bits = _mix(_mix(index ^ seed) + seed)
-    return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
-
-
-# --- blockwise encode/decode on flat arrays (also used by the fused path) --------------------
-
-
-def block_count(size: int) -> int:
-    """Number of 256-element blocks that hold ``size`` values."""
-    return -(-size // BLOCK_SIZE)
-
-
-def encode_blocks(
-    flat: jax.Array, values_dtype: Any, *, uniform: jax.Array | None = None
-) -> BlockwiseArray:
-    """Quantize a flat float32 array block by block.
-
-    ``values_dtype`` int8 (signed code), uint8 (unsigned code, for ``x >= 0``) or float16
-    (power-of-two scale). ``uniform``, if given, has shape ``(blocks, 256)`` and makes the
-    rounding stochastic.
-    """
-    padding = block_count(flat.size) * BLOCK_SIZE - flat.size
-    blocks = jnp.pad(flat.astype(jnp.float32), (0, padding)).reshape(-1, BLOCK_SIZE)
-    absmax = jnp.max(jnp.abs(blocks), axis=1)
-    if jnp.dtype(values_dtype) == jnp.float16:
-        mantissa, exponent = jnp.frexp(absmax)  # absmax = mantissa·2^exponent, mantissa < 1
-        scales = jnp.where(absmax > 0, jnp.ldexp(jnp.ones_like(absmax), exponent), 1.0)
-        scaled = blocks / scales[:, None]  # exact: a power of two
-        values = round_to_dtype(scaled, jnp.float16, uniform)
-        smallest = jnp.copysign(jnp.finfo(jnp.float16).smallest_subnormal, scaled).astype(jnp.float16)
-        return BlockwiseArray(jnp.where((values == 0) & (scaled != 0), smallest, values), scales)
-    scales = jnp.where(absmax > 0, absmax, 1.0)
-    signed = jnp.dtype(values_dtype) == jnp.int8
-    index = _code_index(blocks / scales[:, None], SIGNED_CODE if signed else UNSIGNED_CODE, uniform)
-    return BlockwiseArray((index - SIGNED_CODE.size // 2 if signed else index).astype(values_dtype), scales)
-
-
-def decode_blocks(stored: BlockwiseArray, size: int) -> jax.Array:
-    """The flat float32 array of ``size`` values that ``encode_blocks`` stored."""
-    values = stored.values
-    if values.dtype == jnp.int8:
-        values = jnp.asarray(SIGNED_CODE)[values.astype(jnp.int32) + 127]
-    elif values.dtype == jnp.uint8:
-        values = jnp.asarray(UNSIGNED_CODE)[values.astype(jnp.int32)]
-    return (values.astype(jnp.float32) * stored.scales[:, None]).reshape(-1)[:size]
 
 
 # --- moment storage formats ----------------------------------------------------------------
@@ -297,9 +148,9 @@ class MomentStorage:
                 flat = x.reshape(-1).astype(jnp.float32)
                 if self.second_moment:
                     flat = jnp.sqrt(flat)
-                return encode_blocks(flat, s.values.dtype, uniform=_uniform(key, s.values.shape))
+                return encode_blocks(flat, s.values.dtype, uniform=uniform_noise(key, s.values.shape))
             narrower = jnp.finfo(s.dtype).bits < jnp.finfo(x.dtype).bits
-            return round_to_dtype(x, s.dtype, _uniform(key, x.shape) if narrower else None)
+            return round_to_dtype(x, s.dtype, uniform_noise(key, x.shape) if narrower else None)
 
         return treedef.unflatten([leaf(*args) for args in zip(leaves, stored_leaves, keys)])
 
@@ -342,7 +193,7 @@ def add_and_round(base: jax.Array, update: jax.Array, dtype: Any, key: jax.Array
     """``base + update`` in at least float32, rounded to ``dtype`` (stochastically with a key)."""
     compute = num.compute_dtype(jnp.result_type(base.dtype, dtype))
     total = base.astype(compute) + update.astype(compute)
-    return round_to_dtype(total, dtype, _uniform(key, total.shape))
+    return round_to_dtype(total, dtype, uniform_noise(key, total.shape))
 
 
 def _master_or(master: Any, params: optax.Params) -> optax.Params:
@@ -396,7 +247,7 @@ def low_precision_params(
                 return u, None
             compute = num.compute_dtype(b.dtype)
             new = b.astype(compute) + u.astype(compute)
-            rounded = round_to_dtype(new, p.dtype, _uniform(key, p.shape) if stochastic_rounding else None)
+            rounded = round_to_dtype(new, p.dtype, uniform_noise(key, p.shape) if stochastic_rounding else None)
             return rounded.astype(compute) - p.astype(compute), new if b.dtype != p.dtype else None
 
         results = [leaf(*args) for args in zip(
