@@ -64,7 +64,10 @@ def test_two_processes_of_four_devices_match_the_single_process_run(tmp_path):
     assert len(pids) == 2 and not any(is_running(pid) for pid in pids)
     port = int(re.search(r"coordinator localhost:(\d+)", output).group(1))
     with socket.socket() as probe:
-        probe.bind(("localhost", port))  # the coordinator's port was released
+        # SO_REUSEADDR lets the bind pass over connections left in TIME_WAIT (closed, owned by
+        # no process) but still fails if any process listens on the port: it was released.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("localhost", port))
 
     example = load_example()
     one_device = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1], axis_types=(AxisType.Auto,))
