@@ -29,6 +29,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
+from adamw_jax._state_search import find_state, find_states
 from adamw_jax.plateau import ReduceOnPlateauState
 
 DEFAULT_RUNTIME = ("learning_rate", "weight_decay")
@@ -112,23 +113,10 @@ def inject_hyperparams(
     return wrapped
 
 
-def _is_state(node: Any) -> bool:
-    return isinstance(node, (InjectHyperparamsState, ReduceOnPlateauState))
-
-
-def _states(opt_state: optax.OptState, kind: type) -> list[Any]:
-    return [node for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_state) if isinstance(node, kind)]
-
-
 def current_hyperparams(opt_state: optax.OptState) -> dict[str, jax.Array]:
-    """The run-time hyperparameters the next update will use, from anywhere in ``opt_state``."""
-    found = _states(opt_state, InjectHyperparamsState)
-    if len(found) != 1:
-        raise ValueError(
-            f"expected one inject_hyperparams state in the optimizer state, found {len(found)}; build "
-            "the optimizer with aw.inject_hyperparams(aw.adamw)(...) to read or set hyperparameters."
-        )
-    return dict(found[0].hyperparams)
+    """The run-time hyperparameters the next update will use, from anywhere in ``opt_state``
+    (built with ``aw.inject_hyperparams(aw.adamw)(...)``)."""
+    return dict(find_state(opt_state, InjectHyperparamsState, transform="inject_hyperparams").hyperparams)
 
 
 def current_learning_rate(opt_state: optax.OptState) -> jax.Array:
@@ -139,7 +127,7 @@ def current_learning_rate(opt_state: optax.OptState) -> jax.Array:
         raise ValueError(f"the state holds no learning_rate, only {sorted(hyperparams)}; inject it with "
                          "runtime=('learning_rate', ...).")
     rate = hyperparams["learning_rate"]
-    for plateau in _states(opt_state, ReduceOnPlateauState):
+    for plateau in find_states(opt_state, ReduceOnPlateauState):
         rate = rate * plateau.scale
     return rate
 
@@ -163,4 +151,5 @@ def set_hyperparams(opt_state: optax.OptState, **values: Any) -> optax.OptState:
             return node._replace(hyperparams={**node.hyperparams, **new})
         return node
 
-    return jax.tree_util.tree_map(replace, opt_state, is_leaf=_is_state)
+    return jax.tree_util.tree_map(
+        replace, opt_state, is_leaf=lambda node: isinstance(node, InjectHyperparamsState))
