@@ -37,13 +37,6 @@ def check_fraction(name: str, value: Any, *, hint: str = "") -> None:
     check.check_range(name, value, low=0.0, high=1.0, hint=hint)
 
 
-def check_positive(name: str, value: Any, *, hint: str = "") -> None:
-    """A real scalar that is strictly positive (a divisor or a rate)."""
-    check.check_range(name, value, low=0.0, hint=hint)
-    if check.concrete_float(value) == 0.0:
-        raise ValueError(f"{name} must be > 0, got 0.{' ' + hint if hint else ''}")
-
-
 def as_count(count: jax.typing.ArrayLike) -> jax.Array:
     """The step count as an array (an int stays an int)."""
     return jnp.asarray(count)

@@ -69,7 +69,7 @@ def exponential_decay(
     """
     args.check_values(init_value=init_value)
     args.check_steps("transition_steps", transition_steps, positive=True)
-    args.check_positive("decay_rate", decay_rate, hint="The value is multiplied by it every transition_steps.")
+    check.check_positive("decay_rate", decay_rate, hint="The value is multiplied by it every transition_steps.")
     args.check_steps("transition_begin", transition_begin)
     if end_value is not None:
         args.check_values(end_value=end_value)

@@ -121,8 +121,8 @@ def _check_onecycle(transition_steps: int, peak_value: float, pct_start: float, 
     args.check_steps("transition_steps", transition_steps, positive=True)
     args.check_values(peak_value=peak_value)
     args.check_fraction("pct_start", pct_start, hint="It is the fraction of the steps spent warming up.")
-    args.check_positive("div_factor", div_factor, hint="The schedule starts at peak_value / div_factor.")
-    args.check_positive("final_div_factor", final_div_factor,
+    check.check_positive("div_factor", div_factor, hint="The schedule starts at peak_value / div_factor.")
+    check.check_positive("final_div_factor", final_div_factor,
                         hint="The schedule ends at peak_value / (div_factor · final_div_factor).")
 
 

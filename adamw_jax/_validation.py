@@ -70,6 +70,15 @@ def check_range(
         raise ValueError(f"{name} must be in {interval}, got {number!r}.{' ' + hint if hint else ''}")
 
 
+def check_positive(
+    name: str, value: Any, *, high: float = math.inf, high_inclusive: bool = True, hint: str = ""
+) -> None:
+    """A real scalar ``> 0`` (and ``<= high``, or ``< high``): a divisor, a rate, a threshold."""
+    check_range(name, value, low=0.0, high=high, high_inclusive=high_inclusive, hint=hint)
+    if concrete_float(value) == 0.0:
+        raise ValueError(f"{name} must be > 0, got 0.{' ' + hint if hint else ''}")
+
+
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
     """Check ``value`` is one of the allowed strings."""
     choices = tuple(choices)

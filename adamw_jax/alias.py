@@ -30,10 +30,9 @@ def _schedule_multiplier(
 ) -> optax.Schedule | None:
     """``s_t = η_t / η_peak`` for decoupled decay; ``None`` (``s_t = 1``) for a constant rate."""
     if peak_learning_rate is not None:
-        check.check_range("peak_learning_rate", peak_learning_rate, low=0.0,
-                          hint="It is the largest value of the learning-rate schedule.")
-        if check.concrete_float(peak_learning_rate) == 0.0:
-            raise ValueError("peak_learning_rate must be > 0: the decay multiplier divides by it.")
+        check.check_positive("peak_learning_rate", peak_learning_rate,
+                             hint="It is the largest value of the learning-rate schedule (the "
+                             "decay multiplier divides by it).")
         if callable(learning_rate):
             return lambda count: learning_rate(count) / peak_learning_rate
         return lambda count: learning_rate / peak_learning_rate

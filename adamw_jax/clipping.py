@@ -45,11 +45,8 @@ def _stateless(clip: Callable[[optax.Updates], optax.Updates]) -> optax.Gradient
 
 
 def _check_threshold(name: str, value: float) -> None:
-    check.check_range(name, value, low=0.0,
-                      hint=f"{name} is the positive clipping threshold, e.g. 1.0.")
-    if check.concrete_float(value) == 0.0:
-        raise ValueError(f"{name} must be > 0, got 0.0: it would zero every gradient. "
-                         "Leave the clipping transform out to disable clipping.")
+    check.check_positive(name, value, hint=f"{name} is the clipping threshold, e.g. 1.0; leave the "
+                         "clipping transform out to disable clipping (0 would zero every gradient).")
 
 
 def squared_norm(tree: optax.Updates) -> jax.Array:

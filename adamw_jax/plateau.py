@@ -47,10 +47,9 @@ class ReduceOnPlateauState(NamedTuple):
 
 def _check_arguments(factor: float, patience: int, rtol: float, atol: float, cooldown: int,
                      min_scale: float, accumulation_size: int, eps: float) -> None:
-    check.check_range("factor", factor, low=0.0, high=1.0, high_inclusive=False,
-                      hint="The scale is multiplied by it on a plateau, e.g. 0.1.")
-    if check.concrete_float(factor) == 0.0:
-        raise ValueError("factor must be > 0: a factor of 0 would stop training at the first plateau.")
+    check.check_positive("factor", factor, high=1.0, high_inclusive=False,
+                         hint="The scale is multiplied by it on a plateau, e.g. 0.1 (0 would stop "
+                         "training at the first plateau).")
     for name, value in (("patience", patience), ("cooldown", cooldown)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int >= 0 (a number of windows), got {value!r}.")

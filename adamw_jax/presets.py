@@ -112,12 +112,6 @@ def torch_adam(
     return optax.chain(*steps)
 
 
-def _check_positive(name: str, value: float, hint: str) -> None:
-    check.check_range(name, value, low=0.0, hint=hint)
-    if check.concrete_float(value) == 0.0:
-        raise ValueError(f"{name} must be > 0, got {value!r}. {hint}")
-
-
 def _check_keras_arguments(
     weight_decay: float, beta_1: float, beta_2: float, epsilon: float, ema_momentum: float,
     ema_overwrite_frequency: int | None, loss_scale_factor: float | None,
@@ -136,8 +130,8 @@ def _check_keras_arguments(
     check.check_positive_int("gradient_accumulation_steps", gradient_accumulation_steps,
                              allow_none=True, hint="None: no accumulation.")
     if loss_scale_factor is not None:
-        _check_positive("loss_scale_factor", loss_scale_factor,
-                        "The loss is multiplied by it; None: no scaling.")
+        check.check_positive("loss_scale_factor", loss_scale_factor,
+                             hint="The loss is multiplied by it; None: no scaling.")
 
 
 def _keras_clipping(
@@ -153,7 +147,7 @@ def _keras_clipping(
             + ", ".join(f"{name}={value!r}" for name, value in given.items()) + "."
         )
     for name, value in given.items():
-        _check_positive(name, value, "It is the clipping threshold; None disables clipping.")
+        check.check_positive(name, value, hint="It is the clipping threshold; None disables clipping.")
     if clipnorm is not None:
         return [clip_by_norm(clipnorm)]
     if clipvalue is not None:
