@@ -9,7 +9,6 @@ from adamw_jax import (
     ema,
     flat,
     fused,
-    loss_scaling,
     lowbit,
     masks,
     presets,

@@ -14,7 +14,6 @@ from importlib import resources
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
