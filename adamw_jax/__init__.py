@@ -11,6 +11,7 @@ from adamw_jax import (
     fused,
     lowbit,
     masks,
+    native,
     presets,
     schedules,
     sharding,
@@ -19,7 +20,7 @@ from adamw_jax.accumulation import AccumulateGradientsState, accumulate_gradient
 from adamw_jax.alias import adam, adamw
 from adamw_jax.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
 from adamw_jax.ema import ParamEmaState, ema_params, param_ema
-from adamw_jax.fused import FusedAdamState
+from adamw_jax.fused import FusedAdamState, FusedTransformation
 from adamw_jax.hyperparams import (
     InjectHyperparamsState,
     current_hyperparams,
@@ -42,7 +43,7 @@ from adamw_jax.masks import exclude_from_weight_decay
 from adamw_jax.moments import ScaleByAdamState, scale_by_adam
 from adamw_jax.plateau import ReduceOnPlateauState, reduce_on_plateau
 from adamw_jax.sharding import state_shardings
-from adamw_jax.updates import apply_updates
+from adamw_jax.updates import apply_updates, update_and_apply
 from adamw_jax.weight_decay import WeightDecayState, add_decayed_weights, decoupled_weight_decay
 
 __version__ = "0.1.0"
@@ -51,6 +52,7 @@ __all__ = [
     "AccumulateGradientsState",
     "BlockwiseArray",
     "FusedAdamState",
+    "FusedTransformation",
     "InjectHyperparamsState",
     "LossScaleState",
     "LowPrecisionParamsState",
@@ -86,6 +88,7 @@ __all__ = [
     "lowbit",
     "masks",
     "micro_step_schedule",
+    "native",
     "param_ema",
     "presets",
     "reduce_on_plateau",
@@ -97,4 +100,5 @@ __all__ = [
     "skip_nonfinite",
     "skipped_steps",
     "state_shardings",
+    "update_and_apply",
 ]

@@ -69,20 +69,10 @@ class FlatLayout:
         """
         leaves = self.treedef.flatten_up_to(tree)
         dtypes = self.group_dtypes if dtypes is None else tuple(dtypes)
-        buffers = []
-        for group, members in enumerate(self.leaf_groups()):
-            dtype = dtypes[group]
-            parts, end = [], 0
-            for i in members:
-                slot = self.slots[i]
-                if slot.offset > end:  # alignment gap before this leaf
-                    parts.append(jnp.zeros([slot.offset - end], dtype))
-                parts.append(jnp.ravel(jnp.asarray(leaves[i])).astype(dtype))
-                end = slot.offset + slot.size
-            if end < self.group_sizes[group] or not parts:
-                parts.append(jnp.zeros([self.group_sizes[group] - end], dtype))
-            buffers.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
-        return tuple(buffers)
+        return tuple(
+            pack_slots([leaves[i] for i in members], [self.slots[i] for i in members],
+                       self.group_sizes[group], dtypes[group])
+            for group, members in enumerate(self.leaf_groups()))
 
     def unpack(
         self, buffers: Sequence[jax.Array], cast: Callable[[jax.Array, LeafSlot], jax.Array] | None = None
@@ -95,6 +85,19 @@ class FlatLayout:
             for slot in self.slots
         ]
         return self.treedef.unflatten(leaves)
+
+
+def pack_slots(leaves: Sequence[Any], slots: Sequence[LeafSlot], size: int, dtype: Any) -> jax.Array:
+    """``leaves`` raveled to ``dtype`` at their slots' offsets in a zero buffer of ``size``."""
+    parts, end = [], 0
+    for leaf, slot in zip(leaves, slots):
+        if slot.offset > end:  # alignment gap before this leaf
+            parts.append(jnp.zeros([slot.offset - end], dtype))
+        parts.append(jnp.ravel(jnp.asarray(leaf)).astype(dtype))
+        end = slot.offset + slot.size
+    if end < size or not parts:
+        parts.append(jnp.zeros([size - end], dtype))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
 def _round_up(size: int, multiple: int) -> int:

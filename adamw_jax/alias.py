@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -17,6 +18,7 @@ import optax
 
 from adamw_jax import _validation as check
 from adamw_jax._masking import Mask
+from adamw_jax.fused import FusedTransformation, fused_adam_family
 from adamw_jax.learning_rate import scale_by_learning_rate
 from adamw_jax.lowbit import low_precision_params
 from adamw_jax.moments import scale_by_adam
@@ -72,24 +74,29 @@ def _state_kinds(state: Any) -> Any:
 
 
 def _with_state_check(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``optimizer`` whose ``update`` names a state made by a differently configured optimizer
-    (adam vs adamw, ``maximize``, ``fused``...) instead of failing inside the chain."""
+    """``optimizer`` whose ``update`` (and a fused optimizer's ``step``) names a state made by a
+    differently configured optimizer (adam vs adamw, ``maximize``, ``fused``...) instead of
+    failing inside the chain."""
 
-    def update_fn(
-        updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, optax.OptState]:
-        # Abstract: init is traced for its structure, nothing is computed.
-        expected = _state_kinds(jax.eval_shape(optimizer.init, updates))
-        got = _state_kinds(state)
-        if expected != got:
-            raise ValueError(
-                f"this optimizer's state is {expected} but update got {got}: the state was "
-                "created by a differently configured optimizer (adam vs adamw, maximize, fused, "
-                "weight_decay_mode...). Call init with the optimizer you update with."
-            )
-        return optimizer.update(updates, state, params)
+    def checked(method: Callable[..., Any]) -> Callable[..., Any]:
+        def run(updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None):
+            # Abstract: init is traced for its structure, nothing is computed.
+            expected = _state_kinds(jax.eval_shape(optimizer.init, updates))
+            got = _state_kinds(state)
+            if expected != got:
+                raise ValueError(
+                    f"this optimizer's state is {expected} but update got {got}: the state was "
+                    "created by a differently configured optimizer (adam vs adamw, maximize, "
+                    "fused, weight_decay_mode...). Call init with the optimizer you update with."
+                )
+            return method(updates, state, params)
 
-    return optax.GradientTransformation(optimizer.init, update_fn)
+        return run
+
+    if isinstance(optimizer, FusedTransformation):
+        return FusedTransformation(optimizer.init, checked(optimizer.update),
+                                   checked(optimizer.step))
+    return optax.GradientTransformation(optimizer.init, checked(optimizer.update))
 
 
 def _adam_chain(
@@ -105,9 +112,7 @@ def _adam_chain(
     """The chain, or with ``fused=True`` the one-pass equivalent built from ``decay_kwargs``
     (the arguments ``decay`` was built from: weight_decay, mask, schedule_multiplier)."""
     if fused:
-        from adamw_jax import fused as fused_module  # imported lazily: an optional fast path
-
-        return fused_module.fused_adam_family(
+        return fused_adam_family(
             learning_rate, adam_kwargs, maximize=maximize,
             decay_after_learning_rate=decay_after_learning_rate, **(decay_kwargs or {}),
         )

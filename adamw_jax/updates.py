@@ -1,6 +1,7 @@
 """``apply_updates``: ``θ ← θ + u``, computed in at least float32 and rounded to each
 parameter's dtype (as ``optax.apply_updates``, which it can replace anywhere), to nearest or,
-where asked, stochastically (see ``adamw_jax.lowbit``)."""
+where asked, stochastically (see ``adamw_jax.lowbit``); ``update_and_apply``: a whole step, in
+one pass for the fused optimizers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import jax
 import optax
 
 from adamw_jax import lowbit
+from adamw_jax.fused import FusedTransformation
 
 
 def apply_updates(
@@ -41,3 +43,21 @@ def apply_updates(
 
     return treedef.unflatten(
         [apply(*args) for args in zip(leaves, treedef.flatten_up_to(updates), keys)])
+
+
+def update_and_apply(
+    optimizer: optax.GradientTransformation, grads: optax.Updates, state: optax.OptState,
+    params: optax.Params,
+) -> tuple[optax.Params, optax.OptState]:
+    """One optimizer step, ``(new_params, new_state)``: ``optimizer.update`` then
+    ``apply_updates``, or for ``adamw``/``adam`` with ``fused=True`` both in one pass.
+
+    The one-pass step reads ``g, θ, m, v`` and writes ``θ, m, v`` once per element (28 bytes per
+    float32 parameter, against 40 for ``update`` followed by ``apply_updates``); jitted with the
+    parameters and state donated, it runs in place. Any other optimizer (an ``optax.chain``, a
+    wrapped adamw) takes the two-call path, with the same result.
+    """
+    if isinstance(optimizer, FusedTransformation):
+        return optimizer.step(grads, state, params)
+    updates, state = optimizer.update(grads, state, params)
+    return apply_updates(params, updates), state

@@ -81,10 +81,13 @@ def _reset_peak_rss() -> None:
 # Contenders: each is built by a function returning (compile seconds, step callable)
 
 
-def _jax_contender(optimizer: optax.GradientTransformation, params, grads, apply: Callable):
-    """jit with params and state donated, as a training loop would run it."""
+def _jax_contender(optimizer: optax.GradientTransformation, params, grads, apply: Callable | None):
+    """jit with params and state donated, as a training loop would run it: ``update`` then
+    ``apply(params, updates)``, or with ``apply=None`` ``aw.update_and_apply`` (one pass)."""
 
     def step(params, state, grads):
+        if apply is None:
+            return aw.update_and_apply(optimizer, grads, state, params)
         updates, state = optimizer.update(grads, state, params)
         return apply(params, updates), state
 
@@ -124,9 +127,11 @@ def build_jax_contenders(shapes, params, grads) -> dict[str, Callable]:
         "adamw_jax fused": lambda: _jax_contender(
             aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(params), grads,
             aw.apply_updates),
+        "adamw_jax fused, update_and_apply": lambda: _jax_contender(
+            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(params), grads, None),
         "adamw_jax fused, flat params": lambda: _jax_contender(
             aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(flat_params), flat_grads,
-            aw.apply_updates),
+            None),
     }
 
 

@@ -1,0 +1,223 @@
+// One-pass fused AdamW step for XLA:CPU, called through the XLA FFI (see adamw_jax/native.py).
+//
+// XLA:CPU compiles an elementwise AdamW step into three loops per tensor (m, then v, then the
+// update reading the new m and v): about 40 bytes of memory traffic per float32 parameter. This
+// kernel reads g, m, v (and θ when it is decayed or written) once and writes m, v and the update
+// (or θ itself) in the same loop: 28 bytes per parameter, the bound of any AdamW step.
+//
+// Per element, with the scalars formed by adamw_jax.fused (same order of operations, float32):
+//   g ← clamp(±g, ±G)          m ← b1·m + (1-b1)·g          v ← b2·v + (1-b2)·g²
+//   v̄ ← max(v̄, v) (AMSGrad)   n ← scale·m  or  nesterov_m·m + nesterov_g·g
+//   d ← sqrt(v̄·inv_c2 + eps_root) + eps      r ← n/d, or sign(n) where d = 0
+//   u ← -step_size·r  (- decay·θ where decayed)        out ← u, or θ + u (write_params)
+//
+// Operands: scalars f32[12], the group's moment buffers m, v (and v̄), then the group's leaves:
+// k parameters (when read) and k gradients. Results: m, v (v̄), then k outputs shaped as the
+// leaves. Attribute `offsets[i]` is leaf i's first element in the moment buffers; elements of
+// the moment buffers that no leaf covers (padding) are left as they are (the buffers alias).
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+enum Scalar {
+  kB1, kOneMinusB1, kB2, kOneMinusB2, kInverseC2, kEps, kEpsRoot, kStepSize, kMomentScale,
+  kNesterovM, kNesterovG, kDecay, kNumScalars
+};
+
+struct Options {
+  bool amsgrad, nesterov, maximize, decayed, write_params;
+};
+
+// One leaf's slice of the work: `size` elements starting at `offset` in the moment buffers.
+struct Segment {
+  int64_t offset, size;
+  const float* grad;
+  const float* param;  // null when neither decayed nor written; when written, `out` holds θ
+  float* out;
+};
+
+struct Chunk {
+  int64_t segment, begin, end;  // [begin, end) within the segment
+};
+
+// The loop for one set of options: branch-free, so that the compiler vectorizes it.
+template <bool kAmsgrad, bool kNesterov, bool kDecayed, bool kWriteParams>
+void RunChunk(const Chunk& chunk, const Segment& seg, const float* s, float sign,
+              float* __restrict m, float* __restrict v, float* __restrict v_max) {
+  const float limit = std::sqrt(std::numeric_limits<float>::max()) / 2.0f;
+  const float b1 = s[kB1], c1 = s[kOneMinusB1], b2 = s[kB2], c2 = s[kOneMinusB2];
+  const float inv_c2 = s[kInverseC2], eps = s[kEps], eps_root = s[kEpsRoot];
+  const float neg_step = -s[kStepSize], scale = s[kMomentScale];
+  const float nest_m = s[kNesterovM], nest_g = s[kNesterovG], decay = s[kDecay];
+  const float* __restrict grad = seg.grad;
+  const float* __restrict param = seg.param;
+  float* __restrict out = seg.out;
+  m += seg.offset;
+  v += seg.offset;
+  if (kAmsgrad) v_max += seg.offset;
+  for (int64_t i = chunk.begin; i < chunk.end; ++i) {
+    const float g = std::min(std::max(sign * grad[i], -limit), limit);
+    const float m_new = b1 * m[i] + c1 * g;
+    const float v_new = b2 * v[i] + c2 * (g * g);
+    m[i] = m_new;
+    v[i] = v_new;
+    float second = v_new;
+    if (kAmsgrad) {
+      second = std::max(v_max[i], v_new);
+      v_max[i] = second;
+    }
+    const float n = kNesterov ? nest_m * m_new + nest_g * g : scale * m_new;
+    const float d = std::sqrt(second * inv_c2 + eps_root) + eps;
+    const float sign_n = n > 0.0f ? 1.0f : (n < 0.0f ? -1.0f : 0.0f);
+    const float q = n / (d > 0.0f ? d : 1.0f);
+    float u = neg_step * (d > 0.0f ? q : sign_n);
+    // Writing θ, `out` holds it already (aliased, or copied in): read it there, not in `param`.
+    const float theta = kWriteParams ? out[i] : (kDecayed ? param[i] : 0.0f);
+    if (kDecayed) u = u - decay * theta;
+    out[i] = kWriteParams ? theta + u : u;
+  }
+}
+
+using ChunkFn = void (*)(const Chunk&, const Segment&, const float*, float, float*, float*,
+                         float*);
+
+template <bool kAmsgrad, bool kNesterov>
+ChunkFn SelectWithDecay(bool decayed, bool write_params) {
+  if (decayed) {
+    return write_params ? RunChunk<kAmsgrad, kNesterov, true, true>
+                        : RunChunk<kAmsgrad, kNesterov, true, false>;
+  }
+  return write_params ? RunChunk<kAmsgrad, kNesterov, false, true>
+                      : RunChunk<kAmsgrad, kNesterov, false, false>;
+}
+
+ChunkFn SelectChunkFn(const Options& o) {
+  if (o.amsgrad) {
+    return o.nesterov ? SelectWithDecay<true, true>(o.decayed, o.write_params)
+                      : SelectWithDecay<true, false>(o.decayed, o.write_params);
+  }
+  return o.nesterov ? SelectWithDecay<false, true>(o.decayed, o.write_params)
+                    : SelectWithDecay<false, false>(o.decayed, o.write_params);
+}
+
+// Work shared by the calling thread and the pool's threads. Held by shared_ptr: a pool task
+// that starts after all chunks are done only finds nothing left to claim.
+struct Work {
+  std::vector<Segment> segments;
+  std::vector<Chunk> chunks;
+  const float* scalars;
+  ChunkFn run;
+  float sign;  // -1 to maximize
+  float *m, *v, *v_max;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+
+  void Drain() {
+    for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(chunks.size());) {
+      run(chunks[i], segments[chunks[i].segment], scalars, sign, m, v, v_max);
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+constexpr int64_t kChunkElements = 1 << 16;  // 256 KiB of each stream: in L2 while in flight
+
+ffi::Error AdamStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
+                    ffi::RemainingRets rets, ffi::Span<const int64_t> offsets, bool amsgrad,
+                    bool nesterov, bool maximize, bool decayed, bool write_params) {
+  if (scalars.element_count() != kNumScalars) {
+    return ffi::Error::InvalidArgument("adamw_jax step: expected 12 scalars");
+  }
+  const int64_t leaves = static_cast<int64_t>(offsets.size());
+  const int64_t moments = amsgrad ? 3 : 2;
+  const bool reads_params = decayed || write_params;
+  if (args.size() != moments + (reads_params ? 2 : 1) * leaves ||
+      rets.size() != moments + leaves) {
+    return ffi::Error::InvalidArgument("adamw_jax step: operand count does not match offsets");
+  }
+  auto work = std::make_shared<Work>();
+  work->scalars = scalars.typed_data();
+  work->run = SelectChunkFn(Options{amsgrad, nesterov, maximize, decayed, write_params});
+  work->sign = maximize ? -1.0f : 1.0f;
+  float* buffers[3] = {nullptr, nullptr, nullptr};
+  int64_t buffer_size = 0;
+  for (int64_t i = 0; i < moments; ++i) {
+    auto in = args.get<ffi::AnyBuffer>(i);
+    auto out = rets.get<ffi::AnyBuffer>(i);
+    if (!in.has_value() || !out.has_value()) return ffi::Error::Internal("bad moment buffer");
+    if (in->element_type() != ffi::F32 || (*out)->element_type() != ffi::F32) {
+      return ffi::Error::InvalidArgument("adamw_jax step: moments must be float32");
+    }
+    float* source = static_cast<float*>(in->untyped_data());
+    buffers[i] = static_cast<float*>((*out)->untyped_data());
+    buffer_size = static_cast<int64_t>(in->element_count());
+    if (buffers[i] != source) std::copy(source, source + buffer_size, buffers[i]);
+  }
+  work->m = buffers[0];
+  work->v = buffers[1];
+  work->v_max = amsgrad ? buffers[2] : nullptr;
+  const int64_t grads_at = moments + (reads_params ? leaves : 0);
+  for (int64_t i = 0; i < leaves; ++i) {
+    auto grad = args.get<ffi::AnyBuffer>(grads_at + i);
+    auto out = rets.get<ffi::AnyBuffer>(moments + i);
+    if (!grad.has_value() || !out.has_value()) return ffi::Error::Internal("bad leaf buffer");
+    if (grad->element_type() != ffi::F32 || (*out)->element_type() != ffi::F32) {
+      return ffi::Error::InvalidArgument("adamw_jax step: leaves must be float32");
+    }
+    Segment seg{offsets[i], static_cast<int64_t>(grad->element_count()),
+                static_cast<const float*>(grad->untyped_data()), nullptr,
+                static_cast<float*>((*out)->untyped_data())};
+    if (seg.offset < 0 || seg.offset + seg.size > buffer_size) {
+      return ffi::Error::InvalidArgument("adamw_jax step: a leaf lies outside the moments");
+    }
+    if (reads_params) {
+      auto param = args.get<ffi::AnyBuffer>(moments + i);
+      if (!param.has_value() || param->element_type() != ffi::F32 ||
+          static_cast<int64_t>(param->element_count()) != seg.size) {
+        return ffi::Error::InvalidArgument("adamw_jax step: parameter and gradient differ");
+      }
+      seg.param = static_cast<const float*>(param->untyped_data());
+      if (write_params && seg.param != seg.out) std::copy(seg.param, seg.param + seg.size, seg.out);
+    }
+    for (int64_t begin = 0; begin < seg.size; begin += kChunkElements) {
+      work->chunks.push_back(Chunk{i, begin, std::min(seg.size, begin + kChunkElements)});
+    }
+    work->segments.push_back(seg);
+  }
+  const int64_t chunks = static_cast<int64_t>(work->chunks.size());
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks) - 1;
+  for (int64_t i = 0; i < helpers; ++i) {
+    pool.Schedule([work] { work->Drain(); });
+  }
+  work->Drain();
+  // Every chunk is claimed; wait for the ones other threads are still running.
+  while (work->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamwJaxStep, AdamStep,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<ffi::Span<const int64_t>>("offsets")
+                                  .Attr<bool>("amsgrad")
+                                  .Attr<bool>("nesterov")
+                                  .Attr<bool>("maximize")
+                                  .Attr<bool>("decayed")
+                                  .Attr<bool>("write_params"));

@@ -1,0 +1,185 @@
+"""The one-pass CPU kernel behind ``adamw(..., fused=True)`` on XLA:CPU.
+
+XLA:CPU compiles an elementwise AdamW step into three loops per tensor (m, then v, then the
+update re-reading both): about 40 bytes of traffic per float32 parameter, and one kernel per
+tensor slice. ``_cpu_kernel.cc`` does a group's whole step in one loop over its leaves (28 bytes
+per parameter: read g, θ, m, v; write θ or u, m, v), split across XLA's intra-op thread pool. It
+is registered with the XLA FFI and called from ``adamw_jax.fused`` through ``jax.ffi.ffi_call``.
+
+The kernel is compiled on first use with the system's C++ compiler (``$CXX``, else ``c++``)
+against the FFI headers that ship with jaxlib, and cached in ``$ADAMW_JAX_CACHE_DIR`` (default
+``~/.cache/adamw_jax``), keyed by the source, jaxlib's version and the machine type; a build takes
+about 5 s once per machine. Without a compiler the fused step keeps its XLA formulation (same
+numbers), with a warning that names the reason.
+
+When it runs (``enabled()``): the default backend is the CPU, float64 mode is off, the group is
+float32 with float32 moments, and either the process sees one device or ``ADAMW_JAX_NATIVE=1``.
+With several devices the XLA pass stays the default because GSPMD cannot split a custom call: it
+would gather sharded operands onto every device. ``ADAMW_JAX_NATIVE=0`` turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jaxlib
+import numpy as np
+
+__all__ = ["ENVIRONMENT_VARIABLE", "NativeKernelError", "adam_step", "available", "build", "enabled"]
+
+ENVIRONMENT_VARIABLE = "ADAMW_JAX_NATIVE"
+TARGET_NAME = "adamw_jax_step"
+_SOURCE = Path(__file__).with_name("_cpu_kernel.cc")
+_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC",
+          # IEEE float32 arithmetic, rounded after every operation (no contracted multiply-adds,
+          # exact division and sqrt); errno and trap flags are not kept, so the loop vectorizes.
+          "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
+_lock = threading.Lock()
+
+
+class NativeKernelError(RuntimeError):
+    """The CPU kernel could not be compiled or loaded (the message says why)."""
+
+
+def _cache_dir() -> Path:
+    if "ADAMW_JAX_CACHE_DIR" in os.environ:
+        return Path(os.environ["ADAMW_JAX_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "adamw_jax"
+
+
+def _compiler() -> str:
+    name = os.environ.get("CXX", "c++")
+    path = shutil.which(name)
+    if path is None:
+        raise NativeKernelError(
+            f"no C++ compiler found (looked for {name!r}; set CXX or install g++/clang++)")
+    return path
+
+
+def _cpu_signature() -> bytes:
+    """What the machine's CPU offers (its ISA flags on Linux): part of the cache key, since the
+    kernel is built for the CPU it runs on (``-march=native``)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.encode()
+    return (platform.machine() + platform.processor()).encode()
+
+
+def build() -> Path:
+    """Compile the kernel if it is not cached yet; return the shared library's path.
+
+    The kernel is built for this CPU (``-march=native``: AVX2 doubles the speed of its square
+    roots and divides), or for the generic target where the compiler has no such option.
+
+    Raises:
+      NativeKernelError: no compiler, or the compilation failed (with the compiler's output).
+    """
+    key = hashlib.sha256(b"\0".join([
+        _SOURCE.read_bytes(), jaxlib.__version__.encode(), _cpu_signature(),
+        " ".join(_FLAGS).encode()])).hexdigest()[:16]
+    library = _cache_dir() / f"adamw_jax_cpu_kernel_{key}.so"
+    if library.exists():
+        return library
+    compiler = _compiler()
+    library.parent.mkdir(parents=True, exist_ok=True)
+    # Build to a private name, then rename: concurrent processes never load a partial file.
+    with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+        partial = Path(scratch) / library.name
+        for target in (["-march=native"], []):
+            command = [compiler, *_FLAGS, *target, "-isystem", jax.ffi.include_dir(),
+                       str(_SOURCE), "-o", str(partial)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode == 0:
+                break
+        else:
+            raise NativeKernelError(
+                f"compiling {_SOURCE.name} failed ({' '.join(command)}):\n{done.stderr[-2000:]}")
+        os.replace(partial, library)
+    return library
+
+
+@functools.cache
+def _register() -> str | None:
+    """Build, load and register the kernel once per process; the reason it failed, or None."""
+    try:
+        library = ctypes.cdll.LoadLibrary(str(build()))
+        jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(library.AdamwJaxStep),
+                                    platform="cpu")
+    except (NativeKernelError, OSError, AttributeError) as error:
+        warnings.warn(f"adamw_jax: the native CPU kernel is unavailable, fused=True keeps its "
+                      f"XLA formulation (same numbers, slower): {error}", stacklevel=3)
+        return str(error)
+    return None
+
+
+def available() -> bool:
+    """Whether the kernel is built and registered (builds it on the first call)."""
+    with _lock:
+        return _register() is None
+
+
+def enabled() -> bool:
+    """Whether a fused step traced now runs the kernel (see the module docstring)."""
+    setting = os.environ.get(ENVIRONMENT_VARIABLE, "auto").strip().lower()
+    if setting in ("0", "false", "off", "no"):
+        return False
+    if setting not in ("1", "true", "on", "yes", "auto", ""):
+        raise ValueError(
+            f"{ENVIRONMENT_VARIABLE}={setting!r}: use 1 (always on CPU), 0 (never) or leave it "
+            "unset (auto: one CPU device).")
+    if jax.default_backend() != "cpu" or jax.config.jax_enable_x64:
+        return False
+    if setting in ("auto", "") and jax.device_count() != 1:
+        return False
+    return available()
+
+
+def adam_step(
+    scalars: jax.Array,
+    moments: Sequence[jax.Array],
+    params: Sequence[jax.Array],
+    grads: Sequence[jax.Array],
+    offsets: np.ndarray,
+    *,
+    amsgrad: bool,
+    nesterov: bool,
+    maximize: bool,
+    decayed: bool,
+    write_params: bool,
+) -> tuple[list[jax.Array], tuple[jax.Array, ...]]:
+    """One group's step by the kernel: ``(outputs, moments)`` as ``adamw_jax.fused``'s XLA pass.
+
+    ``scalars``: float32[12] in ``fused._StepScalars`` order; ``moments``: ``(m, v)`` or
+    ``(m, v, v̄)`` float32 buffers, updated in place (aliased); ``params``: the leaves' parameters
+    when decayed or written, else empty; ``grads``: the leaves' float32 gradients, leaf ``i``
+    starting at element ``offsets[i]`` of the moments. ``outputs``: per leaf ``u``, or ``θ + u``
+    written over ``θ`` with ``write_params``.
+    """
+    if not available():
+        raise NativeKernelError(f"the native kernel is unavailable: {_register()}")
+    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in moments]
+    shapes += [jax.ShapeDtypeStruct(g.shape, np.float32) for g in grads]
+    aliases = {1 + i: i for i in range(len(moments))}
+    if write_params:
+        aliases.update({1 + len(moments) + j: len(moments) + j for j in range(len(params))})
+    call = jax.ffi.ffi_call(TARGET_NAME, shapes, input_output_aliases=aliases,
+                            vmap_method="sequential")
+    results = call(scalars, *moments, *params, *grads, offsets=offsets, amsgrad=amsgrad,
+                   nesterov=nesterov, maximize=maximize, decayed=decayed,
+                   write_params=write_params)
+    return list(results[len(moments):]), tuple(results[:len(moments)])
