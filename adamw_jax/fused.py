@@ -172,6 +172,10 @@ def fused_adam_family(
             raise ValueError("weight decay needs the parameters: call update(updates, state, params).")
         layout = layout_for(updates if params is None else params)
         _check_state_fits(layout, state)
+        if amsgrad != (state.nu_max is not None):
+            raise ValueError(
+                f"this optimizer has amsgrad={amsgrad} but the state was made with "
+                f"amsgrad={not amsgrad}: call init with the optimizer you update with.")
         scalars = scalars_at(state.count)
         count = num.safe_increment(state.count)
         grads = layout.treedef.flatten_up_to(updates)

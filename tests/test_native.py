@@ -1,0 +1,324 @@
+"""The native CPU kernel of adamw(fused=True): the same numbers as the XLA pass and the float64
+reference for every option, in place, differentiable, batched, and a clear fallback without a
+compiler.
+
+The test session forces 8 host devices, where the kernel is off by default (GSPMD cannot split
+a custom call), so every test here turns it on with ADAMW_JAX_NATIVE=1 and checks that it ran.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import adamw_jax as aw
+from adamw_jax import native
+from adamw_jax.fused import LEAVES_PER_CALL
+from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error
+from reference import adamw_trajectory
+from test_fused import OPTIONS, _adamw_kwargs
+
+STEPS = 60
+PARAMS = make_params(3)
+GRADS = gradient_stream(PARAMS, STEPS, seed=4)
+
+
+@pytest.fixture(autouse=True)
+def native_kernel(monkeypatch):
+    monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "1")
+    assert native.available(), "the kernel must build wherever the tests run (g++ is needed)"
+
+
+def _uses_kernel(fn, *args) -> bool:
+    return native.TARGET_NAME in jax.jit(fn).lower(*args).as_text()
+
+
+def _one_pass_trajectory(optimizer, params, grads):
+    """The params after each ``update_and_apply`` step, jitted in one ``lax.scan``."""
+    p0 = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+    stacked = {k: jnp.asarray(np.stack([g[k] for g in grads]), jnp.float32) for k in params}
+
+    def run(p, gs):
+        def step(carry, g):
+            p, state = aw.update_and_apply(optimizer, g, carry[1], carry[0])
+            return (p, state), p
+
+        return jax.lax.scan(step, (p, optimizer.init(p)), gs)[1]
+
+    assert _uses_kernel(run, p0, stacked)
+    history = jax.device_get(jax.jit(run)(p0, stacked))
+    return [{k: np.asarray(history[k][i], np.float64) for k in params} for i in range(len(grads))]
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_one_pass_step_matches_reference(name):
+    options = {"weight_decay": 0.0, **OPTIONS[name]}
+    expected = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, **options)
+    actual = _one_pass_trajectory(aw.adamw(1e-2, fused=True, **_adamw_kwargs(options)),
+                                  PARAMS, GRADS)
+    assert max_abs_error(actual, expected) <= float32_tolerance(expected)
+
+
+def test_schedules_and_decoupled_decay_match_reference():
+    schedule = aw.schedules.warmup_cosine_decay_schedule(0.0, 1e-2, 10, STEPS, 1e-4)
+    expected = adamw_trajectory(
+        PARAMS, GRADS, learning_rate=lambda t: float(schedule(t)),
+        b1=lambda t: 0.85 + 0.1 * t / STEPS, weight_decay=1e-3, weight_decay_mode="decoupled",
+        peak_learning_rate=1e-2)
+    optimizer = aw.adamw(schedule, b1=lambda t: 0.85 + 0.1 * t / STEPS, weight_decay=1e-3,
+                         weight_decay_mode="decoupled", peak_learning_rate=1e-2, fused=True)
+    actual = _one_pass_trajectory(optimizer, PARAMS, GRADS)
+    assert max_abs_error(actual, expected) <= float32_tolerance(expected)
+
+
+def test_matches_optax_adamw():
+    optimizer = optax.adamw(1e-2, b1=0.9, b2=0.99, eps=1e-6, weight_decay=0.1)
+    p0 = {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()}
+    state, p = optimizer.init(p0), p0
+    preset = aw.adamw(1e-2, b1=0.9, b2=0.99, eps=1e-6, weight_decay=0.1, fused=True)
+    ours_state, ours = preset.init(p0), p0
+    step = jax.jit(lambda g, s, p: aw.update_and_apply(preset, g, s, p))
+    for g in GRADS[:20]:
+        g = {k: jnp.asarray(v, jnp.float32) for k, v in g.items()}
+        updates, state = optimizer.update(g, state, p)
+        p = optax.apply_updates(p, updates)
+        ours, ours_state = step(g, ours_state, ours)
+    for key in PARAMS:  # 20 steps of |u| ~ 1e-2: a few float32 ulps of |θ| ~ 1
+        np.testing.assert_allclose(ours[key], p[key], rtol=0, atol=2e-6)
+
+
+@given(
+    shapes=st.lists(st.lists(st.integers(0, 5), max_size=3).map(tuple), min_size=1, max_size=6),
+    b1=st.floats(0.0, 0.99), b2=st.floats(0.5, 0.9999), eps=st.sampled_from([0.0, 1e-8, 1e-1]),
+    weight_decay=st.floats(0.0, 0.5), amsgrad=st.booleans(), nesterov=st.booleans(),
+    maximize=st.booleans(), eps_mode=st.sampled_from(["adam", "hat"]), seed=st.integers(0, 2**16),
+)
+def test_any_tree_and_options_step_like_the_unfused_chain(shapes, b1, b2, eps, weight_decay,
+                                                          amsgrad, nesterov, maximize, eps_mode,
+                                                          seed):
+    rng = np.random.default_rng(seed)
+    params = {f"p{i}": jnp.asarray(rng.normal(size=s), jnp.float32) for i, s in enumerate(shapes)}
+    grads = [jax.tree_util.tree_map(
+        lambda p: jnp.asarray(rng.normal(size=p.shape) * 10.0 ** rng.integers(-8, 3), p.dtype),
+        params) for _ in range(3)]
+    kwargs = dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                  nesterov=nesterov and eps_mode == "adam", maximize=maximize, eps_mode=eps_mode)
+    fused, plain = aw.adamw(1e-2, fused=True, **kwargs), aw.adamw(1e-2, **kwargs)
+    one_pass = jax.jit(lambda g, s, p: aw.update_and_apply(fused, g, s, p))
+    two_calls = jax.jit(lambda g, s, p: aw.update_and_apply(plain, g, s, p))
+    fused_update = jax.jit(fused.update)
+    (p1, s1), (p2, s2) = (params, fused.init(params)), (params, plain.init(params))
+    s3 = fused.init(params)
+    for g in grads:
+        updates, s3 = fused_update(g, s3, p2)
+        expected_updates = plain.update(g, s2, p2)[0]
+        p1, s1 = one_pass(g, s1, p1)
+        p2, s2 = two_calls(g, s2, p2)
+        for key in params:
+            # |u| <= η·(|n̂|/d + λ|θ|) and each is a few float32 roundings: 1e-5 relative
+            np.testing.assert_allclose(p1[key], p2[key], rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(updates[key], expected_updates[key], rtol=1e-5, atol=1e-7)
+            assert np.all(np.isfinite(p1[key]))
+
+
+def test_many_leaves_mixed_dtypes_and_large_leaves():
+    """Over LEAVES_PER_CALL small leaves (several calls threading the moments), a leaf large
+    enough for a buffer of its own, bf16 leaves (the XLA pass) and a mask."""
+    rng = np.random.default_rng(0)
+    params = {f"s{i}": jnp.asarray(rng.normal(size=(i % 7 + 1, 3)), jnp.float32)
+              for i in range(LEAVES_PER_CALL + 40)}
+    params["big"] = jnp.asarray(rng.normal(size=(300, 300)), jnp.float32)
+    params["half"] = jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16)
+    mask = {k: not k.startswith("s1") for k in params}
+    grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype),
+                                    params) for _ in range(3)]
+    fused = aw.adamw(1e-2, weight_decay=0.1, mask=mask, amsgrad=True, fused=True)
+    plain = aw.adamw(1e-2, weight_decay=0.1, mask=mask, amsgrad=True)
+    step = lambda opt: jax.jit(lambda g, s, p: aw.update_and_apply(opt, g, s, p))  # noqa: E731
+    assert _uses_kernel(lambda g, s, p: aw.update_and_apply(fused, g, s, p), grads[0],
+                        fused.init(params), params)
+    (p1, s1), (p2, s2) = (params, fused.init(params)), (params, plain.init(params))
+    for g in grads:
+        p1, s1 = step(fused)(g, s1, p1)
+        p2, s2 = step(plain)(g, s2, p2)
+    for key in params:
+        np.testing.assert_allclose(np.asarray(p1[key], np.float32), np.asarray(p2[key], np.float32),
+                                   rtol=1e-5, atol=1e-7)
+        assert p1[key].dtype == params[key].dtype and p1[key].shape == params[key].shape
+
+
+def test_update_uses_the_kernel_for_small_leaves_and_xla_for_large():
+    """``update`` materializes ``u``: for a leaf with a buffer of its own XLA fuses it into
+    ``θ + u`` instead (a fresh large buffer per step costs page faults)."""
+    optimizer = aw.adamw(fused=True)
+    small = {"a": jnp.ones((4, 4)), "b": jnp.ones((3,))}
+    large = {"w": jnp.ones((512, 256))}
+    for params, expected in ((small, True), (large, False)):
+        assert _uses_kernel(optimizer.update, params, optimizer.init(params), params) == expected
+        assert _uses_kernel(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p), params,
+                            optimizer.init(params), params)
+
+
+def test_one_pass_step_runs_in_place_with_donation():
+    params = {"w": jnp.ones((512, 256)), "b": jnp.ones((256,)), "s": jnp.ones((7,))}
+    optimizer = aw.adamw(1e-3, fused=True)
+    state = optimizer.init(params)
+    step = jax.jit(lambda p, s, g: aw.update_and_apply(optimizer, g, s, p), donate_argnums=(0, 1))
+    compiled = step.lower(params, state, params).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < 1024  # the 12 scalars, no buffer
+    assert " copy(" not in compiled.as_text()
+    pointer = params["w"].unsafe_buffer_pointer()
+    new_params, _ = compiled(params, state, jax.tree_util.tree_map(jnp.ones_like, params))
+    assert new_params["w"].unsafe_buffer_pointer() == pointer
+
+
+def test_undonated_inputs_are_left_intact():
+    params = {"w": jnp.full((70000,), 2.0), "b": jnp.full((3,), 2.0)}
+    optimizer = aw.adamw(1e-1, fused=True)
+    state = optimizer.init(params)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    new_params, new_state = jax.jit(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p))(
+        grads, state, params)
+    np.testing.assert_array_equal(params["w"], 2.0)
+    np.testing.assert_array_equal(state.mu[0], 0.0)
+    assert float(new_params["w"][0]) < 2.0 and float(new_state.mu[0][0]) > 0.0
+
+
+def test_gradient_and_vmap_flow_through_the_kernel():
+    """``jax.grad`` differentiates the XLA formulation (custom_jvp); ``vmap`` loops the call."""
+    params = {"a": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.arange(3.0)}
+    grads = jax.tree_util.tree_map(lambda p: jnp.cos(3 * p) + 0.5, params)
+
+    def loss(learning_rate, env):
+        os.environ[native.ENVIRONMENT_VARIABLE] = env
+        optimizer = aw.adamw(learning_rate, eps_root=1e-8, weight_decay=0.1, fused=True)
+        p, _ = aw.update_and_apply(optimizer, grads, optimizer.init(params), params)
+        return sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(p))
+
+    native_grad = jax.grad(loss)(0.1, "1")
+    xla_grad = jax.grad(loss)(0.1, "0")
+    np.testing.assert_allclose(native_grad, xla_grad, rtol=1e-6)
+    os.environ[native.ENVIRONMENT_VARIABLE] = "1"
+    optimizer = aw.adamw(1e-2, fused=True)
+    batch = jax.tree_util.tree_map(lambda g: jnp.stack([g, 2 * g, -g]), grads)
+    step = lambda g: aw.update_and_apply(optimizer, g, optimizer.init(params), params)[0]  # noqa: E731
+    batched = jax.jit(jax.vmap(step))(batch)
+    for i in range(3):
+        one = jax.jit(step)(jax.tree_util.tree_map(lambda g: g[i], batch))
+        for key in params:
+            np.testing.assert_array_equal(batched[key][i], one[key])
+
+
+@pytest.mark.parametrize("eps, eps_root", [(0.0, 0.0), (1e-8, 0.0)])
+def test_extreme_and_zero_gradients_step_like_the_xla_pass(eps, eps_root, monkeypatch):
+    params = {"w": jnp.ones((8,)), "b": jnp.ones((4,))}
+    grads = {"w": jnp.array([3e38, -3e38, 1e-30, -1e-30, 0.0, 1e-45, 2e19, -2e19]),
+             "b": jnp.zeros((4,))}
+    results = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, setting)
+        optimizer = aw.adamw(1e-3, eps=eps, eps_root=eps_root, amsgrad=True, fused=True)
+        step = jax.jit(lambda g, s, p, o=optimizer: aw.update_and_apply(o, g, s, p))
+        p, s = params, optimizer.init(params)
+        for _ in range(3):
+            p, s = step(grads, s, p)
+        results.append(p)
+    for key in params:
+        assert np.all(np.isfinite(results[0][key]))
+        np.testing.assert_allclose(results[0][key], results[1][key], rtol=1e-6)
+
+
+def test_update_and_apply_on_any_transformation_is_update_then_apply():
+    params = {"w": jnp.arange(4.0)}
+    grads = {"w": jnp.ones((4,))}
+    chain = optax.chain(aw.clip_by_global_norm(1.0), aw.adamw(1e-2, fused=True))
+    state = chain.init(params)
+    p, s = jax.jit(lambda g, s, p: aw.update_and_apply(chain, g, s, p))(grads, state, params)
+    updates, expected_state = chain.update(grads, state, params)
+    np.testing.assert_array_equal(p["w"], aw.apply_updates(params, updates)["w"])
+    np.testing.assert_array_equal(s[1].mu[0], expected_state[1].mu[0])
+
+
+def test_fused_optimizer_is_an_optax_transformation_with_a_step():
+    optimizer = aw.adamw(fused=True)
+    assert isinstance(optimizer, optax.GradientTransformation)
+    assert isinstance(optimizer, aw.FusedTransformation)
+    init, update = optimizer  # unpacks as any (init, update) pair
+    assert callable(init) and callable(update) and callable(optimizer.step)
+    params = {"w": jnp.ones((3,))}
+    with pytest.raises(ValueError, match="differently configured optimizer"):
+        optimizer.step(params, aw.adamw().init(params), params)
+    with pytest.raises(ValueError, match="amsgrad"):
+        optimizer.step(params, aw.adamw(fused=True, amsgrad=True).init(params), params)
+
+
+def test_sharded_parameters_keep_their_values_on_eight_devices():
+    """ADAMW_JAX_NATIVE=1 with sharded arrays: GSPMD runs the call on gathered operands (the
+    reason auto mode keeps the XLA pass there); the numbers are the same."""
+    mesh = jax.make_mesh((8,), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    params = {"w": jax.device_put(jnp.linspace(-1, 1, 64), sharding)}
+    grads = {"w": jax.device_put(jnp.sin(jnp.arange(64.0)), sharding)}
+    optimizer = aw.adamw(1e-2, fused=True)
+    p, _ = jax.jit(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p))(
+        grads, optimizer.init(params), params)
+    updates, _ = aw.adamw(1e-2).update(grads, aw.adamw(1e-2).init(params), params)
+    np.testing.assert_allclose(p["w"], aw.apply_updates(params, updates)["w"], rtol=0, atol=1e-7)
+
+
+def test_policy_follows_the_environment_variable(monkeypatch):
+    assert native.enabled()
+    monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "0")
+    assert not native.enabled()
+    params = {"w": jnp.ones((3,))}
+    optimizer = aw.adamw(fused=True)
+    assert not _uses_kernel(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p), params,
+                            optimizer.init(params), params)
+    monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "auto")
+    assert jax.device_count() == 8 and not native.enabled()  # sharding-safe default
+    monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "sometimes")
+    with pytest.raises(ValueError, match="ADAMW_JAX_NATIVE"):
+        native.enabled()
+
+
+def test_without_a_compiler_the_xla_pass_runs_with_a_warning(tmp_path):
+    script = textwrap.dedent("""
+        import warnings
+        import jax, jax.numpy as jnp
+        import adamw_jax as aw
+        from adamw_jax import native
+        params = {"w": jnp.arange(3.0)}
+        optimizer = aw.adamw(1e-2, fused=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            p, _ = jax.jit(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p))(
+                params, optimizer.init(params), params)
+        assert not native.available()
+        message = str(caught[0].message)
+        assert "native CPU kernel is unavailable" in message and "no C++ compiler" in message
+        print(float(p["w"][1]))
+    """)
+    env = dict(os.environ, ADAMW_JAX_NATIVE="1", CXX="no-such-compiler",
+               ADAMW_JAX_CACHE_DIR=str(tmp_path), XLA_FLAGS="")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert abs(float(done.stdout) - (1.0 - 1e-2 * (1 + 1e-2))) < 1e-6  # sign step plus decay
+
+
+def test_build_is_cached_per_source_and_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAMW_JAX_CACHE_DIR", str(tmp_path))
+    library = native.build()
+    assert library.parent == tmp_path and library.stat().st_size > 0
+    modified = library.stat().st_mtime_ns
+    assert native.build() == library and library.stat().st_mtime_ns == modified
+    assert [p.name for p in tmp_path.iterdir()] == [library.name]  # no partial file left
