@@ -10,8 +10,7 @@ taken with respect to the flat buffers, so the optimizer sees a handful of array
     opt = aw.adamw(1e-3, mask=aw.flat.decay_mask(layout))
     loss_of_flat = aw.flat.on_flat(loss_fn, layout)      # loss_fn(params, batch) -> loss
     grads = jax.grad(loss_of_flat)(buffers, batch)        # a tuple of flat buffers
-    updates, state = opt.update(grads, state, buffers)
-    buffers = aw.apply_updates(buffers, updates)
+    buffers, state = aw.update_and_apply(opt, grads, state, buffers)   # one pass, in place
 
 It pays off when a model has many small tensors (hundreds or more, under ~100k elements each):
 there the step time is per-buffer overhead, not memory traffic. With a few large tensors the

@@ -26,11 +26,19 @@ two leaves and holds exactly the values it holds unfused), and smaller leaves go
 float32. Deterministic formats then store bit for bit what the unfused path stores; stochastic
 rounding draws its noise per buffer instead of per leaf (same distribution, other draws).
 
-When it pays off: the pass itself is as fast as XLA makes any AdamW loop, and the state is a few
-arrays instead of two per leaf. With many small leaves (thousands), keep the parameters flat too
-(``adamw_jax.flat``): on a pytree, the gradients are packed with one ``concatenate`` but the
-update must be sliced back into one array per leaf, and XLA:CPU compiles one kernel per slice
-(minutes for 2000 leaves), which flat parameters avoid entirely.
+On XLA:CPU the pass of a float32 group is one call of a native kernel (``adamw_jax.native``):
+XLA:CPU would compile it into three loops per tensor (about 40 bytes of traffic per parameter)
+and one kernel per slice back to a leaf; the kernel takes the leaves as they are, makes one pass
+over them (28 bytes per parameter) and writes each leaf's output directly. Its result differs from
+the XLA pass's only by float32 rounding (XLA contracts ``b·m + c·g`` into a fused multiply-add,
+the kernel rounds every operation), and ``jax.grad``/``jax.vmap`` go through it.
+
+Two ways to run a step: ``update`` returns ``u`` as every optax transformation does (a large
+leaf then keeps the XLA pass, whose ``u`` XLA fuses into the caller's ``θ + u``), and ``step``
+(``FusedTransformation.step``, called by ``adamw_jax.update_and_apply``) returns ``θ + u``: the
+kernel then writes θ, m and v in place, the whole AdamW step in one pass. With many small leaves
+(thousands), flat parameters (``adamw_jax.flat``) also remove the per-array cost of a jitted
+call (about 3 µs per array passed in or out).
 
 The flat layout is simple to split: ``pad_multiple`` rounds each buffer's length up to a multiple
 of a block size (8-bit storage) or a device count (sharding); the zero padding stays zero.
@@ -39,7 +47,6 @@ of a block size (8-bit storage) or a device count (sharding); the zero padding s
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -50,8 +57,9 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax import lowbit, native
-from adamw_jax._flat_layout import FlatLayout, LeafSlot, layout_of, pack_slots
+from adamw_jax import _group_pass, lowbit, native
+from adamw_jax._flat_layout import FlatLayout, layout_of
+from adamw_jax._group_pass import StepScalars
 from adamw_jax._masking import Mask, resolve_mask
 from adamw_jax.moments import scale_by_adam
 
@@ -84,33 +92,6 @@ class FusedTransformation(optax.GradientTransformation):
 
     def __getnewargs__(self) -> tuple[Any, Any, Any]:
         return (self.init, self.update, self.step)
-
-
-class _GroupOptions(NamedTuple):
-    """What one group's pass does besides the shared scalars."""
-
-    amsgrad: bool
-    nesterov: bool
-    maximize: bool
-    decayed: bool
-    write_params: bool  # output θ + u instead of u
-
-
-class _StepScalars(NamedTuple):
-    """The per-step scalars of the fused pass (see the module docstring)."""
-
-    b1: jax.Array
-    one_minus_b1: jax.Array
-    b2: jax.Array
-    one_minus_b2: jax.Array
-    inverse_c2: jax.Array
-    eps: jax.Array
-    eps_root: jax.Array
-    step_size: jax.Array  # η, or a = η·sqrt(c2)/c1 ("hat")
-    moment_scale: jax.Array  # n = moment_scale·m: 1/c1 ("adam") or 1 ("hat")
-    nesterov_m: jax.Array  # β1/c1'
-    nesterov_g: jax.Array  # (1-β1)/c1
-    decay: jax.Array  # k
 
 
 def fused_adam_family(
@@ -168,7 +149,8 @@ def fused_adam_family(
         write_params: bool,
     ) -> tuple[optax.Updates, FusedAdamState]:
         """``(u, state)``, or with ``write_params`` ``(θ + u, state)``, group by group."""
-        if (weight_decay is not None or write_params) and params is None:
+        has_leaves = bool(jax.tree_util.tree_leaves(updates))
+        if (weight_decay is not None or write_params) and params is None and has_leaves:
             raise ValueError("weight decay needs the parameters: call update(updates, state, params).")
         layout = layout_for(updates if params is None else params)
         _check_state_fits(layout, state)
@@ -192,20 +174,21 @@ def fused_adam_family(
         for group, members in enumerate(layout.leaf_groups()):
             # Natively unless the kernel would materialize a large update: XLA fuses u into
             # the caller's θ + u, a fresh buffer of a large leaf costs its page faults.
-            group_pass = _native_group_pass if run_natively and (
-                write_params or layout.group_keys[group][2] < 0) and _is_plain_float32(
-                layout.group_dtypes[group], [grads[i] for i in members],
-                [stored[group] for stored in _stored_moments(state)]) else _xla_group_pass
+            natively = run_natively and (write_params or layout.group_keys[group][2] < 0) and (
+                _group_pass.runs_natively(layout.group_dtypes[group], [grads[i] for i in members],
+                                          [stored[group] for stored in _stored_moments(state)]))
+            group_pass = _group_pass.native_group_pass if natively else _group_pass.xla_group_pass
             leaf_out, group_moments = group_pass(
                 scalars, tuple(moment[group] for moment in moments),
                 [param_leaves[i] for i in members] if params is not None else None,
                 [grads[i] for i in members], [layout.slots[i] for i in members],
-                _GroupOptions(amsgrad, options["nesterov"], maximize,
-                              decayed=layout.group_keys[group][1], write_params=write_params))
+                _group_pass.GroupOptions(amsgrad, options["nesterov"], maximize,
+                                         decayed=layout.group_keys[group][1],
+                                         write_params=write_params))
             for i, out in zip(members, leaf_out):
                 outputs[i] = out.astype(param_leaves[i].dtype if write_params else grads[i].dtype)
             new_moments.append(group_moments)
-        mu, nu, *nu_max = zip(*new_moments)
+        mu, nu, *nu_max = zip(*new_moments) if new_moments else ((), (), ())
         return layout.treedef.unflatten(outputs), FusedAdamState(
             count=count,
             mu=mu_storage.encode(mu, state.mu, count, lowbit.FIRST_MOMENT_STREAM),
@@ -232,12 +215,6 @@ OWN_BUFFER_SIZE = 1 << 16
 them into a whole-buffer temporary every step, and on CPU a fresh temporary of hundreds of MB
 costs more in page faults than the pass itself (5x on GPT-2 shapes). Smaller leaves share one
 buffer per (dtype, decayed) group, which is what removes the per-buffer cost."""
-
-
-LEAVES_PER_CALL = 128
-"""Leaves per native call: XLA's alias analysis grows with the square of one instruction's
-aliased operands (one call over 2000 leaves compiles in 46 s; 128 per call in 1.5 s), and a call
-of 128 leaves is still long enough that its launch cost does not show."""
 
 
 def _layout_builder(
@@ -313,11 +290,11 @@ def _scalars_builder(
     weight_decay: optax.ScalarOrSchedule | None,
     schedule_multiplier: optax.Schedule | None,
     decay_after_learning_rate: bool,
-) -> Callable[[jax.Array], _StepScalars]:
-    """``count -> _StepScalars``, the same hyperparameter rules as ``scale_by_adam``."""
+) -> Callable[[jax.Array], StepScalars]:
+    """``count -> StepScalars``, the same hyperparameter rules as ``scale_by_adam``."""
     b1, b2 = options["b1"], options["b2"]
 
-    def scalars_at(count: jax.Array) -> _StepScalars:
+    def scalars_at(count: jax.Array) -> StepScalars:
         # Formed here, not when the transform is built: building an optimizer must not start a
         # JAX backend (jax.distributed.initialize has to come first in multi-host programs).
         one_minus_b2 = num.one_minus(b2)
@@ -342,7 +319,7 @@ def _scalars_builder(
                 one if schedule_multiplier is None
                 else num.hyperparameter_at(schedule_multiplier, count))
             decay = scale * decay
-        return _StepScalars(
+        return StepScalars(
             b1=b1_t, one_minus_b1=one_minus_b1, b2=num.as_hyperparameter(b2),
             one_minus_b2=one_minus_b2, inverse_c2=one if hat else one / c2,
             eps=num.as_hyperparameter(options["eps"]),
@@ -354,96 +331,7 @@ def _scalars_builder(
     return scalars_at
 
 
-def _fused_pass(
-    g: jax.Array,
-    m: jax.Array,
-    v: jax.Array,
-    v_max: jax.Array | None,
-    p: jax.Array | None,
-    s: _StepScalars,
-    o: _GroupOptions,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
-    """One elementwise pass over a group's flat buffers: ``(update, m, v, v_max)``."""
-    g = num.limit_magnitude(-g if o.maximize else g)
-    m = s.b1 * m + s.one_minus_b1 * g
-    v = s.b2 * v + s.one_minus_b2 * num.squared_magnitude(g)
-    if v_max is not None:
-        v_max = jnp.maximum(v_max, v)
-    second = v if v_max is None else v_max
-    numerator = s.nesterov_m * m + s.nesterov_g * g if o.nesterov else s.moment_scale * m
-    denominator = jnp.sqrt(second * s.inverse_c2 + s.eps_root) + s.eps
-    update = -s.step_size * num.adam_ratio(numerator, denominator)
-    if o.decayed:
-        update = update - s.decay * p
-    return update, m, v, v_max
-
-
-def _xla_group_pass(
-    scalars: _StepScalars,
-    moments: tuple[jax.Array, ...],
-    params: list[jax.Array] | None,
-    grads: list[jax.Array],
-    slots: list[LeafSlot],
-    o: _GroupOptions,
-) -> tuple[list[jax.Array], tuple[jax.Array, ...]]:
-    """One group's step in XLA: ``(outputs, moments)``, one array per leaf (``u``, or ``θ + u``
-    with ``write_params``) and the new ``(m, v)`` or ``(m, v, v̄)``. ``moments`` are the decoded
-    buffers; the leaves are packed into their layout for one elementwise pass and the update is
-    sliced back per leaf. ``params`` may be None when neither decayed nor written."""
-    shape, dtype = moments[0].shape, num.compute_dtype(slots[0].dtype)
-
-    def pack(leaves: list[jax.Array], as_dtype: Any) -> jax.Array:
-        return jnp.reshape(pack_slots(leaves, slots, math.prod(shape), as_dtype), shape)
-
-    decayed = pack(params, slots[0].dtype) if o.decayed else None
-    v_max = moments[2] if o.amsgrad else None
-    update, m, v, v_max = _fused_pass(pack(grads, dtype), moments[0], moments[1], v_max, decayed,
-                                      scalars, o)
-    flat = jnp.ravel(update)
-    outputs = [jnp.reshape(flat[s.offset:s.offset + s.size], s.shape) for s in slots]
-    if o.write_params:
-        outputs = [lowbit.add_and_round(p, u, p.dtype, None) for p, u in zip(params, outputs)]
-    return outputs, (m, v) + ((v_max,) if o.amsgrad else ())
-
-
-def _native_group_pass(
-    scalars: _StepScalars,
-    moments: tuple[jax.Array, ...],
-    params: list[jax.Array] | None,
-    grads: list[jax.Array],
-    slots: list[LeafSlot],
-    o: _GroupOptions,
-) -> tuple[list[jax.Array], tuple[jax.Array, ...]]:
-    """The group's step as one call of the CPU kernel (``adamw_jax.native``): same outputs as
-    ``_xla_group_pass``, whose derivative it borrows (``jax.jvp``/``jax.grad`` work through it)."""
-    reads_params = o.decayed or o.write_params
-    offsets = np.array([slot.offset for slot in slots], np.int64)
-
-    def xla(scalars, moments, params, grads):
-        return _xla_group_pass(scalars, moments, params, grads, slots, o)
-
-    @jax.custom_jvp
-    def kernel(scalars, moments, params, grads):
-        vector = jnp.stack([jnp.asarray(x, jnp.float32) for x in scalars])
-        outputs = []
-        for start in range(0, len(grads), LEAVES_PER_CALL):  # the moments thread through
-            part = slice(start, start + LEAVES_PER_CALL)
-            out, moments = native.adam_step(vector, moments, (params or [])[part], grads[part],
-                                            offsets[part], **o._asdict())
-            outputs += out
-        return outputs, moments
-
-    kernel.defjvp(lambda primals, tangents: jax.jvp(xla, primals, tangents))
-    return kernel(scalars, moments, params if reads_params else None, grads)
-
-
 def _stored_moments(state: FusedAdamState) -> tuple[Any, ...]:
     return (state.mu, state.nu) + (() if state.nu_max is None else (state.nu_max,))
 
 
-def _is_plain_float32(dtype: np.dtype, grads: list[jax.Array], stored: list[Any]) -> bool:
-    """Whether a group is what the native kernel computes: float32 parameters, gradients and
-    moments stored as plain float32 arrays."""
-    float32 = np.dtype(np.float32)
-    return (dtype == float32 and all(np.dtype(jnp.result_type(g)) == float32 for g in grads)
-            and all(isinstance(x, jax.Array) and x.dtype == float32 for x in stored))

@@ -164,7 +164,7 @@ def adam_step(
 ) -> tuple[list[jax.Array], tuple[jax.Array, ...]]:
     """One group's step by the kernel: ``(outputs, moments)`` as ``adamw_jax.fused``'s XLA pass.
 
-    ``scalars``: float32[12] in ``fused._StepScalars`` order; ``moments``: ``(m, v)`` or
+    ``scalars``: float32[12] in ``_group_pass.StepScalars`` order; ``moments``: ``(m, v)`` or
     ``(m, v, v̄)`` float32 buffers, updated in place (aliased); ``params``: the leaves' parameters
     when decayed or written, else empty; ``grads``: the leaves' float32 gradients, leaf ``i``
     starting at element ``offsets[i]`` of the moments. ``outputs``: per leaf ``u``, or ``θ + u``

@@ -36,7 +36,8 @@ def test_quick_run_times_every_contender_and_saves_results(step_module, tmp_path
     assert workload["params"] == 1 << 16 and workload["tensors"] == 1
     contenders = workload["results"]
     assert set(contenders) == {
-        "optax.adamw", "adamw_jax", "adamw_jax fused", "adamw_jax fused, flat params",
+        "optax.adamw", "adamw_jax", "adamw_jax fused", "adamw_jax fused, update_and_apply",
+        "adamw_jax fused, flat params",
         "torch AdamW fused", "torch AdamW foreach", "keras AdamW"}
     for r in contenders.values():
         assert 0 < r["min_ms"] <= r["median_ms"] and r["compile_s"] > 0

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import adamw_jax as aw
 from adamw_jax import native
-from adamw_jax.fused import LEAVES_PER_CALL
+from adamw_jax._group_pass import LEAVES_PER_CALL
 from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error
 from reference import adamw_trajectory
 from test_fused import OPTIONS, _adamw_kwargs

@@ -1,0 +1,145 @@
+"""One group's step of the fused optimizer (see ``adamw_jax.fused``): the per-step scalars, the
+elementwise pass in XLA, and the same step as calls of the native CPU kernel.
+
+A group is a set of leaves sharing flat moment buffers. Both passes take the group's decoded
+moments and its leaves and return ``(outputs, moments)``: one array per leaf (``u``, or ``θ + u``
+with ``write_params``) and the new ``(m, v)`` or ``(m, v, v̄)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adamw_jax import _numerics as num
+from adamw_jax import lowbit, native
+from adamw_jax._flat_layout import LeafSlot, pack_slots
+
+
+class StepScalars(NamedTuple):
+    """The per-step scalars, formed once per step by ``adamw_jax.fused`` (see its docstring);
+    the native kernel takes them as a float32 vector in this order."""
+
+    b1: jax.Array
+    one_minus_b1: jax.Array
+    b2: jax.Array
+    one_minus_b2: jax.Array
+    inverse_c2: jax.Array
+    eps: jax.Array
+    eps_root: jax.Array
+    step_size: jax.Array  # η, or a = η·sqrt(c2)/c1 ("hat")
+    moment_scale: jax.Array  # n = moment_scale·m: 1/c1 ("adam") or 1 ("hat")
+    nesterov_m: jax.Array  # β1/c1'
+    nesterov_g: jax.Array  # (1-β1)/c1
+    decay: jax.Array  # k
+
+
+class GroupOptions(NamedTuple):
+    """What one group's pass does besides the shared scalars."""
+
+    amsgrad: bool
+    nesterov: bool
+    maximize: bool
+    decayed: bool
+    write_params: bool  # output θ + u instead of u
+
+
+LEAVES_PER_CALL = 128
+"""Leaves per native call: XLA's alias analysis grows with the square of one instruction's
+aliased operands (one call over 2000 leaves compiles in 46 s; 128 per call in 1.5 s), and a call
+of 128 leaves is still long enough that its launch cost does not show."""
+
+
+def elementwise_pass(
+    g: jax.Array,
+    m: jax.Array,
+    v: jax.Array,
+    v_max: jax.Array | None,
+    p: jax.Array | None,
+    s: StepScalars,
+    o: GroupOptions,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """One elementwise pass over a group's flat buffers: ``(update, m, v, v_max)``."""
+    g = num.limit_magnitude(-g if o.maximize else g)
+    m = s.b1 * m + s.one_minus_b1 * g
+    v = s.b2 * v + s.one_minus_b2 * num.squared_magnitude(g)
+    if v_max is not None:
+        v_max = jnp.maximum(v_max, v)
+    second = v if v_max is None else v_max
+    numerator = s.nesterov_m * m + s.nesterov_g * g if o.nesterov else s.moment_scale * m
+    denominator = jnp.sqrt(second * s.inverse_c2 + s.eps_root) + s.eps
+    update = -s.step_size * num.adam_ratio(numerator, denominator)
+    if o.decayed:
+        update = update - s.decay * p
+    return update, m, v, v_max
+
+
+def xla_group_pass(
+    scalars: StepScalars,
+    moments: tuple[jax.Array, ...],
+    params: list[jax.Array] | None,
+    grads: list[jax.Array],
+    slots: list[LeafSlot],
+    o: GroupOptions,
+) -> tuple[list[jax.Array], tuple[jax.Array, ...]]:
+    """One group's step in XLA: ``(outputs, moments)``, one array per leaf (``u``, or ``θ + u``
+    with ``write_params``) and the new ``(m, v)`` or ``(m, v, v̄)``. ``moments`` are the decoded
+    buffers; the leaves are packed into their layout for one elementwise pass and the update is
+    sliced back per leaf. ``params`` may be None when neither decayed nor written."""
+    shape, dtype = moments[0].shape, num.compute_dtype(slots[0].dtype)
+
+    def pack(leaves: list[jax.Array], as_dtype: Any) -> jax.Array:
+        return jnp.reshape(pack_slots(leaves, slots, math.prod(shape), as_dtype), shape)
+
+    decayed = pack(params, slots[0].dtype) if o.decayed else None
+    v_max = moments[2] if o.amsgrad else None
+    update, m, v, v_max = elementwise_pass(pack(grads, dtype), moments[0], moments[1], v_max, decayed,
+                                      scalars, o)
+    flat = jnp.ravel(update)
+    outputs = [jnp.reshape(flat[s.offset:s.offset + s.size], s.shape) for s in slots]
+    if o.write_params:
+        outputs = [lowbit.add_and_round(p, u, p.dtype, None) for p, u in zip(params, outputs)]
+    return outputs, (m, v) + ((v_max,) if o.amsgrad else ())
+
+
+def native_group_pass(
+    scalars: StepScalars,
+    moments: tuple[jax.Array, ...],
+    params: list[jax.Array] | None,
+    grads: list[jax.Array],
+    slots: list[LeafSlot],
+    o: GroupOptions,
+) -> tuple[list[jax.Array], tuple[jax.Array, ...]]:
+    """The group's step as one call of the CPU kernel (``adamw_jax.native``): same outputs as
+    ``xla_group_pass``, whose derivative it borrows (``jax.jvp``/``jax.grad`` work through it)."""
+    reads_params = o.decayed or o.write_params
+    offsets = np.array([slot.offset for slot in slots], np.int64)
+
+    def xla(scalars, moments, params, grads):
+        return xla_group_pass(scalars, moments, params, grads, slots, o)
+
+    @jax.custom_jvp
+    def kernel(scalars, moments, params, grads):
+        vector = jnp.stack([jnp.asarray(x, jnp.float32) for x in scalars])
+        outputs = []
+        for start in range(0, len(grads), LEAVES_PER_CALL):  # the moments thread through
+            part = slice(start, start + LEAVES_PER_CALL)
+            out, moments = native.adam_step(vector, moments, (params or [])[part], grads[part],
+                                            offsets[part], **o._asdict())
+            outputs += out
+        return outputs, moments
+
+    kernel.defjvp(lambda primals, tangents: jax.jvp(xla, primals, tangents))
+    return kernel(scalars, moments, params if reads_params else None, grads)
+
+
+def runs_natively(dtype: np.dtype, grads: list[jax.Array], stored: list[Any]) -> bool:
+    """Whether a group is what the native kernel computes: float32 parameters, gradients and
+    moments stored as plain float32 arrays."""
+    float32 = np.dtype(np.float32)
+    return (dtype == float32 and all(np.dtype(jnp.result_type(g)) == float32 for g in grads)
+            and all(isinstance(x, jax.Array) and x.dtype == float32 for x in stored))
