@@ -97,8 +97,8 @@ def xla_group_pass(
 
     decayed = pack(params, slots[0].dtype) if o.decayed else None
     v_max = moments[2] if o.amsgrad else None
-    update, m, v, v_max = elementwise_pass(pack(grads, dtype), moments[0], moments[1], v_max, decayed,
-                                      scalars, o)
+    update, m, v, v_max = elementwise_pass(pack(grads, dtype), moments[0], moments[1], v_max,
+                                           decayed, scalars, o)
     flat = jnp.ravel(update)
     outputs = [jnp.reshape(flat[s.offset:s.offset + s.size], s.shape) for s in slots]
     if o.write_params:
@@ -114,8 +114,9 @@ def native_group_pass(
     slots: list[LeafSlot],
     o: GroupOptions,
 ) -> tuple[list[jax.Array], tuple[jax.Array, ...]]:
-    """The group's step as one call of the CPU kernel (``adamw_jax.native``): same outputs as
-    ``xla_group_pass``, whose derivative it borrows (``jax.jvp``/``jax.grad`` work through it)."""
+    """The group's step as calls of the CPU kernel (``adamw_jax.native``), ``LEAVES_PER_CALL``
+    leaves each: the same arguments and outputs as ``xla_group_pass``, whose derivative it
+    borrows (``jax.jvp``/``jax.grad`` work through it)."""
     reads_params = o.decayed or o.write_params
     offsets = np.array([slot.offset for slot in slots], np.int64)
 

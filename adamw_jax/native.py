@@ -16,6 +16,7 @@ When it runs (``enabled()``): the default backend is the CPU, float64 mode is of
 float32 with float32 moments, and either the process sees one device or ``ADAMW_JAX_NATIVE=1``.
 With several devices the XLA pass stays the default because GSPMD cannot split a custom call: it
 would gather sharded operands onto every device. ``ADAMW_JAX_NATIVE=0`` turns the kernel off.
+The setting is read when a step is traced: a function jitted before a change keeps its choice.
 """
 
 from __future__ import annotations
