@@ -43,7 +43,8 @@ def test_performance_snippets_train_like_the_plain_optimizer():
     exec(compile(flat, "README flat step", "exec"), scope)
     plain = aw.adamw(3e-4, weight_decay=0.1)
     expected, plain_state = params, plain.init(params)
-    fused_params, fused_state = params, scope["optimizer"].init(params)
+    fused_params = jax.tree_util.tree_map(jnp.copy, params)  # train_step donates them
+    fused_state = scope["optimizer"].init(params)
     for _ in range(5):
         grads = jax.grad(loss_fn)(expected, batch)
         updates, plain_state = plain.update(grads, plain_state, expected)
