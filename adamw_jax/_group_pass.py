@@ -115,13 +115,16 @@ def native_group_pass(
     o: GroupOptions,
 ) -> tuple[list[jax.Array], tuple[jax.Array, ...]]:
     """The group's step as calls of the CPU kernel (``adamw_jax.native``), ``LEAVES_PER_CALL``
-    leaves each: the same arguments and outputs as ``xla_group_pass``, whose derivative it
-    borrows (``jax.jvp``/``jax.grad`` work through it)."""
+    leaves each: the arguments and outputs of ``xla_group_pass``, except that ``moments`` are
+    the stored buffers (float32 or bfloat16) and come back stored. ``jax.jvp``/``jax.grad`` go
+    through the XLA pass."""
     reads_params = o.decayed or o.write_params
     offsets = np.array([slot.offset for slot in slots], np.int64)
 
     def xla(scalars, moments, params, grads):
-        return xla_group_pass(scalars, moments, params, grads, slots, o)
+        decoded = tuple(x.astype(jnp.float32) for x in moments)
+        outputs, new = xla_group_pass(scalars, decoded, params, grads, slots, o)
+        return outputs, tuple(x.astype(old.dtype) for x, old in zip(new, moments))
 
     @jax.custom_jvp
     def kernel(scalars, moments, params, grads):
@@ -138,9 +141,13 @@ def native_group_pass(
     return kernel(scalars, moments, params if reads_params else None, grads)
 
 
-def runs_natively(dtype: np.dtype, grads: list[jax.Array], stored: list[Any]) -> bool:
-    """Whether a group is what the native kernel computes: float32 parameters, gradients and
-    moments stored as plain float32 arrays."""
+def runs_natively(dtype: np.dtype, grads: list[jax.Array], stored: list[Any],
+                  stochastic_rounding: bool) -> bool:
+    """Whether a group is what the native kernel computes: float32 parameters and gradients,
+    moments stored as plain float32 arrays, or all as bfloat16 rounded to nearest."""
     float32 = np.dtype(np.float32)
+    moment_dtypes = {np.dtype(x.dtype) for x in stored if isinstance(x, jax.Array)}
+    plain = len(moment_dtypes) == 1 and all(isinstance(x, jax.Array) for x in stored)
     return (dtype == float32 and all(np.dtype(jnp.result_type(g)) == float32 for g in grads)
-            and all(isinstance(x, jax.Array) and x.dtype == float32 for x in stored))
+            and plain and (moment_dtypes == {float32} or (
+                moment_dtypes == {np.dtype(jnp.bfloat16)} and not stochastic_rounding)))

@@ -174,12 +174,13 @@ def fused_adam_family(
         for group, members in enumerate(layout.leaf_groups()):
             # Natively unless the kernel would materialize a large update: XLA fuses u into
             # the caller's θ + u, a fresh buffer of a large leaf costs its page faults.
+            stored = [moment[group] for moment in _stored_moments(state)]
             natively = run_natively and (write_params or layout.group_keys[group][2] < 0) and (
                 _group_pass.runs_natively(layout.group_dtypes[group], [grads[i] for i in members],
-                                          [stored[group] for stored in _stored_moments(state)]))
+                                          stored, options["stochastic_rounding"]))
             group_pass = _group_pass.native_group_pass if natively else _group_pass.xla_group_pass
             leaf_out, group_moments = group_pass(
-                scalars, tuple(moment[group] for moment in moments),
+                scalars, tuple(stored) if natively else tuple(m[group] for m in moments),
                 [param_leaves[i] for i in members] if params is not None else None,
                 [grads[i] for i in members], [layout.slots[i] for i in members],
                 _group_pass.GroupOptions(amsgrad, options["nesterov"], maximize,

@@ -1,6 +1,6 @@
 """The native CPU kernel of adamw(fused=True): the same numbers as the XLA pass and the float64
-reference for every option, in place, differentiable, batched, and a clear fallback without a
-compiler.
+reference for every option and for bfloat16 moments, in place, differentiable, batched, and a
+clear fallback without a compiler.
 
 The test session forces 8 host devices, where the kernel is off by default (GSPMD cannot split
 a custom call), so every test here turns it on with ADAMW_JAX_NATIVE=1 and checks that it ran.
@@ -284,6 +284,12 @@ def test_policy_follows_the_environment_variable(monkeypatch):
     optimizer = aw.adamw(fused=True)
     assert not _uses_kernel(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p), params,
                             optimizer.init(params), params)
+    monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "1")
+    jax.config.update("jax_enable_x64", True)
+    try:  # float64 mode computes the fused step in float64: the XLA pass
+        assert not native.enabled()
+    finally:
+        jax.config.update("jax_enable_x64", False)
     monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "auto")
     assert jax.device_count() == 8 and not native.enabled()  # sharding-safe default
     monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "sometimes")
@@ -322,3 +328,46 @@ def test_build_is_cached_per_source_and_machine(tmp_path, monkeypatch):
     modified = library.stat().st_mtime_ns
     assert native.build() == library and library.stat().st_mtime_ns == modified
     assert [p.name for p in tmp_path.iterdir()] == [library.name]  # no partial file left
+
+
+def test_bfloat16_moments_are_stored_as_the_xla_pass_stores_them(monkeypatch):
+    """mu/nu in bfloat16: the kernel rounds to nearest even in the same pass. The float32 value
+    before rounding differs from XLA's by its fused multiply-adds, so a value that falls on a
+    rounding boundary can land one bf16 ulp away; everything else is bit for bit."""
+    rng = np.random.default_rng(1)
+    params = {"big": jnp.asarray(rng.normal(size=(256, 300)), jnp.float32),
+              "small": jnp.asarray(rng.normal(size=(40,)), jnp.float32)}
+    grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype),
+                                    params) for _ in range(4)]
+    kwargs = dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, amsgrad=True, weight_decay=0.1)
+    runs = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, setting)
+        optimizer = aw.adamw(1e-2, fused=True, **kwargs)
+        step = jax.jit(lambda g, s, p, o=optimizer: aw.update_and_apply(o, g, s, p))
+        assert _uses_kernel(step, grads[0], optimizer.init(params), params) == (setting == "1")
+        p, s = params, optimizer.init(params)
+        for g in grads:
+            p, s = step(g, s, p)
+        runs.append((p, s))
+    (p_native, s_native), (p_xla, s_xla) = runs
+    for ours, theirs in zip(s_native.mu + s_native.nu + s_native.nu_max,
+                            s_xla.mu + s_xla.nu + s_xla.nu_max):
+        assert ours.dtype == theirs.dtype == jnp.bfloat16
+        ours, theirs = np.asarray(ours, np.float32), np.asarray(theirs, np.float32)
+        assert np.mean(ours != theirs) < 1e-3
+        np.testing.assert_allclose(ours, theirs, rtol=2.0 ** -7, atol=1e-30)  # one bf16 ulp
+    for key in params:  # a moment one bf16 ulp away moves a step of 1e-2 by < 1e-4
+        np.testing.assert_allclose(p_native[key], p_xla[key], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True),
+    dict(mu_dtype=jnp.bfloat16),  # mixed: bf16 mu, float32 nu
+    dict(mu_dtype="int8", nu_dtype="int8"),
+])
+def test_other_state_formats_keep_the_xla_pass(kwargs):
+    params = {"w": jnp.ones((64, 80))}
+    optimizer = aw.adamw(fused=True, **kwargs)
+    assert not _uses_kernel(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p), params,
+                            optimizer.init(params), params)
