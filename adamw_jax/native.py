@@ -9,11 +9,12 @@ is registered with the XLA FFI and called from ``adamw_jax.fused`` through ``jax
 The kernel is compiled on first use with the system's C++ compiler (``$CXX``, else ``c++``)
 against the FFI headers that ship with jaxlib, and cached in ``$ADAMW_JAX_CACHE_DIR`` (default
 ``~/.cache/adamw_jax``), keyed by the source, jaxlib's version and the machine type; a build takes
-about 5 s once per machine. Without a compiler the fused step keeps its XLA formulation (same
+about 10 s once per machine. Without a compiler the fused step keeps its XLA formulation (same
 numbers), with a warning that names the reason.
 
 When it runs (``enabled()``): the default backend is the CPU, float64 mode is off, the group is
-float32 with float32 moments, and either the process sees one device or ``ADAMW_JAX_NATIVE=1``.
+float32 with float32 moments (or bfloat16 ones, rounded to nearest: stored in the same pass, 20
+bytes per parameter), and either the process sees one device or ``ADAMW_JAX_NATIVE=1``.
 With several devices the XLA pass stays the default because GSPMD cannot split a custom call: it
 would gather sharded operands onto every device. ``ADAMW_JAX_NATIVE=0`` turns the kernel off.
 The setting is read when a step is traced: a function jitted before a change keeps its choice.
