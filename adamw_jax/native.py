@@ -8,8 +8,8 @@ is registered with the XLA FFI and called from ``adamw_jax.fused`` through ``jax
 
 The kernel is compiled on first use with the system's C++ compiler (``$CXX``, else ``c++``)
 against the FFI headers that ship with jaxlib, and cached in ``$ADAMW_JAX_CACHE_DIR`` (default
-``~/.cache/adamw_jax``), keyed by the source, jaxlib's version and the machine type; a build takes
-about 10 s once per machine. Without a compiler the fused step keeps its XLA formulation (same
+``~/.cache/adamw_jax``), keyed by the source, jaxlib's version and the CPU's instruction-set flags
+(it is built with ``-march=native``); a build takes about 10 s once per machine. Without a compiler the fused step keeps its XLA formulation (same
 numbers), with a warning that names the reason.
 
 When it runs (``enabled()``): the default backend is the CPU, float64 mode is off, the group is
@@ -167,7 +167,7 @@ def adam_step(
     """One group's step by the kernel: ``(outputs, moments)`` as ``adamw_jax.fused``'s XLA pass.
 
     ``scalars``: float32[12] in ``_group_pass.StepScalars`` order; ``moments``: ``(m, v)`` or
-    ``(m, v, v̄)`` float32 buffers, updated in place (aliased); ``params``: the leaves' parameters
+    ``(m, v, v̄)`` buffers, all float32 or all bfloat16, updated in place (aliased); ``params``: the leaves' parameters
     when decayed or written, else empty; ``grads``: the leaves' float32 gradients, leaf ``i``
     starting at element ``offsets[i]`` of the moments. ``outputs``: per leaf ``u``, or ``θ + u``
     written over ``θ`` with ``write_params``.
