@@ -310,8 +310,8 @@ def test_without_a_compiler_the_xla_pass_runs_with_a_warning(tmp_path):
             p, _ = jax.jit(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p))(
                 params, optimizer.init(params), params)
         assert not native.available()
-        message = str(caught[0].message)
-        assert "native CPU kernel is unavailable" in message and "no C++ compiler" in message
+        messages = [str(w.message) for w in caught if "native CPU kernel" in str(w.message)]
+        assert len(messages) == 1 and "no C++ compiler" in messages[0], messages
         print(float(p["w"][1]))
     """)
     env = dict(os.environ, ADAMW_JAX_NATIVE="1", CXX="no-such-compiler",
