@@ -105,7 +105,7 @@ def fused_adam_family(
     schedule_multiplier: optax.Schedule | None = None,
     decay_after_learning_rate: bool = False,
     pad_multiple: int = 1,
-) -> optax.GradientTransformation:
+) -> FusedTransformation:
     """AdamW (or Adam when ``weight_decay`` is None) as one flat-buffer pass.
 
     Args:
@@ -120,7 +120,8 @@ def fused_adam_family(
       pad_multiple: each flat buffer's length is a multiple of this.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a ``FusedAdamState``.
+      A ``FusedTransformation`` (an ``optax.GradientTransformation`` with a one-pass ``step``)
+      whose state is a ``FusedAdamState``.
     """
     scale_by_adam(**adam_kwargs)  # the argument checks, with the unfused path's messages
     options = dict(b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, bias_correction=True,
