@@ -155,11 +155,7 @@ def fused_adam_family(
         if (weight_decay is not None or write_params) and params is None and has_leaves:
             raise ValueError("weight decay needs the parameters: call update(updates, state, params).")
         layout = layout_for(updates if params is None else params)
-        _check_state_fits(layout, state)
-        if amsgrad != (state.nu_max is not None):
-            raise ValueError(
-                f"this optimizer has amsgrad={amsgrad} but the state was made with "
-                f"amsgrad={not amsgrad}: call init with the optimizer you update with.")
+        _check_state_fits(layout, state, amsgrad)
         scalars = scalars_at(state.count)
         count = num.safe_increment(state.count)
         grads = layout.treedef.flatten_up_to(updates)
@@ -167,9 +163,7 @@ def fused_adam_family(
                         else [None] * len(grads))
         like = tuple(jax.ShapeDtypeStruct(s, num.compute_dtype(d))
                      for s, d in zip(_buffer_shapes(layout), layout.group_dtypes))
-        moments = [mu_storage.decode(state.mu, like), nu_storage.decode(state.nu, like)]
-        if amsgrad:
-            moments.append(nu_storage.decode(state.nu_max, like))
+        storages = (mu_storage, nu_storage, nu_storage)  # of mu, nu, nu_max
         run_natively = native.enabled()
         outputs = [None] * len(grads)
         new_moments = []
@@ -180,9 +174,14 @@ def fused_adam_family(
             natively = run_natively and (write_params or layout.group_keys[group][2] < 0) and (
                 _group_pass.runs_natively(layout.group_dtypes[group], [grads[i] for i in members],
                                           stored, options["stochastic_rounding"]))
-            group_pass = _group_pass.native_group_pass if natively else _group_pass.xla_group_pass
+            if natively:  # the kernel reads and writes the stored moments itself
+                group_pass, moments = _group_pass.native_group_pass, tuple(stored)
+            else:
+                group_pass = _group_pass.xla_group_pass
+                moments = tuple(storage.decode(x, like[group])
+                                for storage, x in zip(storages, stored))
             leaf_out, group_moments = group_pass(
-                scalars, tuple(stored) if natively else tuple(m[group] for m in moments),
+                scalars, moments,
                 [param_leaves[i] for i in members] if params is not None else None,
                 [grads[i] for i in members], [layout.slots[i] for i in members],
                 _group_pass.GroupOptions(amsgrad, options["nesterov"], maximize,
@@ -277,7 +276,7 @@ def _holds(stored: jax.Array | lowbit.BlockwiseArray, size: int) -> bool:
     return stored.size == size
 
 
-def _check_state_fits(layout: FlatLayout, state: FusedAdamState) -> None:
+def _check_state_fits(layout: FlatLayout, state: FusedAdamState, amsgrad: bool) -> None:
     if len(state.mu) != layout.num_groups or not all(map(_holds, state.mu, layout.group_sizes)):
         sizes = tuple(int(getattr(buffer, "values", buffer).size) for buffer in state.mu)
         raise ValueError(
@@ -285,6 +284,10 @@ def _check_state_fits(layout: FlatLayout, state: FusedAdamState) -> None:
             f"{layout.group_sizes}: call init with parameters of the same shapes, dtypes and "
             "mask as the gradients passed to update."
         )
+    if amsgrad != (state.nu_max is not None):
+        raise ValueError(
+            f"this optimizer has amsgrad={amsgrad} but the state was made with "
+            f"amsgrad={not amsgrad}: call init with the optimizer you update with.")
 
 
 def _scalars_builder(
