@@ -40,10 +40,6 @@ enum Scalar {
   kNesterovM, kNesterovG, kDecay, kNumScalars
 };
 
-struct Options {
-  bool amsgrad, nesterov, maximize, decayed, write_params, bf16_moments;
-};
-
 // A bfloat16 value: the high half of a float32.
 struct Bf16 {
   uint16_t bits;
@@ -127,20 +123,15 @@ void RunChunk(const Chunk& chunk, const Segment& seg, const float* s, float sign
 
 using ChunkFn = void (*)(const Chunk&, const Segment&, const float*, float, void*, void*, void*);
 
-// The instantiation for `o`, one boolean at a time.
+// The instantiation for `flags` (amsgrad, nesterov, decayed, write_params), one at a time.
 template <typename Moment, bool... kFlags>
-ChunkFn Select(const bool* flags, int remaining) {
+ChunkFn Select(const bool* flags) {
   if constexpr (sizeof...(kFlags) == 4) {
     return RunChunk<Moment, kFlags...>;
   } else {
-    return *flags ? Select<Moment, kFlags..., true>(flags + 1, remaining - 1)
-                  : Select<Moment, kFlags..., false>(flags + 1, remaining - 1);
+    return *flags ? Select<Moment, kFlags..., true>(flags + 1)
+                  : Select<Moment, kFlags..., false>(flags + 1);
   }
-}
-
-ChunkFn SelectChunkFn(const Options& o) {
-  const bool flags[4] = {o.amsgrad, o.nesterov, o.decayed, o.write_params};
-  return o.bf16_moments ? Select<Bf16>(flags, 4) : Select<float>(flags, 4);
 }
 
 // Work shared by the calling thread and the pool's threads. Held by shared_ptr: a pool task
@@ -174,8 +165,8 @@ ffi::Error AdamStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
   const int64_t leaves = static_cast<int64_t>(offsets.size());
   const int64_t moments = amsgrad ? 3 : 2;
   const bool reads_params = decayed || write_params;
-  if (args.size() != moments + (reads_params ? 2 : 1) * leaves ||
-      rets.size() != moments + leaves) {
+  if (static_cast<int64_t>(args.size()) != moments + (reads_params ? 2 : 1) * leaves ||
+      static_cast<int64_t>(rets.size()) != moments + leaves) {
     return ffi::Error::InvalidArgument("adamw_jax step: operand count does not match offsets");
   }
   auto work = std::make_shared<Work>();
@@ -183,15 +174,15 @@ ffi::Error AdamStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
   work->sign = maximize ? -1.0f : 1.0f;
   void* buffers[3] = {nullptr, nullptr, nullptr};
   int64_t buffer_size = 0;
-  ffi::DataType moment_type = ffi::DataType::F32;
+  auto first_moment = args.get<ffi::AnyBuffer>(0);
+  if (!first_moment.has_value()) return ffi::Error::Internal("bad moment buffer");
+  const ffi::DataType moment_type = first_moment->element_type();
   for (int64_t i = 0; i < moments; ++i) {
     auto in = args.get<ffi::AnyBuffer>(i);
     auto out = rets.get<ffi::AnyBuffer>(i);
     if (!in.has_value() || !out.has_value()) return ffi::Error::Internal("bad moment buffer");
-    moment_type = in->element_type();
     if ((moment_type != ffi::DataType::F32 && moment_type != ffi::DataType::BF16) ||
-        (*out)->element_type() != moment_type ||
-        args.get<ffi::AnyBuffer>(0)->element_type() != moment_type) {
+        in->element_type() != moment_type || (*out)->element_type() != moment_type) {
       return ffi::Error::InvalidArgument(
           "adamw_jax step: moments must all be float32 or all bfloat16");
     }
@@ -201,8 +192,8 @@ ffi::Error AdamStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
       std::memcpy(buffers[i], in->untyped_data(), in->size_bytes());
     }
   }
-  work->run = SelectChunkFn(Options{amsgrad, nesterov, maximize, decayed, write_params,
-                                    moment_type == ffi::DataType::BF16});
+  const bool flags[4] = {amsgrad, nesterov, decayed, write_params};
+  work->run = moment_type == ffi::DataType::BF16 ? Select<Bf16>(flags) : Select<float>(flags);
   work->m = buffers[0];
   work->v = buffers[1];
   work->v_max = amsgrad ? buffers[2] : nullptr;
