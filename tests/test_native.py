@@ -8,6 +8,7 @@ a custom call), so every test here turns it on with ADAMW_JAX_NATIVE=1 and check
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -37,6 +38,11 @@ GRADS = gradient_stream(PARAMS, STEPS, seed=4)
 def native_kernel(monkeypatch):
     monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "1")
     assert native.available(), "the kernel must build wherever the tests run (g++ is needed)"
+
+
+def _one_pass(optimizer):
+    """``(grads, state, params) -> (params, state)``: ``update_and_apply`` with ``optimizer``."""
+    return functools.partial(aw.update_and_apply, optimizer)
 
 
 def _uses_kernel(fn, *args) -> bool:
@@ -87,7 +93,7 @@ def test_matches_optax_adamw():
     state, p = optimizer.init(p0), p0
     preset = aw.adamw(1e-2, b1=0.9, b2=0.99, eps=1e-6, weight_decay=0.1, fused=True)
     ours_state, ours = preset.init(p0), p0
-    step = jax.jit(lambda g, s, p: aw.update_and_apply(preset, g, s, p))
+    step = jax.jit(_one_pass(preset))
     for g in GRADS[:20]:
         g = {k: jnp.asarray(v, jnp.float32) for k, v in g.items()}
         updates, state = optimizer.update(g, state, p)
@@ -114,8 +120,8 @@ def test_any_tree_and_options_step_like_the_unfused_chain(shapes, b1, b2, eps, w
     kwargs = dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                   nesterov=nesterov and eps_mode == "adam", maximize=maximize, eps_mode=eps_mode)
     fused, plain = aw.adamw(1e-2, fused=True, **kwargs), aw.adamw(1e-2, **kwargs)
-    one_pass = jax.jit(lambda g, s, p: aw.update_and_apply(fused, g, s, p))
-    two_calls = jax.jit(lambda g, s, p: aw.update_and_apply(plain, g, s, p))
+    one_pass = jax.jit(_one_pass(fused))
+    two_calls = jax.jit(_one_pass(plain))
     fused_update = jax.jit(fused.update)
     (p1, s1), (p2, s2) = (params, fused.init(params)), (params, plain.init(params))
     s3 = fused.init(params)
@@ -144,13 +150,12 @@ def test_many_leaves_mixed_dtypes_and_large_leaves():
                                     params) for _ in range(3)]
     fused = aw.adamw(1e-2, weight_decay=0.1, mask=mask, amsgrad=True, fused=True)
     plain = aw.adamw(1e-2, weight_decay=0.1, mask=mask, amsgrad=True)
-    step = lambda opt: jax.jit(lambda g, s, p: aw.update_and_apply(opt, g, s, p))  # noqa: E731
-    assert _uses_kernel(lambda g, s, p: aw.update_and_apply(fused, g, s, p), grads[0],
-                        fused.init(params), params)
+    assert _uses_kernel(_one_pass(fused), grads[0], fused.init(params), params)
+    fused_step, plain_step = jax.jit(_one_pass(fused)), jax.jit(_one_pass(plain))
     (p1, s1), (p2, s2) = (params, fused.init(params)), (params, plain.init(params))
     for g in grads:
-        p1, s1 = step(fused)(g, s1, p1)
-        p2, s2 = step(plain)(g, s2, p2)
+        p1, s1 = fused_step(g, s1, p1)
+        p2, s2 = plain_step(g, s2, p2)
     for key in params:
         np.testing.assert_allclose(np.asarray(p1[key], np.float32), np.asarray(p2[key], np.float32),
                                    rtol=1e-5, atol=1e-7)
@@ -165,8 +170,7 @@ def test_update_uses_the_kernel_for_small_leaves_and_xla_for_large():
     large = {"w": jnp.ones((512, 256))}
     for params, expected in ((small, True), (large, False)):
         assert _uses_kernel(optimizer.update, params, optimizer.init(params), params) == expected
-        assert _uses_kernel(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p), params,
-                            optimizer.init(params), params)
+        assert _uses_kernel(_one_pass(optimizer), params, optimizer.init(params), params)
 
 
 def test_one_pass_step_runs_in_place_with_donation():
@@ -187,7 +191,7 @@ def test_undonated_inputs_are_left_intact():
     optimizer = aw.adamw(1e-1, fused=True)
     state = optimizer.init(params)
     grads = jax.tree_util.tree_map(jnp.ones_like, params)
-    new_params, new_state = jax.jit(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p))(
+    new_params, new_state = jax.jit(_one_pass(optimizer))(
         grads, state, params)
     np.testing.assert_array_equal(params["w"], 2.0)
     np.testing.assert_array_equal(state.mu[0], 0.0)
@@ -228,7 +232,7 @@ def test_extreme_and_zero_gradients_step_like_the_xla_pass(eps, eps_root, monkey
     for setting in ("1", "0"):
         monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, setting)
         optimizer = aw.adamw(1e-3, eps=eps, eps_root=eps_root, amsgrad=True, fused=True)
-        step = jax.jit(lambda g, s, p, o=optimizer: aw.update_and_apply(o, g, s, p))
+        step = jax.jit(_one_pass(optimizer))
         p, s = params, optimizer.init(params)
         for _ in range(3):
             p, s = step(grads, s, p)
@@ -243,7 +247,7 @@ def test_update_and_apply_on_any_transformation_is_update_then_apply():
     grads = {"w": jnp.ones((4,))}
     chain = optax.chain(aw.clip_by_global_norm(1.0), aw.adamw(1e-2, fused=True))
     state = chain.init(params)
-    p, s = jax.jit(lambda g, s, p: aw.update_and_apply(chain, g, s, p))(grads, state, params)
+    p, s = jax.jit(_one_pass(chain))(grads, state, params)
     updates, expected_state = chain.update(grads, state, params)
     np.testing.assert_array_equal(p["w"], aw.apply_updates(params, updates)["w"])
     np.testing.assert_array_equal(s[1].mu[0], expected_state[1].mu[0])
@@ -270,7 +274,7 @@ def test_sharded_parameters_keep_their_values_on_eight_devices():
     params = {"w": jax.device_put(jnp.linspace(-1, 1, 64), sharding)}
     grads = {"w": jax.device_put(jnp.sin(jnp.arange(64.0)), sharding)}
     optimizer = aw.adamw(1e-2, fused=True)
-    p, _ = jax.jit(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p))(
+    p, _ = jax.jit(_one_pass(optimizer))(
         grads, optimizer.init(params), params)
     updates, _ = aw.adamw(1e-2).update(grads, aw.adamw(1e-2).init(params), params)
     np.testing.assert_allclose(p["w"], aw.apply_updates(params, updates)["w"], rtol=0, atol=1e-7)
@@ -282,8 +286,7 @@ def test_policy_follows_the_environment_variable(monkeypatch):
     assert not native.enabled()
     params = {"w": jnp.ones((3,))}
     optimizer = aw.adamw(fused=True)
-    assert not _uses_kernel(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p), params,
-                            optimizer.init(params), params)
+    assert not _uses_kernel(_one_pass(optimizer), params, optimizer.init(params), params)
     monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "1")
     jax.config.update("jax_enable_x64", True)
     try:  # float64 mode computes the fused step in float64: the XLA pass
@@ -344,7 +347,7 @@ def test_bfloat16_moments_are_stored_as_the_xla_pass_stores_them(monkeypatch):
     for setting in ("1", "0"):
         monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, setting)
         optimizer = aw.adamw(1e-2, fused=True, **kwargs)
-        step = jax.jit(lambda g, s, p, o=optimizer: aw.update_and_apply(o, g, s, p))
+        step = jax.jit(_one_pass(optimizer))
         assert _uses_kernel(step, grads[0], optimizer.init(params), params) == (setting == "1")
         p, s = params, optimizer.init(params)
         for g in grads:
@@ -369,5 +372,4 @@ def test_bfloat16_moments_are_stored_as_the_xla_pass_stores_them(monkeypatch):
 def test_other_state_formats_keep_the_xla_pass(kwargs):
     params = {"w": jnp.ones((64, 80))}
     optimizer = aw.adamw(fused=True, **kwargs)
-    assert not _uses_kernel(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p), params,
-                            optimizer.init(params), params)
+    assert not _uses_kernel(_one_pass(optimizer), params, optimizer.init(params), params)
