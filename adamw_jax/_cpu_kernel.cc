@@ -26,7 +26,6 @@
 #include <cstring>
 #include <limits>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -135,7 +134,8 @@ ChunkFn Select(const bool* flags) {
 }
 
 // Work shared by the calling thread and the pool's threads. Held by shared_ptr: a pool task
-// that starts after all chunks are done only finds nothing left to claim.
+// that starts after all chunks are claimed only finds nothing left to do. The thread that
+// finishes the last chunk completes the call: no thread waits for another one.
 struct Work {
   std::vector<Segment> segments;
   std::vector<Chunk> chunks;
@@ -145,20 +145,26 @@ struct Work {
   void *m, *v, *v_max;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
+  ffi::Promise finished;
 
   void Drain() {
-    for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(chunks.size());) {
+    const int64_t total = static_cast<int64_t>(chunks.size());
+    int64_t ran = 0;
+    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < total; ++ran) {
       run(chunks[i], segments[chunks[i].segment], scalars, sign, m, v, v_max);
-      done.fetch_add(1, std::memory_order_release);
+    }
+    if (ran > 0 && done.fetch_add(ran, std::memory_order_acq_rel) + ran == total) {
+      finished.SetAvailable();
     }
   }
 };
 
 constexpr int64_t kChunkElements = 1 << 16;  // 256 KiB of each stream: in L2 while in flight
 
-ffi::Error AdamStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
-                    ffi::RemainingRets rets, ffi::Span<const int64_t> offsets, bool amsgrad,
-                    bool nesterov, bool maximize, bool decayed, bool write_params) {
+// Checks the operands and lays the call's work out in chunks.
+ffi::Error Prepare(Work& work, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
+                   ffi::RemainingRets rets, ffi::Span<const int64_t> offsets, bool amsgrad,
+                   bool nesterov, bool maximize, bool decayed, bool write_params) {
   if (scalars.element_count() != kNumScalars) {
     return ffi::Error::InvalidArgument("adamw_jax step: expected 12 scalars");
   }
@@ -169,9 +175,8 @@ ffi::Error AdamStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
       static_cast<int64_t>(rets.size()) != moments + leaves) {
     return ffi::Error::InvalidArgument("adamw_jax step: operand count does not match offsets");
   }
-  auto work = std::make_shared<Work>();
-  work->scalars = scalars.typed_data();
-  work->sign = maximize ? -1.0f : 1.0f;
+  work.scalars = scalars.typed_data();
+  work.sign = maximize ? -1.0f : 1.0f;
   void* buffers[3] = {nullptr, nullptr, nullptr};
   int64_t buffer_size = 0;
   auto first_moment = args.get<ffi::AnyBuffer>(0);
@@ -193,10 +198,10 @@ ffi::Error AdamStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
     }
   }
   const bool flags[4] = {amsgrad, nesterov, decayed, write_params};
-  work->run = moment_type == ffi::DataType::BF16 ? Select<Bf16>(flags) : Select<float>(flags);
-  work->m = buffers[0];
-  work->v = buffers[1];
-  work->v_max = amsgrad ? buffers[2] : nullptr;
+  work.run = moment_type == ffi::DataType::BF16 ? Select<Bf16>(flags) : Select<float>(flags);
+  work.m = buffers[0];
+  work.v = buffers[1];
+  work.v_max = amsgrad ? buffers[2] : nullptr;
   const int64_t grads_at = moments + (reads_params ? leaves : 0);
   for (int64_t i = 0; i < leaves; ++i) {
     auto grad = args.get<ffi::AnyBuffer>(grads_at + i);
@@ -221,19 +226,38 @@ ffi::Error AdamStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
       if (write_params && seg.param != seg.out) std::copy(seg.param, seg.param + seg.size, seg.out);
     }
     for (int64_t begin = 0; begin < seg.size; begin += kChunkElements) {
-      work->chunks.push_back(Chunk{i, begin, std::min(seg.size, begin + kChunkElements)});
+      work.chunks.push_back(Chunk{i, begin, std::min(seg.size, begin + kChunkElements)});
     }
-    work->segments.push_back(seg);
+    work.segments.push_back(seg);
+  }
+  return ffi::Error::Success();
+}
+
+// Returns once every chunk is claimed; the future completes when the last one is written (XLA
+// runs the step's next operation then). The calling thread never waits for a pool thread that
+// the OS has descheduled mid-chunk: its core goes to the process's other threads meanwhile.
+ffi::Future AdamStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
+                     ffi::RemainingRets rets, ffi::Span<const int64_t> offsets, bool amsgrad,
+                     bool nesterov, bool maximize, bool decayed, bool write_params) {
+  auto work = std::make_shared<Work>();
+  ffi::Future future(work->finished);
+  if (ffi::Error error = Prepare(*work, scalars, args, rets, offsets, amsgrad, nesterov, maximize,
+                                 decayed, write_params);
+      error.failure()) {
+    work->finished.SetError(std::move(error));
+    return future;
   }
   const int64_t chunks = static_cast<int64_t>(work->chunks.size());
+  if (chunks == 0) {
+    work->finished.SetAvailable();
+    return future;
+  }
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks) - 1;
   for (int64_t i = 0; i < helpers; ++i) {
     pool.Schedule([work] { work->Drain(); });
   }
   work->Drain();
-  // Every chunk is claimed; wait for the ones other threads are still running.
-  while (work->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
-  return ffi::Error::Success();
+  return future;
 }
 
 }  // namespace

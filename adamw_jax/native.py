@@ -9,8 +9,9 @@ is registered with the XLA FFI and called from ``adamw_jax.fused`` through ``jax
 The kernel is compiled on first use with the system's C++ compiler (``$CXX``, else ``c++``)
 against the FFI headers that ship with jaxlib, and cached in ``$ADAMW_JAX_CACHE_DIR`` (default
 ``~/.cache/adamw_jax``), keyed by the source, jaxlib's version and the CPU's instruction-set flags
-(it is built with ``-march=native``); a build takes about 10 s once per machine. Without a compiler the fused step keeps its XLA formulation (same
-numbers), with a warning that names the reason.
+(it is built with ``-march=native``); a build takes about 10 s once per machine. Without a
+compiler the fused step keeps its XLA formulation (same numbers), with a warning that names the
+reason.
 
 When it runs (``enabled()``): the default backend is the CPU, float64 mode is off, the group is
 float32 with float32 moments (or bfloat16 ones, rounded to nearest: stored in the same pass, 20
@@ -36,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
@@ -151,6 +153,21 @@ def enabled() -> bool:
     return available()
 
 
+_SCALAR_COPIES = 128
+
+
+def _visible_cost(scalars: jax.Array) -> jax.Array:
+    """``scalars`` unchanged, through ``_SCALAR_COPIES·len(scalars)`` flops that XLA can see.
+
+    XLA:CPU runs a program it estimates at under 1000 flops inline, on the calling thread, and
+    its cost model counts a custom call as zero. A jitted step made only of kernel calls would
+    therefore be synchronous: the Python thread would wait for the whole pass instead of
+    getting futures back at once, as it does from any XLA program of this size. The minimum
+    over identical copies is exact (NaN and -0.0 included) and XLA does not fold it away.
+    """
+    return jnp.min(jnp.broadcast_to(scalars, (_SCALAR_COPIES, *scalars.shape)), axis=0)
+
+
 def adam_step(
     scalars: jax.Array,
     moments: Sequence[jax.Array],
@@ -167,8 +184,8 @@ def adam_step(
     """One group's step by the kernel: ``(outputs, moments)`` as ``adamw_jax.fused``'s XLA pass.
 
     ``scalars``: float32[12] in ``_group_pass.StepScalars`` order; ``moments``: ``(m, v)`` or
-    ``(m, v, v̄)`` buffers, all float32 or all bfloat16, updated in place (aliased); ``params``: the leaves' parameters
-    when decayed or written, else empty; ``grads``: the leaves' float32 gradients, leaf ``i``
+    ``(m, v, v̄)`` buffers, all float32 or all bfloat16, updated in place (aliased); ``params``:
+    the leaves' parameters when decayed or written, else empty; ``grads``: the leaves' float32 gradients, leaf ``i``
     starting at element ``offsets[i]`` of the moments. ``outputs``: per leaf ``u``, or ``θ + u``
     written over ``θ`` with ``write_params``.
     """
@@ -181,7 +198,7 @@ def adam_step(
         aliases.update({1 + len(moments) + j: len(moments) + j for j in range(len(params))})
     call = jax.ffi.ffi_call(TARGET_NAME, shapes, input_output_aliases=aliases,
                             vmap_method="sequential")
-    results = call(scalars, *moments, *params, *grads, offsets=offsets, amsgrad=amsgrad,
+    results = call(_visible_cost(scalars), *moments, *params, *grads, offsets=offsets, amsgrad=amsgrad,
                    nesterov=nesterov, maximize=maximize, decayed=decayed,
                    write_params=write_params)
     return list(results[len(moments):]), tuple(results[:len(moments)])
