@@ -18,6 +18,11 @@
 // k parameters (when read) and k gradients. Results: m, v (v̄), then k outputs shaped as the
 // leaves. Attribute `offsets[i]` is leaf i's first element in the moment buffers; elements of
 // the moment buffers that no leaf covers (padding) are left as they are (the buffers alias).
+//
+// Threads: the leaves are cut into chunks of at most 64K elements, claimed from an atomic
+// counter by the calling thread and by tasks on XLA's intra-op pool. The handler returns an
+// ffi::Future as soon as every chunk is claimed; whichever thread writes the last chunk
+// completes it. Results do not depend on the split: every element is computed alone.
 
 #include <algorithm>
 #include <atomic>

@@ -19,6 +19,9 @@ bytes per parameter), and either the process sees one device or ``ADAMW_JAX_NATI
 With several devices the XLA pass stays the default because GSPMD cannot split a custom call: it
 would gather sharded operands onto every device. ``ADAMW_JAX_NATIVE=0`` turns the kernel off.
 The setting is read when a step is traced: a function jitted before a change keeps its choice.
+
+A jitted step made of kernel calls is dispatched asynchronously, as any XLA program of its size:
+the call returns futures at once and the pass runs on XLA's threads (see ``_visible_cost``).
 """
 
 from __future__ import annotations
