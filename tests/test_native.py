@@ -203,6 +203,21 @@ def test_one_pass_step_is_dispatched_asynchronously():
         jax.block_until_ready(params)
 
 
+def test_the_kernel_reports_bad_operands_as_an_error():
+    """A malformed call fails with the kernel's message (through its future), not a crash."""
+    moments = (jnp.zeros((8,)), jnp.zeros((8,)))
+
+    def call(offset: int):
+        return jax.jit(lambda: native.adam_step(
+            jnp.zeros((12,)), moments, [], [jnp.ones((4,))], np.array([offset]), amsgrad=False,
+            nesterov=False, maximize=False, decayed=False, write_params=False))()
+
+    outputs, _ = call(4)  # the leaf fills the moments' second half: fine
+    np.testing.assert_array_equal(outputs[0], 0.0)
+    with pytest.raises(Exception, match="a leaf lies outside the moments"):
+        jax.block_until_ready(call(6))
+
+
 def test_undonated_inputs_are_left_intact():
     params = {"w": jnp.full((70000,), 2.0), "b": jnp.full((3,), 2.0)}
     optimizer = aw.adamw(1e-1, fused=True)
