@@ -188,9 +188,9 @@ def adam_step(
 
     ``scalars``: float32[12] in ``_group_pass.StepScalars`` order; ``moments``: ``(m, v)`` or
     ``(m, v, v̄)`` buffers, all float32 or all bfloat16, updated in place (aliased); ``params``:
-    the leaves' parameters when decayed or written, else empty; ``grads``: the leaves' float32 gradients, leaf ``i``
-    starting at element ``offsets[i]`` of the moments. ``outputs``: per leaf ``u``, or ``θ + u``
-    written over ``θ`` with ``write_params``.
+    the leaves' parameters when decayed or written, else empty; ``grads``: the leaves' float32
+    gradients, leaf ``i`` starting at element ``offsets[i]`` of the moments. ``outputs``: per
+    leaf ``u``, or ``θ + u`` written over ``θ`` with ``write_params``.
     """
     if not available():
         raise NativeKernelError(f"the native kernel is unavailable: {_register()}")
@@ -201,7 +201,7 @@ def adam_step(
         aliases.update({1 + len(moments) + j: len(moments) + j for j in range(len(params))})
     call = jax.ffi.ffi_call(TARGET_NAME, shapes, input_output_aliases=aliases,
                             vmap_method="sequential")
-    results = call(_visible_cost(scalars), *moments, *params, *grads, offsets=offsets, amsgrad=amsgrad,
-                   nesterov=nesterov, maximize=maximize, decayed=decayed,
+    results = call(_visible_cost(scalars), *moments, *params, *grads, offsets=offsets,
+                   amsgrad=amsgrad, nesterov=nesterov, maximize=maximize, decayed=decayed,
                    write_params=write_params)
     return list(results[len(moments):]), tuple(results[:len(moments)])
