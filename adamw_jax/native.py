@@ -44,7 +44,9 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-__all__ = ["ENVIRONMENT_VARIABLE", "NativeKernelError", "adam_step", "available", "build", "enabled"]
+__all__ = [
+    "ENVIRONMENT_VARIABLE", "NativeKernelError", "adam_step", "available", "build", "enabled",
+]
 
 ENVIRONMENT_VARIABLE = "ADAMW_JAX_NATIVE"
 TARGET_NAME = "adamw_jax_step"

@@ -247,7 +247,10 @@ def test_gradient_and_vmap_flow_through_the_kernel():
     os.environ[native.ENVIRONMENT_VARIABLE] = "1"
     optimizer = aw.adamw(1e-2, fused=True)
     batch = jax.tree_util.tree_map(lambda g: jnp.stack([g, 2 * g, -g]), grads)
-    step = lambda g: aw.update_and_apply(optimizer, g, optimizer.init(params), params)[0]  # noqa: E731
+
+    def step(g):
+        return aw.update_and_apply(optimizer, g, optimizer.init(params), params)[0]
+
     batched = jax.jit(jax.vmap(step))(batch)
     for i in range(3):
         one = jax.jit(step)(jax.tree_util.tree_map(lambda g: g[i], batch))
