@@ -11,6 +11,11 @@ after round, so that machine noise hits all of them alike. An AdamW step reads g
 writes p, m, v: 28 bytes per fp32 parameter, so the bound is ``28·n / bandwidth``. Results are
 printed and saved as JSON and Markdown under ``benchmarks/results/`` with the date and machine.
 
+Two rows are not optimizers: "dispatch floor" steps return their donated params and state
+untouched, with the arrays of optax's step (θ, g, m, v per tensor) or of the fused one (θ, g per
+tensor, a few flat moment buffers). They time what JAX costs to pass those arrays in and out,
+which no optimizer step over the same pytree can go below.
+
 Memory: "peak RSS MB" is how much the process's peak resident set grew while a contender was
 built and ran its first steps (memory freed by earlier contenders is reused, so it understates
 later ones: workloads run smallest first); "XLA temp MB" is the scratch memory XLA allocates
@@ -94,11 +99,12 @@ def _jax_contender(optimizer: optax.GradientTransformation, params, grads, apply
     return _donated_runner(step, params, jax.jit(optimizer.init)(params), grads)
 
 
-def _donated_runner(step: Callable, params, state, grads):
+def _donated_runner(step: Callable, params, state, grads, keep_unused: bool = False):
     """Compile ``step(params, state, grads) -> (params, state)`` with params and state donated;
     return the compile time, a callable that runs one step in place, and XLA's scratch memory."""
     start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    jitted = jax.jit(step, donate_argnums=(0, 1), keep_unused=keep_unused)
+    compiled = jitted.lower(params, state, grads).compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     temp_mb = memory.temp_size_in_bytes / 2**20 if memory is not None else None
@@ -115,11 +121,22 @@ def _copy(tree):
     return jax.tree_util.tree_map(jnp.copy, tree)
 
 
+def _dispatch_floor(optimizer: optax.GradientTransformation, params, grads):
+    """A jitted step that returns its donated params and state untouched (the gradients kept as
+    inputs): what JAX costs to pass the step's arrays in and out, below any optimizer."""
+    return _donated_runner(lambda p, s, g: (p, s), params, jax.jit(optimizer.init)(params), grads,
+                           keep_unused=True)
+
+
 def build_jax_contenders(shapes, params, grads) -> dict[str, Callable]:
     lr, b1, b2, eps, wd = (HYPER[k] for k in ("lr", "b1", "b2", "eps", "weight_decay"))
     flat_params, layout = aw.flat.flatten(params)
     flat_grads = layout.pack(grads)
     return {
+        "dispatch floor: identity, optax's arrays": lambda: _dispatch_floor(
+            optax.adamw(lr, b1, b2, eps, weight_decay=wd), _copy(params), grads),
+        "dispatch floor: identity, fused's arrays": lambda: _dispatch_floor(
+            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(params), grads),
         "optax.adamw": lambda: _jax_contender(
             optax.adamw(lr, b1, b2, eps, weight_decay=wd), _copy(params), grads, optax.apply_updates),
         "adamw_jax": lambda: _jax_contender(

@@ -36,6 +36,7 @@ def test_quick_run_times_every_contender_and_saves_results(step_module, tmp_path
     assert workload["params"] == 1 << 16 and workload["tensors"] == 1
     contenders = workload["results"]
     assert set(contenders) == {
+        "dispatch floor: identity, optax's arrays", "dispatch floor: identity, fused's arrays",
         "optax.adamw", "adamw_jax", "adamw_jax fused", "adamw_jax fused, update_and_apply",
         "adamw_jax fused, flat params",
         "torch AdamW fused", "torch AdamW foreach", "keras AdamW"}
