@@ -79,7 +79,8 @@ def _with_state_check(optimizer: optax.GradientTransformation) -> optax.Gradient
     failing inside the chain."""
 
     def checked(method: Callable[..., Any]) -> Callable[..., Any]:
-        def run(updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None):
+        def run(updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None,
+                **extra_args: Any):
             # Abstract: init is traced for its structure, nothing is computed.
             expected = _state_kinds(jax.eval_shape(optimizer.init, updates))
             got = _state_kinds(state)
@@ -89,14 +90,14 @@ def _with_state_check(optimizer: optax.GradientTransformation) -> optax.Gradient
                     "created by a differently configured optimizer (adam vs adamw, maximize, "
                     "fused, weight_decay_mode...). Call init with the optimizer you update with."
                 )
-            return method(updates, state, params)
+            return method(updates, state, params, **extra_args)
 
         return run
 
     if isinstance(optimizer, FusedTransformation):
         return FusedTransformation(optimizer.init, checked(optimizer.update),
                                    checked(optimizer.step))
-    return optax.GradientTransformation(optimizer.init, checked(optimizer.update))
+    return optax.GradientTransformationExtraArgs(optimizer.init, checked(optimizer.update))
 
 
 def _adam_chain(

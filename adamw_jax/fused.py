@@ -77,7 +77,7 @@ class FusedAdamState(NamedTuple):
     nu_max: tuple[jax.Array | lowbit.BlockwiseArray, ...] | None
 
 
-class FusedTransformation(optax.GradientTransformation):
+class FusedTransformation(optax.GradientTransformationExtraArgs):
     """An ``optax.GradientTransformation`` (``init``, ``update``) that can also apply itself:
     ``step(grads, state, params) -> (params, state)`` computes ``θ + u`` in the same pass as
     ``u`` (on CPU the native kernel writes θ, m and v in one loop: 28 bytes per parameter
@@ -200,13 +200,16 @@ def fused_adam_family(
         )
 
     def update_fn(
-        updates: optax.Updates, state: FusedAdamState, params: optax.Params | None = None
+        updates: optax.Updates, state: FusedAdamState, params: optax.Params | None = None,
+        **extra_args: Any,
     ) -> tuple[optax.Updates, FusedAdamState]:
+        del extra_args  # optax's rule: a transform ignores the extra arguments it does not use
         return fused_step(updates, state, params, write_params=False)
 
     def step_fn(
-        grads: optax.Updates, state: FusedAdamState, params: optax.Params
+        grads: optax.Updates, state: FusedAdamState, params: optax.Params, **extra_args: Any
     ) -> tuple[optax.Params, FusedAdamState]:
+        del extra_args
         return fused_step(grads, state, params, write_params=True)
 
     return FusedTransformation(init_fn, update_fn, step_fn)

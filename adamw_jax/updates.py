@@ -5,6 +5,8 @@ one pass for the fused optimizers."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 
@@ -47,7 +49,7 @@ def apply_updates(
 
 def update_and_apply(
     optimizer: optax.GradientTransformation, grads: optax.Updates, state: optax.OptState,
-    params: optax.Params,
+    params: optax.Params, **extra_args: Any,
 ) -> tuple[optax.Params, optax.OptState]:
     """One optimizer step, ``(new_params, new_state)``: ``optimizer.update`` then
     ``apply_updates``, or for ``adamw``/``adam`` with ``fused=True`` both in one pass.
@@ -58,6 +60,7 @@ def update_and_apply(
     wrapped adamw) takes the two-call path, with the same result.
     """
     if isinstance(optimizer, FusedTransformation):
-        return optimizer.step(grads, state, params)
-    updates, state = optimizer.update(grads, state, params)
+        return optimizer.step(grads, state, params, **extra_args)
+    updates, state = optax.with_extra_args_support(optimizer).update(grads, state, params,
+                                                                    **extra_args)
     return apply_updates(params, updates), state
