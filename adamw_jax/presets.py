@@ -62,7 +62,7 @@ def torch_adamw(
     amsgrad: bool = False,
     *,
     maximize: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """``torch.optim.AdamW`` (torch 2.x), step for step:
 
         g ← -g if maximize;  m, v ← moments of g;  θ ← θ·(1 - η_t·λ) - η_t·m̂/(sqrt(v̂) + ε)
@@ -90,7 +90,7 @@ def torch_adam(
     amsgrad: bool = False,
     *,
     maximize: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """``torch.optim.Adam`` (torch 2.x), whose ``weight_decay`` is an L2 term on the gradient:
 
         g ← -g if maximize;  g ← g + λ·θ;  m, v ← moments of g;  θ ← θ - η_t·m̂/(sqrt(v̂) + ε)
@@ -173,7 +173,7 @@ def keras_adamw(
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
     exclude_from_weight_decay: Sequence[str] | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """``keras.optimizers.AdamW`` (Keras 3, JAX backend), step for step.
 
     Keras' ``apply`` on micro-step ``j`` (0-based; ``k = gradient_accumulation_steps``, 1 if
@@ -210,7 +210,7 @@ def keras_adamw(
         variable's short name, e.g. ``"bias"``, which is the last part of the path).
 
     Returns:
-      An ``optax.GradientTransformation``; read the average with ``ema_params(state)`` when
+      An ``optax.GradientTransformationExtraArgs``; read the average with ``ema_params(state)`` when
       ``use_ema`` and ``ema_overwrite_frequency`` is ``None`` (Keras' ``finalize_variable_values``).
     """
     check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True,

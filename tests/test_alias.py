@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,7 +134,7 @@ def test_state_structure_does_not_depend_on_float_or_schedule():
 )
 def test_bad_arguments_are_named_when_built(kwargs, error, words):
     with pytest.raises(error, match=words):
-        aw.adamw(**kwargs)
+        aw.adamw(**{"learning_rate": 1e-3, **kwargs})
 
 
 @pytest.mark.parametrize(
@@ -141,6 +143,76 @@ def test_bad_arguments_are_named_when_built(kwargs, error, words):
 )
 def test_mask_that_does_not_fit_is_named_when_first_used(mask, error):
     params = {"w": jnp.ones(2), "b": jnp.ones(2), "c": jnp.ones(1)}
-    opt = aw.adamw(mask=mask)
+    opt = aw.adamw(1e-3, mask=mask, weight_decay=1e-2)
     with pytest.raises(error, match="mask"):
         opt.update(params, opt.init(params), params)
+
+
+OPTAX_TWINS = [(aw.adamw, optax.adamw), (aw.adam, optax.adam),
+               (aw.scale_by_adam, optax.scale_by_adam),
+               (aw.add_decayed_weights, optax.add_decayed_weights)]
+
+
+@pytest.mark.parametrize("ours, theirs", OPTAX_TWINS, ids=lambda f: f.__name__)
+def test_signature_is_optaxs(ours, theirs):
+    """Every optax parameter has the same name, position, kind and default here; additions come
+    after them, keyword-only, so optax code calls adamw_jax unchanged."""
+    mine = list(inspect.signature(ours).parameters.values())
+    peer = list(inspect.signature(theirs).parameters.values())
+    positional = [p.name for p in peer if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    assert [p.name for p in mine if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD] == positional
+    by_name = {p.name: p for p in mine}
+    for parameter in peer:
+        assert by_name[parameter.name].kind == parameter.kind, parameter.name
+        assert by_name[parameter.name].default == parameter.default, parameter.name
+
+
+def _constant_gradient_run(optimizer: optax.GradientTransformation, steps: int = 100) -> float:
+    """The issue's case: ``w = 5`` stepped ``steps`` times by a constant gradient 0.1, jitted."""
+    params = {"w": jnp.float32(5.0)}
+
+    @jax.jit
+    def step(params, state):
+        updates, state = optimizer.update({"w": jnp.float32(0.1)}, state, params)
+        return optax.apply_updates(params, updates), state
+
+    state = optimizer.init(params)
+    for _ in range(steps):
+        params, state = step(params, state)
+    return float(params["w"])
+
+
+def _constant_gradient_float64(learning_rate: float, weight_decay: float, steps: int = 100) -> float:
+    w, m, v = 5.0, 0.0, 0.0
+    for t in range(1, steps + 1):
+        m, v = 0.9 * m + 0.1 * 0.1, 0.999 * v + 0.001 * 0.1**2
+        w -= learning_rate * ((m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8) + weight_decay * w)
+    return w
+
+
+@pytest.mark.parametrize("arguments", [(1e-2,), (1e-3, 0.9, 0.999, 1e-8, 0.0, None, 1e-4)])
+def test_swapping_optax_adamw_keeps_the_trajectory(arguments):
+    """The same call (defaults, or optax's seven positionals) gives optax's run. They differ by
+    optax's float32 ``1 - 0.999**t`` only: ``float32(0.999)`` is 1.29e-8 above 0.999, a relative
+    error δ/(1 - β2) = 1.29e-5 in v̂, so 6.4e-6 in each step of size ``lr`` (|m̂/√v̂| = 1 here):
+    at most ``steps·lr·6.4e-6`` apart. adamw_jax forms ``1 - β^t`` without that cancellation
+    (DESIGN §3) and is float32 rounding (100 steps of ½ ulp(4)) away from float64."""
+    learning_rate = arguments[0]
+    weight_decay = arguments[6] if len(arguments) > 6 else 1e-4
+    ours = _constant_gradient_run(aw.adamw(*arguments))
+    peer = _constant_gradient_run(optax.adamw(*arguments))
+    exact = _constant_gradient_float64(learning_rate, weight_decay)
+    assert abs(ours - peer) <= 100 * learning_rate * 6.5e-6
+    assert abs(ours - exact) <= 100 * 0.5 * np.spacing(np.float32(4.0))
+    assert abs(ours - exact) < abs(peer - exact) or ours == peer
+
+
+def test_optax_positional_order_is_mu_dtype_then_weight_decay():
+    positional = aw.adamw(1e-3, 0.8, 0.99, 1e-7, 1e-9, jnp.bfloat16, 0.3, {"w": True})
+    named = aw.adamw(1e-3, b1=0.8, b2=0.99, eps=1e-7, eps_root=1e-9, mu_dtype=jnp.bfloat16,
+                     weight_decay=0.3, mask={"w": True})
+    assert _constant_gradient_run(positional, 5) == _constant_gradient_run(named, 5)
+    assert aw.adamw(1e-3, 0.8, 0.99, 1e-7, 1e-9, jnp.bfloat16).init(
+        {"w": jnp.ones(2)})[0].mu["w"].dtype == jnp.bfloat16
+    assert aw.adam(1e-3, 0.8, 0.99, 1e-7, 0.0, jnp.bfloat16).init(
+        {"w": jnp.ones(2)})[0].mu["w"].dtype == jnp.bfloat16

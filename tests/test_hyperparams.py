@@ -110,7 +110,7 @@ def test_other_runtime_names_and_factories():
     state = aw.set_hyperparams(state, b1=0.0)
     updates, _ = jax.jit(opt.update)({"w": jnp.array([2.0, -3.0])}, state, params)
     np.testing.assert_allclose(updates["w"], [-1e-3, 1e-3], rtol=1e-6)  # b1=0: m̂ = g, u = g/|g|
-    assert list(aw.current_hyperparams(aw.inject_hyperparams(aw.adam)().init(params))) == ["learning_rate"]
+    assert list(aw.current_hyperparams(aw.inject_hyperparams(aw.adam)(1e-3).init(params))) == ["learning_rate"]
 
 
 @pytest.mark.parametrize("build, error, words", [
@@ -118,7 +118,7 @@ def test_other_runtime_names_and_factories():
     (lambda: aw.inject_hyperparams(aw.adamw, runtime="learning_rate"), TypeError, "runtime"),
     (lambda: aw.inject_hyperparams(aw.adamw)(learning_rate=-1.0), ValueError, "learning_rate"),
     (lambda: aw.inject_hyperparams(aw.adamw)(learning_rate="fast"), TypeError, "learning_rate"),
-    (lambda: aw.inject_hyperparams(aw.adamw)(b3=0.9), TypeError, "b3"),
+    (lambda: aw.inject_hyperparams(aw.adamw)(1e-3, b3=0.9), TypeError, "b3"),
 ])
 def test_bad_arguments_are_named_when_built(build, error, words):
     with pytest.raises(error, match=words):
@@ -127,10 +127,10 @@ def test_bad_arguments_are_named_when_built(build, error, words):
 
 def test_bad_set_and_read_are_named():
     params = {"w": jnp.ones(2)}
-    state = aw.inject_hyperparams(aw.adamw)().init(params)
+    state = aw.inject_hyperparams(aw.adamw)(1e-3).init(params)
     with pytest.raises(ValueError, match="b2"):
         aw.set_hyperparams(state, b2=0.99)
     with pytest.raises(TypeError, match="learning_rate"):
         aw.set_hyperparams(state, learning_rate=[1e-3])
     with pytest.raises(ValueError, match="inject_hyperparams"):
-        aw.current_learning_rate(aw.adamw().init(params))
+        aw.current_learning_rate(aw.adamw(1e-3, weight_decay=1e-2).init(params))
