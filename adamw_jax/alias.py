@@ -27,12 +27,21 @@ from adamw_jax.weight_decay import add_decayed_weights, decoupled_weight_decay
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 
 
+def _check_learning_rate_and_flags(learning_rate: optax.ScalarOrSchedule, **flags: Any) -> None:
+    """The checks ``adamw`` and ``adam`` add to those of their blocks (``scale_by_adam`` checks
+    the moments' options): a finite ``learning_rate`` >= 0 and real bools."""
+    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True, finite=True,
+                      hint="Pass the positive step size, e.g. 1e-3.")
+    for name, flag in flags.items():
+        check.check_bool(name, flag)
+
+
 def _schedule_multiplier(
     learning_rate: optax.ScalarOrSchedule, peak_learning_rate: float | None
 ) -> optax.Schedule | None:
     """``s_t = η_t / η_peak`` for decoupled decay; ``None`` (``s_t = 1``) for a constant rate."""
     if peak_learning_rate is not None:
-        check.check_positive("peak_learning_rate", peak_learning_rate,
+        check.check_positive("peak_learning_rate", peak_learning_rate, finite=True,
                              hint="It is the largest value of the learning-rate schedule (the "
                              "decay multiplier divides by it).")
         if callable(learning_rate):
@@ -83,7 +92,8 @@ def _check_same_tree(updates: optax.Updates, params: optax.Params | None) -> Non
     paths = [{jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
              for tree in (updates, params)]
     only_grads, only_params = sorted(paths[0] - paths[1]), sorted(paths[1] - paths[0])
-    where = (f"only in the gradients: {only_grads}; only in the parameters: {only_params}"
+    where = (f"only in the gradients: {', '.join(only_grads) or 'none'}; only in the parameters: "
+             f"{', '.join(only_params) or 'none'}"
              if only_grads or only_params else
              f"the containers differ: {structure(updates)} vs {structure(params)}")
     raise ValueError(
@@ -198,8 +208,9 @@ def adamw(
       ``adamw_jax.apply_updates`` or ``optax.apply_updates``.
     """
     check.check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
-    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True,
-                      hint="Pass the positive step size, e.g. 1e-3.")
+    _check_learning_rate_and_flags(learning_rate, maximize=maximize, fused=fused,
+                                   stochastic_rounding=stochastic_rounding,
+                                   master_weights=master_weights)
     if weight_decay_mode == "coupled":
         if peak_learning_rate is not None:
             raise ValueError(
@@ -242,8 +253,9 @@ def adam(
 ) -> optax.GradientTransformationExtraArgs:
     """Adam (Kingma & Ba 2015) without weight decay: ``optax.adam``'s positional arguments and
     defaults, the other options keyword-only and as in ``adamw``."""
-    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True,
-                      hint="Pass the positive step size, e.g. 1e-3.")
+    _check_learning_rate_and_flags(learning_rate, maximize=maximize, fused=fused,
+                                   stochastic_rounding=stochastic_rounding,
+                                   master_weights=master_weights)
     return _adam_family(
         learning_rate,
         dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, eps_mode=eps_mode, amsgrad=amsgrad,

@@ -33,7 +33,7 @@ def scale_by_learning_rate(
     Args:
       learning_rate: a float >= 0 or a schedule (a function of the 0-based step).
     """
-    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True,
+    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True, finite=True,
                       hint="Pass the positive step size, e.g. 1e-3; the sign is applied here.")
 
     def init_fn(params: optax.Params) -> ScaleByLearningRateState:

@@ -48,8 +48,10 @@ def _torch_betas(betas: Sequence[float]) -> tuple[float, float]:
     return betas[0], betas[1]
 
 
-def _check_torch_lr(lr: optax.ScalarOrSchedule) -> None:
-    check.check_range("lr", lr, low=0.0, allow_schedule=True,
+def _check_torch_arguments(lr: optax.ScalarOrSchedule, amsgrad: bool, maximize: bool) -> None:
+    for name, flag in (("amsgrad", amsgrad), ("maximize", maximize)):
+        check.check_bool(name, flag)
+    check.check_range("lr", lr, low=0.0, allow_schedule=True, finite=True,
                       hint="Pass a float, or a function of the 0-based step (what a torch LR "
                            "scheduler stepped once per optimizer step gives).")
 
@@ -77,7 +79,7 @@ def torch_adamw(
         per optimizer step is ``lr=lambda step: base_lr * factor(step)``).
       betas, eps, weight_decay, amsgrad, maximize: as in torch.
     """
-    _check_torch_lr(lr)
+    _check_torch_arguments(lr, amsgrad, maximize)
     b1, b2 = _torch_betas(betas)
     return adamw(lr, b1, b2, eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
 
@@ -101,7 +103,7 @@ def torch_adam(
 
     Args: as ``torch_adamw``.
     """
-    _check_torch_lr(lr)
+    _check_torch_arguments(lr, amsgrad, maximize)
     b1, b2 = _torch_betas(betas)
     steps = [optax.scale(-1.0)] if maximize else []
     steps += [
@@ -118,11 +120,12 @@ def _check_keras_arguments(
     gradient_accumulation_steps: int | None,
 ) -> None:
     """Keras' checks, with Keras' argument names in the messages."""
-    check.check_range("weight_decay", weight_decay, low=0.0, hint="Keras' default is 0.004.")
+    check.check_range("weight_decay", weight_decay, low=0.0, finite=True,
+                      hint="Keras' default is 0.004.")
     for name, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
         check.check_range(name, beta, low=0.0, high=1.0, high_inclusive=False,
                           hint="Keras' defaults are beta_1=0.9, beta_2=0.999.")
-    check.check_range("epsilon", epsilon, low=0.0, hint="Keras' default is 1e-7.")
+    check.check_range("epsilon", epsilon, low=0.0, finite=True, hint="Keras' default is 1e-7.")
     check.check_range("ema_momentum", ema_momentum, low=0.0, high=1.0,
                       hint="Keras' default is 0.99.")
     check.check_positive_int("ema_overwrite_frequency", ema_overwrite_frequency, allow_none=True,
@@ -130,7 +133,7 @@ def _check_keras_arguments(
     check.check_positive_int("gradient_accumulation_steps", gradient_accumulation_steps,
                              allow_none=True, hint="None: no accumulation.")
     if loss_scale_factor is not None:
-        check.check_positive("loss_scale_factor", loss_scale_factor,
+        check.check_positive("loss_scale_factor", loss_scale_factor, finite=True,
                              hint="The loss is multiplied by it; None: no scaling.")
 
 
@@ -213,8 +216,10 @@ def keras_adamw(
       An ``optax.GradientTransformationExtraArgs``; read the average with ``ema_params(state)`` when
       ``use_ema`` and ``ema_overwrite_frequency`` is ``None`` (Keras' ``finalize_variable_values``).
     """
-    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True,
+    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True, finite=True,
                       hint="Pass a float, or a function of the 0-based step.")
+    for name, flag in (("amsgrad", amsgrad), ("use_ema", use_ema)):
+        check.check_bool(name, flag)
     _check_keras_arguments(weight_decay, beta_1, beta_2, epsilon, ema_momentum,
                            ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps)
     accumulation = gradient_accumulation_steps

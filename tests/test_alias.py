@@ -287,3 +287,57 @@ def _at(tree, path):
     for key in path:
         tree = tree[key.key]
     return tree
+
+
+FLAGS = {"adamw": ("nesterov", "amsgrad", "maximize", "fused", "stochastic_rounding",
+                   "master_weights"),
+         "adam": ("nesterov", "amsgrad", "maximize", "fused", "stochastic_rounding",
+                  "master_weights"),
+         "scale_by_adam": ("nesterov", "amsgrad", "bias_correction", "stochastic_rounding")}
+
+
+@pytest.mark.parametrize("factory, flag", [(f, flag) for f, flags in FLAGS.items() for flag in flags])
+@pytest.mark.parametrize("value", ["no", "False", 1, None])
+def test_flags_must_be_bools(factory, flag, value):
+    """'no' and 'False' are truthy: taken as given they would switch the option on."""
+    build = getattr(aw, factory)
+    learning_rate = () if factory == "scale_by_adam" else (1e-3,)
+    with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+        build(*learning_rate, **{flag: value})
+    build(*learning_rate, **{flag: np.bool_(False)})  # NumPy's bool is a bool
+
+
+@pytest.mark.parametrize("build, name", [
+    (lambda v: aw.adamw(v), "learning_rate"),
+    (lambda v: aw.adam(v), "learning_rate"),
+    (lambda v: aw.adamw(1e-3, eps=v), "eps"),
+    (lambda v: aw.adamw(1e-3, eps_root=v), "eps_root"),
+    (lambda v: aw.adamw(1e-3, weight_decay=v), "weight_decay"),
+    (lambda v: aw.adamw(1e-3, b1=v), "b1"),
+    (lambda v: aw.adamw(1e-3, b2=v), "b2"),
+    (lambda v: aw.adamw(1e-3, weight_decay_mode="decoupled", peak_learning_rate=v),
+     "peak_learning_rate"),
+    (lambda v: aw.scale_by_learning_rate(v), "learning_rate"),
+    (lambda v: aw.add_decayed_weights(v), "weight_decay"),
+    (lambda v: aw.decoupled_weight_decay(v), "weight_decay"),
+])
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), np.float32("inf")])
+def test_infinite_and_nan_hyperparameters_are_refused_when_built(build, name, value):
+    with pytest.raises(ValueError, match=name):
+        build(value)
+
+
+def test_gradients_with_another_tree_than_the_params_name_the_paths():
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    for fused in (False, True):
+        optimizer = aw.adamw(1e-3, fused=fused)
+        state = optimizer.init(params)
+        extra = {**params, "extra": jnp.ones(1)}
+        with pytest.raises(ValueError, match=r"only in the gradients: \['extra'\]; only in the "
+                           r"parameters: none"):
+            optimizer.update(extra, state, params)
+        with pytest.raises(ValueError, match=r"only in the parameters: \['b'\]"):
+            jax.jit(optimizer.update)({"w": jnp.ones(3)}, state, params)
+        if fused:
+            with pytest.raises(ValueError, match="extra"):
+                optimizer.step(extra, state, params)

@@ -191,3 +191,18 @@ def test_optax_inject_hyperparams_bfloat16_steps_finitely():
             theta = bf16(theta - lr * (u + decay * theta))
         assert np.all(np.isfinite(ours[key]))
         np.testing.assert_allclose(ours[key], theta, rtol=2.0**-7, atol=0)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("learning_rate", -1e-3), ("learning_rate", float("nan")), ("learning_rate", float("inf")),
+    ("weight_decay", -0.1), ("weight_decay", float("nan")), ("b2", 1.0), ("b1", -0.5),
+])
+def test_set_hyperparams_checks_concrete_values(name, value):
+    params = {"w": jnp.ones(2)}
+    state = aw.inject_hyperparams(aw.adamw, runtime=("learning_rate", "weight_decay", "b1", "b2"))(
+        1e-3).init(params)
+    with pytest.raises(ValueError, match=rf"{name} must .*set_hyperparams\(state, {name}=\.\.\.\)"):
+        aw.set_hyperparams(state, **{name: value})
+    # A traced value cannot be inspected: it is set as given.
+    traced = jax.jit(lambda s, v: aw.set_hyperparams(s, **{name: v}))(state, jnp.float32(0.5))
+    assert float(aw.current_hyperparams(traced)[name]) == 0.5
