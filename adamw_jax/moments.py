@@ -128,7 +128,9 @@ def scale_by_adam(
     Args:
       b1: decay of the first moment, in [0, 1); a float or a schedule of the 0-based step
         (torch ``OneCycleLR(cycle_momentum=True)``); bias correction uses the current value.
-      b2: decay of the second moment, in [0, 1).
+      b2: decay of the second moment, in [0, 1). A bfloat16 or float16 β of exactly 1 (what
+        ``optax.inject_hyperparams`` makes of 0.999 for bfloat16 params) is taken as the limit
+        β → 1: the moment is the sum of ``|g|²`` and ``v̂`` their mean (likewise for ``b1``).
       eps: added to ``sqrt(v̂)`` (``"adam"``) or ``sqrt(v)`` (``"hat"``); >= 0.
       eps_root: added to ``v̂`` inside the square root; > 0 keeps gradients through the update
         finite (meta-learning).
