@@ -108,7 +108,8 @@ def accumulate_gradients(
             new_inner_state = jax.tree_util.tree_map(
                 lambda new, old: jnp.asarray(new).astype(jnp.result_type(old)),
                 new_inner_state, inner_state)
-            return new_updates, new_inner_state, jax.tree_util.tree_map(jnp.zeros_like, gradient_sum)
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, gradient_sum)
+            return new_updates, new_inner_state, zeros
 
         def accumulate(
             gradient_sum: optax.Updates, inner_state: optax.OptState, params: optax.Params | None

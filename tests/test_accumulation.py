@@ -201,7 +201,8 @@ def test_gradients_wider_than_float16_params_keep_the_inner_state_dtypes():
     branches agree. Gradients are multiples of 1/8 whose window sums and means are exact in
     float32 either way, so both wrappers feed adamw the same mean: bit-identical runs."""
     rng = np.random.default_rng(3)
-    params = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float16), "b": jnp.zeros(3, jnp.float16)}
+    params = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float16),
+              "b": jnp.zeros(3, jnp.float16)}
     grads = [{k: jnp.asarray(rng.integers(-16, 17, size=v.shape) / 8, jnp.float32)
               for k, v in params.items()} for _ in range(3 * K)]
     runs = []

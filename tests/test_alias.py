@@ -184,11 +184,13 @@ def _constant_gradient_run(optimizer: optax.GradientTransformation, steps: int =
     return float(params["w"])
 
 
-def _constant_gradient_float64(learning_rate: float, weight_decay: float, steps: int = 100) -> float:
+def _constant_gradient_float64(learning_rate: float, weight_decay: float, steps: int = 100
+                               ) -> float:
     w, m, v = 5.0, 0.0, 0.0
     for t in range(1, steps + 1):
         m, v = 0.9 * m + 0.1 * 0.1, 0.999 * v + 0.001 * 0.1**2
-        w -= learning_rate * ((m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8) + weight_decay * w)
+        direction = (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        w -= learning_rate * (direction + weight_decay * w)
     return w
 
 
@@ -230,11 +232,13 @@ def test_abstract_init_has_optaxs_state_dtypes(param_dtype, mu_dtype):
     """float16 params are left out: their second moment is kept out of float16's range on
     purpose (float32, or block-scaled for large leaves: adamw_jax.lowbit), where optax's is not."""
     abstract = {"w": jax.ShapeDtypeStruct((64, 80), param_dtype),
-                "b": jax.ShapeDtypeStruct((80,), param_dtype), "s": jax.ShapeDtypeStruct((), param_dtype)}
+                "b": jax.ShapeDtypeStruct((80,), param_dtype),
+                "s": jax.ShapeDtypeStruct((), param_dtype)}
     ours = jax.eval_shape(aw.adamw(1e-3, mu_dtype=mu_dtype).init, abstract)[0]
     peer = jax.eval_shape(optax.adamw(1e-3, mu_dtype=mu_dtype).init, abstract)[0]
     for field in ("count", "mu", "nu"):
-        assert _structure_and_dtypes(getattr(ours, field)) == _structure_and_dtypes(getattr(peer, field))
+        assert (_structure_and_dtypes(getattr(ours, field))
+                == _structure_and_dtypes(getattr(peer, field))), field
 
 
 def _sharded_run(optimizer, mesh, params):
@@ -296,7 +300,8 @@ FLAGS = {"adamw": ("nesterov", "amsgrad", "maximize", "fused", "stochastic_round
          "scale_by_adam": ("nesterov", "amsgrad", "bias_correction", "stochastic_rounding")}
 
 
-@pytest.mark.parametrize("factory, flag", [(f, flag) for f, flags in FLAGS.items() for flag in flags])
+@pytest.mark.parametrize("factory, flag",
+                         [(f, flag) for f, flags in FLAGS.items() for flag in flags])
 @pytest.mark.parametrize("value", ["no", "False", 1, None])
 def test_flags_must_be_bools(factory, flag, value):
     """'no' and 'False' are truthy: taken as given they would switch the option on."""

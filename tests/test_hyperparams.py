@@ -111,7 +111,8 @@ def test_other_runtime_names_and_factories():
     state = aw.set_hyperparams(state, b1=0.0)
     updates, _ = jax.jit(opt.update)({"w": jnp.array([2.0, -3.0])}, state, params)
     np.testing.assert_allclose(updates["w"], [-1e-3, 1e-3], rtol=1e-6)  # b1=0: m̂ = g, u = g/|g|
-    assert list(aw.current_hyperparams(aw.inject_hyperparams(aw.adam)(1e-3).init(params))) == ["learning_rate"]
+    state = aw.inject_hyperparams(aw.adam)(1e-3).init(params)
+    assert list(aw.current_hyperparams(state)) == ["learning_rate"]
 
 
 @pytest.mark.parametrize("build, error, words", [
@@ -161,12 +162,14 @@ def test_optax_inject_hyperparams_float16_computes_in_float32():
     rounded = {name: _rounded(value, jnp.float16) for name, value in
                dict(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4).items()}
     plain = _low_precision_run(aw.adamw(**rounded), jnp.float16)
-    peer = _low_precision_run(optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3), jnp.float16)
+    peer = _low_precision_run(optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3),
+                              jnp.float16)
     for key in ours:
         np.testing.assert_array_equal(ours[key], plain[key])
         assert np.all(np.isfinite(ours[key]))
         finite = np.isfinite(peer[key])
-        np.testing.assert_allclose(ours[key][finite], peer[key][finite], rtol=2.0**-9, atol=2.0**-24)
+        np.testing.assert_allclose(ours[key][finite], peer[key][finite], rtol=2.0**-9,
+                                   atol=2.0**-24)
 
 
 def test_optax_inject_hyperparams_bfloat16_steps_finitely():
