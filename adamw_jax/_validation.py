@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -29,13 +30,15 @@ def check_real_scalar(name: str, value: Any, *, allow_schedule: bool = False) ->
     what = "a float or a schedule (a function of the step)" if allow_schedule else "a float"
     if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}.")
-    if isinstance(value, (int, float, np.number)):
-        return
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
-    if shape == () and dtype is not None and np.issubdtype(dtype, np.number):
-        if np.issubdtype(dtype, np.complexfloating):
+    # jnp.issubdtype, not np's: bfloat16 (what optax.inject_hyperparams makes of a float for
+    # bfloat16 params) is not an np.number.
+    if dtype is not None and shape == () and jnp.issubdtype(dtype, jnp.number):
+        if jnp.issubdtype(dtype, jnp.complexfloating):
             raise TypeError(f"{name} must be real, got a {dtype} value.")
+        return
+    if isinstance(value, (int, float)):
         return
     raise TypeError(
         f"{name} must be {what}, got {type(value).__name__} {value!r}"
@@ -52,9 +55,12 @@ def check_range(
     high: float = math.inf,
     high_inclusive: bool = True,
     allow_schedule: bool = False,
+    finite: bool = False,
     hint: str = "",
 ) -> None:
-    """Check ``value`` is a real scalar in ``[low, high]`` (or ``[low, high)``).
+    """Check ``value`` is a real scalar in ``[low, high]`` (or ``[low, high)``), and with
+    ``finite=True`` not infinite (a rate or a constant where infinity makes no sense; a
+    threshold where it means "never" keeps the default).
 
     Schedules are not evaluated here; NaN is always rejected.
     """
@@ -64,19 +70,31 @@ def check_range(
     number = concrete_float(value)
     if number is None:
         return
+    suffix = f" {hint}" if hint else ""
+    if finite and math.isinf(number):
+        raise ValueError(f"{name} must be finite, got {number!r}.{suffix}")
     inside = low <= number and (number <= high if high_inclusive else number < high)
     if not inside or math.isnan(number):
         interval = f"[{low:g}, {high:g}{']' if high_inclusive else ')'}"
-        raise ValueError(f"{name} must be in {interval}, got {number!r}.{' ' + hint if hint else ''}")
+        raise ValueError(f"{name} must be in {interval}, got {number!r}.{suffix}")
 
 
 def check_positive(
-    name: str, value: Any, *, high: float = math.inf, high_inclusive: bool = True, hint: str = ""
+    name: str, value: Any, *, high: float = math.inf, high_inclusive: bool = True,
+    finite: bool = False, hint: str = "",
 ) -> None:
     """A real scalar ``> 0`` (and ``<= high``, or ``< high``): a divisor, a rate, a threshold."""
-    check_range(name, value, low=0.0, high=high, high_inclusive=high_inclusive, hint=hint)
+    check_range(name, value, low=0.0, high=high, high_inclusive=high_inclusive, finite=finite,
+                hint=hint)
     if concrete_float(value) == 0.0:
         raise ValueError(f"{name} must be > 0, got 0.{' ' + hint if hint else ''}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raise a TypeError unless ``value`` is a bool (``np.bool_`` too): ``'no'``, ``'False'``
+    and ``1`` would silently switch an option on."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}.")
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:

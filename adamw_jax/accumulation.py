@@ -101,8 +101,15 @@ def accumulate_gradients(
         ) -> tuple[optax.Updates, optax.OptState, optax.Updates]:
             mean = jax.tree_util.tree_map(
                 lambda total, g: (total / every_k).astype(g.dtype), gradient_sum, updates)
-            new_updates, inner_state = inner.update(mean, inner_state, params, **extra_args)
-            return new_updates, inner_state, jax.tree_util.tree_map(jnp.zeros_like, gradient_sum)
+            new_updates, new_inner_state = inner.update(mean, inner_state, params, **extra_args)
+            # Both branches of the cond must agree: an inner optimizer whose state follows the
+            # gradient dtype (optax's moments of float16 params fed float32 gradients) is
+            # stored back in its own dtypes, as optax.MultiSteps does.
+            new_inner_state = jax.tree_util.tree_map(
+                lambda new, old: jnp.asarray(new).astype(jnp.result_type(old)),
+                new_inner_state, inner_state)
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, gradient_sum)
+            return new_updates, new_inner_state, zeros
 
         def accumulate(
             gradient_sum: optax.Updates, inner_state: optax.OptState, params: optax.Params | None

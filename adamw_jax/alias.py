@@ -27,12 +27,21 @@ from adamw_jax.weight_decay import add_decayed_weights, decoupled_weight_decay
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 
 
+def _check_learning_rate_and_flags(learning_rate: optax.ScalarOrSchedule, **flags: Any) -> None:
+    """The checks ``adamw`` and ``adam`` add to those of their blocks (``scale_by_adam`` checks
+    the moments' options): a finite ``learning_rate`` >= 0 and real bools."""
+    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True, finite=True,
+                      hint="Pass the positive step size, e.g. 1e-3.")
+    for name, flag in flags.items():
+        check.check_bool(name, flag)
+
+
 def _schedule_multiplier(
     learning_rate: optax.ScalarOrSchedule, peak_learning_rate: float | None
 ) -> optax.Schedule | None:
     """``s_t = η_t / η_peak`` for decoupled decay; ``None`` (``s_t = 1``) for a constant rate."""
     if peak_learning_rate is not None:
-        check.check_positive("peak_learning_rate", peak_learning_rate,
+        check.check_positive("peak_learning_rate", peak_learning_rate, finite=True,
                              hint="It is the largest value of the learning-rate schedule (the "
                              "decay multiplier divides by it).")
         if callable(learning_rate):
@@ -54,15 +63,15 @@ def _adam_family(
     stochastic_rounding: bool = False,
     master_weights: bool = False,
     **chain_kwargs: Any,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """``_adam_chain``, wrapped in ``low_precision_params`` for stochastic rounding or master
     weights of bf16/f16 parameters."""
     if stochastic_rounding:
         adam_kwargs = dict(adam_kwargs, stochastic_rounding=True)
     optimizer = _with_state_check(_adam_chain(learning_rate, adam_kwargs, **chain_kwargs))
     if stochastic_rounding or master_weights:
-        return low_precision_params(optimizer, master_weights=master_weights,
-                                    stochastic_rounding=stochastic_rounding)
+        return optax.with_extra_args_support(low_precision_params(
+            optimizer, master_weights=master_weights, stochastic_rounding=stochastic_rounding))
     return optimizer
 
 
@@ -73,14 +82,37 @@ def _state_kinds(state: Any) -> Any:
     return type(state).__name__
 
 
-def _with_state_check(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``optimizer`` whose ``update`` (and a fused optimizer's ``step``) names a state made by a
-    differently configured optimizer (adam vs adamw, ``maximize``, ``fused``...) instead of
-    failing inside the chain."""
+def _check_same_tree(updates: optax.Updates, params: optax.Params | None) -> None:
+    """Name the key paths where the gradients' tree and the parameters' differ."""
+    if params is None:
+        return
+    structure = jax.tree_util.tree_structure
+    if structure(updates) == structure(params):
+        return
+    paths = [{jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
+             for tree in (updates, params)]
+    only_grads, only_params = sorted(paths[0] - paths[1]), sorted(paths[1] - paths[0])
+    where = (f"only in the gradients: {', '.join(only_grads) or 'none'}; only in the parameters: "
+             f"{', '.join(only_params) or 'none'}"
+             if only_grads or only_params else
+             f"the containers differ: {structure(updates)} vs {structure(params)}")
+    raise ValueError(
+        f"the gradients' tree does not match the parameters' ({where}). Pass gradients of exactly "
+        "the tree being optimized, e.g. jax.grad of the loss with respect to those parameters."
+    )
+
+
+def _with_state_check(
+    optimizer: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+    """``optimizer`` whose ``update`` (and a fused optimizer's ``step``) names gradients whose
+    tree differs from the parameters', and a state made by a differently configured optimizer
+    (adam vs adamw, ``maximize``, ``fused``...), instead of failing inside the chain."""
 
     def checked(method: Callable[..., Any]) -> Callable[..., Any]:
         def run(updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None,
                 **extra_args: Any):
+            _check_same_tree(updates, params)
             # Abstract: init is traced for its structure, nothing is computed.
             expected = _state_kinds(jax.eval_shape(optimizer.init, updates))
             got = _state_kinds(state)
@@ -128,33 +160,37 @@ def _adam_chain(
 
 
 def adamw(
-    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    learning_rate: optax.ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    weight_decay: optax.ScalarOrSchedule = 1e-2,
-    *,
-    weight_decay_mode: str = "coupled",
+    mu_dtype: Any = None,
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
     mask: Mask | None = None,
+    *,
+    nesterov: bool = False,
+    weight_decay_mode: str = "coupled",
     eps_mode: str = "adam",
     amsgrad: bool = False,
-    nesterov: bool = False,
     maximize: bool = False,
-    mu_dtype: Any = None,
     nu_dtype: Any = None,
     fused: bool = False,
     peak_learning_rate: float | None = None,
     stochastic_rounding: bool = False,
     master_weights: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """AdamW (Loshchilov & Hutter 2019) with every option of torch, optax and Keras.
+
+    The positional arguments and their defaults are ``optax.adamw``'s (so ``weight_decay``
+    defaults to optax's 1e-4, not torch's 1e-2: ``aw.presets.torch_adamw`` keeps torch's);
+    every addition is keyword-only.
 
     Args:
       learning_rate: ``η``, a float >= 0 or a schedule of the 0-based step.
       b1, b2, eps, eps_root, eps_mode, amsgrad, nesterov, mu_dtype, nu_dtype: see
         ``scale_by_adam``.
-      weight_decay: ``λ``, a float >= 0 or a schedule (default 1e-2, torch's).
+      weight_decay: ``λ``, a float >= 0 or a schedule (default 1e-4, optax's).
       weight_decay_mode: ``"coupled"`` (``θ -= η_t·λ·θ``: torch, optax, Keras) or
         ``"decoupled"`` (``θ -= (η_t/η_peak)·λ·θ``: the paper's Algorithm 2).
       mask: which leaves to decay: a tree of bools, a prefix of one, or a callable.
@@ -168,12 +204,13 @@ def adamw(
         parameters from them (see ``adamw_jax.lowbit.low_precision_params``).
 
     Returns:
-      An ``optax.GradientTransformation``; apply its updates with ``adamw_jax.apply_updates``
-      or ``optax.apply_updates``.
+      An ``optax.GradientTransformationExtraArgs``; apply its updates with
+      ``adamw_jax.apply_updates`` or ``optax.apply_updates``.
     """
     check.check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
-    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True,
-                      hint="Pass the positive step size, e.g. 1e-3.")
+    _check_learning_rate_and_flags(learning_rate, maximize=maximize, fused=fused,
+                                   stochastic_rounding=stochastic_rounding,
+                                   master_weights=master_weights)
     if weight_decay_mode == "coupled":
         if peak_learning_rate is not None:
             raise ValueError(
@@ -198,25 +235,27 @@ def adamw(
 
 
 def adam(
-    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    learning_rate: optax.ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Any = None,
     *,
+    nesterov: bool = False,
     eps_mode: str = "adam",
     amsgrad: bool = False,
-    nesterov: bool = False,
     maximize: bool = False,
-    mu_dtype: Any = None,
     nu_dtype: Any = None,
     fused: bool = False,
     stochastic_rounding: bool = False,
     master_weights: bool = False,
-) -> optax.GradientTransformation:
-    """Adam (Kingma & Ba 2015) without weight decay; arguments as in ``adamw``."""
-    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True,
-                      hint="Pass the positive step size, e.g. 1e-3.")
+) -> optax.GradientTransformationExtraArgs:
+    """Adam (Kingma & Ba 2015) without weight decay: ``optax.adam``'s positional arguments and
+    defaults, the other options keyword-only and as in ``adamw``."""
+    _check_learning_rate_and_flags(learning_rate, maximize=maximize, fused=fused,
+                                   stochastic_rounding=stochastic_rounding,
+                                   master_weights=master_weights)
     return _adam_family(
         learning_rate,
         dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, eps_mode=eps_mode, amsgrad=amsgrad,

@@ -41,7 +41,7 @@ def param_ema(
     *,
     accumulation_steps: int = 1,
     ema_dtype: Any = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Keep ``θ̄``, an EMA of the parameters; optionally move the parameters onto it every
     ``overwrite_every`` steps (math in the module docstring). Place it last in the chain.
 
@@ -57,7 +57,7 @@ def param_ema(
         ``θ̄`` in bfloat16 for most steps, and the average would not move.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a ``ParamEmaState``.
+      An ``optax.GradientTransformationExtraArgs`` whose state is a ``ParamEmaState``.
     """
     check.check_range("momentum", momentum, low=0.0, high=1.0,
                       hint="It is the EMA decay per step, typically 0.99 or 0.999.")
@@ -77,8 +77,10 @@ def param_ema(
         )
 
     def update_fn(
-        updates: optax.Updates, state: ParamEmaState, params: optax.Params | None = None
+        updates: optax.Updates, state: ParamEmaState, params: optax.Params | None = None,
+        **extra_args: Any,
     ) -> tuple[optax.Updates, ParamEmaState]:
+        del extra_args
         if params is None:
             raise ValueError("param_ema needs the parameters: call update(updates, state, params).")
         step = state.count // accumulation_steps
@@ -101,7 +103,7 @@ def param_ema(
             updates = jax.tree_util.tree_map(onto_average, updates, params, ema)
         return updates, ParamEmaState(count=num.safe_increment(state.count), ema=ema)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def ema_params(opt_state: optax.OptState) -> optax.Params:

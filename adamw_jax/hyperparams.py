@@ -21,6 +21,7 @@ every float, b1 and b2 included, became a traced array and ``1 - β`` lost preci
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -132,10 +133,26 @@ def current_learning_rate(opt_state: optax.OptState) -> jax.Array:
     return rate
 
 
+# The ranges of the hyperparameters adamw/adam take: (low, high, high_inclusive).
+_RANGES = {"learning_rate": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, True),
+           "b1": (0.0, 1.0, False), "b2": (0.0, 1.0, False), "eps": (0.0, math.inf, True),
+           "eps_root": (0.0, math.inf, True)}
+
+
+def _check_value(name: str, value: Any) -> None:
+    """A concrete value set by hand is checked as the factory checks it: finite, and in range
+    for the names ``adamw``/``adam`` know (a traced value cannot be inspected)."""
+    low, high, high_inclusive = _RANGES.get(name, (-math.inf, math.inf, True))
+    check.check_range(name, value, low=low, high=high, high_inclusive=high_inclusive, finite=True,
+                      hint=f"set_hyperparams(state, {name}=...) sets the value the next update "
+                           "uses; pass one the optimizer could have been built with.")
+
+
 def set_hyperparams(opt_state: optax.OptState, **values: Any) -> optax.OptState:
     """A copy of ``opt_state`` whose next update uses ``values`` (float32 scalars).
 
-    Raises a ValueError naming any hyperparameter the state does not hold.
+    Raises a ValueError naming any hyperparameter the state does not hold, and any concrete
+    value out of its range (a negative or NaN learning rate, ``b2 >= 1``...).
     """
     held = current_hyperparams(opt_state)
     unknown = sorted(set(values) - set(held))
@@ -143,7 +160,7 @@ def set_hyperparams(opt_state: optax.OptState, **values: Any) -> optax.OptState:
         raise ValueError(f"cannot set {unknown}: the state holds only {sorted(held)}; name them in "
                          "inject_hyperparams(..., runtime=...).")
     for name, value in values.items():
-        check.check_real_scalar(name, value)
+        _check_value(name, value)
     new = {name: num.as_hyperparameter(value) for name, value in values.items()}
 
     def replace(node: Any) -> Any:

@@ -6,7 +6,7 @@ do), always in float32 (float64 under x64) whatever the update dtype.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import optax
@@ -25,13 +25,15 @@ class ScaleByLearningRateState(NamedTuple):
     count: jax.Array
 
 
-def scale_by_learning_rate(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+def scale_by_learning_rate(
+    learning_rate: optax.ScalarOrSchedule,
+) -> optax.GradientTransformationExtraArgs:
     """``u ← -η_t · u`` with ``η_t = learning_rate(count)`` or the constant ``learning_rate``.
 
     Args:
       learning_rate: a float >= 0 or a schedule (a function of the 0-based step).
     """
-    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True,
+    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True, finite=True,
                       hint="Pass the positive step size, e.g. 1e-3; the sign is applied here.")
 
     def init_fn(params: optax.Params) -> ScaleByLearningRateState:
@@ -39,11 +41,12 @@ def scale_by_learning_rate(learning_rate: optax.ScalarOrSchedule) -> optax.Gradi
         return ScaleByLearningRateState(count=num.zero_count())
 
     def update_fn(
-        updates: optax.Updates, state: ScaleByLearningRateState, params: optax.Params | None = None
+        updates: optax.Updates, state: ScaleByLearningRateState, params: optax.Params | None = None,
+        **extra_args: Any,
     ) -> tuple[optax.Updates, ScaleByLearningRateState]:
-        del params
+        del params, extra_args
         rate = num.hyperparameter_at(learning_rate, state.count)
         updates = jax.tree_util.tree_map(lambda u: (-rate * u).astype(u.dtype), updates)
         return updates, ScaleByLearningRateState(count=num.safe_increment(state.count))
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

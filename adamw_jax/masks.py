@@ -9,6 +9,7 @@ big_vision use, and it contains the Keras variable name (``"kernel"``, ``"bias"`
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -50,12 +51,30 @@ def exclude_from_weight_decay(patterns: Iterable[str]) -> Callable[[Any], Any]:
       patterns: regular expressions (a list, not a single str); an empty list decays everything.
 
     Returns:
-      A callable mapping params to a tree of Python bools, ``True`` where decay applies.
+      A callable mapping params to a tree of Python bools, ``True`` where decay applies. The
+      first time it sees parameters, it warns (``UserWarning``) of patterns matching none of them:
+      a misspelt pattern would otherwise decay what it meant to exclude without a word.
     """
     compiled = _compile(patterns)
+    warned = False
 
     def mask(params: Any) -> Any:
-        return jax.tree_util.tree_map(
-            lambda name: not any(p.search(name) for p in compiled), parameter_names(params))
+        nonlocal warned
+        names = parameter_names(params)
+        if not warned and jax.tree_util.tree_leaves(names):
+            warned = True
+            _warn_unmatched(compiled, jax.tree_util.tree_leaves(names))
+        return jax.tree_util.tree_map(lambda name: not any(p.search(name) for p in compiled), names)
 
     return mask
+
+
+def _warn_unmatched(compiled: list[re.Pattern[str]], names: list[str]) -> None:
+    unmatched = [p.pattern for p in compiled if not any(p.search(name) for name in names)]
+    if unmatched:
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        warnings.warn(
+            f"exclude_from_weight_decay: the patterns {unmatched} match no parameter name, so "
+            f"they exclude nothing from weight decay (the names are {shown}). Check their "
+            "spelling against adamw_jax.masks.parameter_names(params).",
+            UserWarning, stacklevel=2)

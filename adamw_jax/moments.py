@@ -75,6 +75,30 @@ def _check_state(state: Any, updates: optax.Updates, *, amsgrad: bool) -> None:
         )
 
 
+def _moment_weight(one_minus_beta: jax.Array) -> jax.Array:
+    """The weight ``1 - β`` of the new gradient, or 1 at ``β = 1``, where the moment becomes the
+    sum of the gradients (see ``_bias_correction``)."""
+    return jnp.where(one_minus_beta == 0, jnp.ones_like(one_minus_beta), one_minus_beta)
+
+
+def _bias_correction(one_minus_beta: jax.Array, step: jax.Array) -> jax.Array:
+    """``1 - β^t``, or ``t`` at ``β = 1``: the moment is then ``Σ g`` and ``m̂ = Σ g / t``, the
+    limit of ``m_t / (1 - β^t)`` as ``β → 1``, where Adam's formula is ``0/0``. A β of exactly 1
+    reaches here as a rounded hyperparameter: ``optax.inject_hyperparams`` casts ``b2 = 0.999``
+    to bfloat16 parameters' dtype, which is ``1.0``."""
+    return jnp.where(one_minus_beta == 0, step.astype(one_minus_beta.dtype),
+                     num.bias_correction(one_minus_beta, step))
+
+
+def _may_round_to_one(beta: Any) -> bool:
+    """Whether ``beta`` is a low-precision floating array (bfloat16, float16), whose value 1 is
+    the rounding of a β below 1 (``optax.inject_hyperparams`` casts hyperparameters to the
+    parameter dtype); a Python 1.0 is refused."""
+    dtype = getattr(beta, "dtype", None)
+    return (dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+            and jnp.finfo(dtype).bits < 32)
+
+
 def _paired_leaves(tree: Any, prefixed: Any) -> list[tuple[Any, Any, Any]]:
     """``(path, leaf, matching subtree)`` for each leaf of ``tree``; ``prefixed`` must have
     ``tree``'s structure as a prefix (ValueError otherwise)."""
@@ -88,21 +112,25 @@ def scale_by_adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Any = None,
     *,
+    nesterov: bool = False,
     bias_correction: bool = True,
     eps_mode: str = "adam",
     amsgrad: bool = False,
-    nesterov: bool = False,
-    mu_dtype: Any = None,
     nu_dtype: Any = None,
     stochastic_rounding: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Rescale gradients by Adam's bias-corrected moment estimates (math in the module docstring).
+
+    The positional arguments and defaults are ``optax.scale_by_adam``'s; the rest keyword-only.
 
     Args:
       b1: decay of the first moment, in [0, 1); a float or a schedule of the 0-based step
         (torch ``OneCycleLR(cycle_momentum=True)``); bias correction uses the current value.
-      b2: decay of the second moment, in [0, 1).
+      b2: decay of the second moment, in [0, 1). A bfloat16 or float16 β of exactly 1 (what
+        ``optax.inject_hyperparams`` makes of 0.999 for bfloat16 params) is taken as the limit
+        β → 1: the moment is the sum of ``|g|²`` and ``v̂`` their mean (likewise for ``b1``).
       eps: added to ``sqrt(v̂)`` (``"adam"``) or ``sqrt(v)`` (``"hat"``); >= 0.
       eps_root: added to ``v̂`` inside the square root; > 0 keeps gradients through the update
         finite (meta-learning).
@@ -117,14 +145,19 @@ def scale_by_adam(
       stochastic_rounding: round the stored moments stochastically (noise from the step).
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a ``ScaleByAdamState``.
+      An ``optax.GradientTransformationExtraArgs`` whose state is a ``ScaleByAdamState``.
     """
-    check.check_range("b1", b1, low=0.0, high=1.0, high_inclusive=False, allow_schedule=True,
-                      hint="b1 is the first-moment decay, typically 0.9.")
-    check.check_range("b2", b2, low=0.0, high=1.0, high_inclusive=False,
+    check.check_range("b1", b1, low=0.0, high=1.0, high_inclusive=_may_round_to_one(b1),
+                      allow_schedule=True, hint="b1 is the first-moment decay, typically 0.9.")
+    check.check_range("b2", b2, low=0.0, high=1.0, high_inclusive=_may_round_to_one(b2),
                       hint="b2 is the second-moment decay, typically 0.999.")
-    check.check_range("eps", eps, low=0.0, hint="eps is a small positive constant such as 1e-8.")
-    check.check_range("eps_root", eps_root, low=0.0, hint="use 0.0 unless differentiating the update.")
+    check.check_range("eps", eps, low=0.0, finite=True,
+                      hint="eps is a small positive constant such as 1e-8.")
+    check.check_range("eps_root", eps_root, low=0.0, finite=True,
+                      hint="use 0.0 unless differentiating the update.")
+    for name, flag in (("nesterov", nesterov), ("bias_correction", bias_correction),
+                       ("amsgrad", amsgrad), ("stochastic_rounding", stochastic_rounding)):
+        check.check_bool(name, flag)
     check.check_choice("eps_mode", eps_mode, EPS_MODES)
     if nesterov and eps_mode != "adam":
         raise ValueError("nesterov=True needs eps_mode='adam'; Keras-style 'hat' has no Nesterov form.")
@@ -144,9 +177,10 @@ def scale_by_adam(
         )
 
     def update_fn(
-        updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
+        updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None,
+        **extra_args: Any,
     ) -> tuple[optax.Updates, ScaleByAdamState]:
-        del params
+        del params, extra_args
         b1_t = num.hyperparameter_at(b1, state.count)
         one_minus_b1 = num.one_minus(b1) if not callable(b1) else 1 - b1_t
         b2_t = num.as_hyperparameter(b2)
@@ -158,9 +192,10 @@ def scale_by_adam(
         count = num.safe_increment(state.count)
         step = count.astype(b1_t.dtype)
         if bias_correction:
-            correction1 = num.bias_correction(one_minus_b1, step)
-            correction2 = num.bias_correction(one_minus_b2, step)
-            correction1_next = num.bias_correction(one_minus_b1, step + 1)
+            correction1 = _bias_correction(one_minus_b1, step)
+            correction2 = _bias_correction(one_minus_b2, step)
+            correction1_next = _bias_correction(one_minus_b1, step + 1)
+            one_minus_b1, one_minus_b2 = _moment_weight(one_minus_b1), _moment_weight(one_minus_b2)
         else:
             correction1 = correction2 = correction1_next = jnp.ones([], b1_t.dtype)
 
@@ -194,4 +229,4 @@ def scale_by_adam(
             if amsgrad else None,
         )
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -56,9 +56,11 @@ def _check_arguments(factor: float, patience: int, rtol: float, atol: float, coo
         if value < 0:
             raise ValueError(f"{name} must be >= 0 (a number of windows), got {value}.")
     check.check_range("rtol", rtol, low=0.0, high=1.0, hint="e.g. 1e-4: improve by 0.01% to count.")
-    check.check_range("atol", atol, low=0.0, hint="e.g. 0.0, or the smallest loss change that counts.")
+    check.check_range("atol", atol, low=0.0, finite=True,
+                      hint="e.g. 0.0, or the smallest loss change that counts.")
     check.check_range("min_scale", min_scale, low=0.0, high=1.0, hint="the scale never drops below it.")
-    check.check_range("eps", eps, low=0.0, hint="reductions smaller than eps are skipped (torch's eps/lr).")
+    check.check_range("eps", eps, low=0.0, finite=True,
+                      hint="reductions smaller than eps are skipped (torch's eps/lr).")
     check.check_positive_int("accumulation_size", accumulation_size,
                              hint="It is how many values are averaged per decision; 1 decides at every value.")
 

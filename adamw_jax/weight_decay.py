@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import optax
@@ -32,7 +32,7 @@ class WeightDecayState(NamedTuple):
 
 def _weight_decay_transform(
     coefficient: Callable[[jax.Array], jax.Array], sign: float, mask: Mask | None
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """``u ← u + sign·c_t·θ`` on the masked leaves, with ``c_t = coefficient(count)``."""
 
     def init_fn(params: optax.Params) -> WeightDecayState:
@@ -40,8 +40,10 @@ def _weight_decay_transform(
         return WeightDecayState(count=num.zero_count())
 
     def update_fn(
-        updates: optax.Updates, state: WeightDecayState, params: optax.Params | None = None
+        updates: optax.Updates, state: WeightDecayState, params: optax.Params | None = None,
+        **extra_args: Any,
     ) -> tuple[optax.Updates, WeightDecayState]:
+        del extra_args
         new_state = WeightDecayState(count=num.safe_increment(state.count))
         if not jax.tree_util.tree_leaves(updates):
             return updates, new_state
@@ -59,20 +61,21 @@ def _weight_decay_transform(
         )
         return new_updates, new_state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def add_decayed_weights(
-    weight_decay: optax.ScalarOrSchedule, mask: Mask | None = None
-) -> optax.GradientTransformation:
-    """Learning-rate-coupled decay: ``u ← u + λ_t·θ`` (place it before the learning rate).
+    weight_decay: optax.ScalarOrSchedule = 0.0, mask: Mask | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """Learning-rate-coupled decay: ``u ← u + λ_t·θ`` (place it before the learning rate); the
+    signature is ``optax.add_decayed_weights``'.
 
     Args:
       weight_decay: ``λ``, a float >= 0 or a schedule of the 0-based step.
       mask: a tree of bools (or a prefix of the params tree, or a callable returning one); only
         ``True`` leaves are decayed.
     """
-    check.check_range("weight_decay", weight_decay, low=0.0, allow_schedule=True,
+    check.check_range("weight_decay", weight_decay, low=0.0, allow_schedule=True, finite=True,
                       hint="Use 0.0 to disable decay.")
     return _weight_decay_transform(
         lambda count: num.hyperparameter_at(weight_decay, count), 1.0, mask
@@ -83,7 +86,7 @@ def decoupled_weight_decay(
     weight_decay: optax.ScalarOrSchedule,
     schedule_multiplier: optax.Schedule | None = None,
     mask: Mask | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Fully decoupled decay: ``u ← u - s_t·λ·θ`` (place it after the learning rate).
 
     Args:
@@ -93,7 +96,7 @@ def decoupled_weight_decay(
         schedule divided by its peak; ``None`` means ``s_t = 1``.
       mask: which leaves to decay, as in ``add_decayed_weights``.
     """
-    check.check_range("weight_decay", weight_decay, low=0.0, allow_schedule=True,
+    check.check_range("weight_decay", weight_decay, low=0.0, allow_schedule=True, finite=True,
                       hint="Use 0.0 to disable decay.")
     check.check_schedule_or_none("schedule_multiplier", schedule_multiplier)
 

@@ -6,7 +6,8 @@ initial weights, same batches, same AdamW and cosine schedule, so the same losse
 The translation table (each ``# torch:`` comment in ``train_flax`` is the line it replaces):
 
     torch.optim.AdamW(params, lr, betas=(b1, b2), eps, weight_decay)
-        -> nnx.Optimizer(model, adamw_jax.adamw(schedule, b1, b2, eps, weight_decay), wrt=nnx.Param)
+        -> nnx.Optimizer(model, adamw_jax.adamw(schedule, b1, b2, eps, weight_decay=weight_decay),
+                         wrt=nnx.Param)
     CosineAnnealingLR(optimizer, T_max, eta_min)   (stepped after every optimizer.step())
         -> adamw_jax.schedules.cosine_decay_schedule(lr, T_max, alpha=eta_min / lr)
     optimizer.zero_grad(); loss.backward(); optimizer.step(); scheduler.step()

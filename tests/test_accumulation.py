@@ -100,14 +100,14 @@ def test_inner_update_runs_only_on_the_last_micro_step():
         return len(calls)
 
     calls: list[int] = []
-    assert executions(aw.accumulate_gradients(K, inner=counted(aw.adamw(), calls))) == 3
+    assert executions(aw.accumulate_gradients(K, inner=counted(aw.adamw(1e-3), calls))) == 3
     # optax.MultiSteps computes the inner update on every micro-step and masks the result.
-    assert executions(optax.MultiSteps(counted(aw.adamw(), calls), K)) == 3 * K
+    assert executions(optax.MultiSteps(counted(aw.adamw(1e-3), calls), K)) == 3 * K
 
 
 def test_compiled_update_branches_with_a_conditional():
     params = {"w": jnp.ones((8, 4))}
-    optimizer = aw.accumulate_gradients(K, inner=aw.adamw())
+    optimizer = aw.accumulate_gradients(K, inner=aw.adamw(1e-3, weight_decay=1e-2))
     hlo = jax.jit(optimizer.update).lower(params, optimizer.init(params), params).compile().as_text()
     assert "conditional(" in hlo
 
@@ -121,8 +121,8 @@ def test_peak_memory_is_not_above_optax_multisteps():
         compiled = jax.jit(optimizer.update, donate_argnums=1).lower(params, state, params).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
-    ours = temp_bytes(aw.accumulate_gradients(K, inner=aw.adamw()))
-    peer = temp_bytes(optax.MultiSteps(aw.adamw(), K))
+    ours = temp_bytes(aw.accumulate_gradients(K, inner=aw.adamw(1e-3, weight_decay=1e-2)))
+    peer = temp_bytes(optax.MultiSteps(aw.adamw(1e-3, weight_decay=1e-2), K))
     assert ours <= peer
 
 
@@ -186,3 +186,39 @@ def test_bad_every_k_is_rejected():
         aw.accumulate_gradients(2.0)
     with pytest.raises(TypeError, match="every_k must be an int >= 1, got bool"):
         aw.micro_step_schedule(lambda s: s, True)
+
+
+def test_matches_optax_multisteps_around_optax_adamw():
+    ours = trajectory(aw.accumulate_gradients(K, inner=optax.adamw(1e-2)), PARAMS, MICRO_GRADS)
+    peer = trajectory(optax.MultiSteps(optax.adamw(1e-2), every_k_schedule=K), PARAMS, MICRO_GRADS)
+    # As above: only the accumulator's summation order differs.
+    assert max_abs_error(ours, peer) <= float32_tolerance(peer) / 4
+
+
+def test_gradients_wider_than_float16_params_keep_the_inner_state_dtypes():
+    """float32 gradients of float16 params turn optax.adamw's float16 moments into float32 on
+    the update branch; they are stored back in float16 (as optax.MultiSteps does), so the cond's
+    branches agree. Gradients are multiples of 1/8 whose window sums and means are exact in
+    float32 either way, so both wrappers feed adamw the same mean: bit-identical runs."""
+    rng = np.random.default_rng(3)
+    params = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float16),
+              "b": jnp.zeros(3, jnp.float16)}
+    grads = [{k: jnp.asarray(rng.integers(-16, 17, size=v.shape) / 8, jnp.float32)
+              for k, v in params.items()} for _ in range(3 * K)]
+    runs = []
+    for optimizer in (aw.accumulate_gradients(K, inner=optax.adamw(1e-2)),
+                      optax.MultiSteps(optax.adamw(1e-2), every_k_schedule=K)):
+        p, state = params, optimizer.init(params)
+        update = jax.jit(optimizer.update)
+        for g in grads:
+            updates, state = update(g, state, p)
+            p = optax.apply_updates(p, updates)
+        inner = state.inner_state if hasattr(state, "inner_state") else state.inner_opt_state
+        runs.append((p, inner))
+    (ours, ours_inner), (peer, peer_inner) = runs
+    assert jax.tree_util.tree_map(lambda x: x.dtype, ours_inner) == jax.tree_util.tree_map(
+        lambda x: x.dtype, peer_inner)
+    assert ours_inner[0].mu["w"].dtype == jnp.float16
+    for key in params:
+        np.testing.assert_array_equal(np.asarray(ours[key]), np.asarray(peer[key]))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, ours_inner, peer_inner)

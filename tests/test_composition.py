@@ -26,7 +26,7 @@ def test_chain_with_optax_blocks_equals_adamw():
 
 
 def test_optax_masked_freezes_the_unselected_leaves():
-    optimizer = optax.masked(aw.adamw(1e-2), {"w": True, "b": False})
+    optimizer = optax.masked(aw.adamw(1e-2, weight_decay=1e-2), {"w": True, "b": False})
     out = trajectory(optimizer, PARAMS, GRADS)
     # optax.masked passes the masked-out gradient through unchanged: b follows θ += g.
     expected_b = PARAMS["b"] + np.cumsum([g["b"] for g in GRADS], axis=0)

@@ -84,7 +84,8 @@ def test_matches_keras_use_ema(overwrite_every, accumulation):
 def test_found_anywhere_in_a_nested_state():
     optimizer = optax.chain(
         aw.loss_scaling(4.0),
-        aw.skip_nonfinite(aw.accumulate_gradients(2, inner=optax.chain(aw.adamw(), aw.param_ema()))),
+        aw.skip_nonfinite(aw.accumulate_gradients(
+            2, inner=optax.chain(aw.adamw(1e-3, weight_decay=1e-2), aw.param_ema()))),
     )
     params = {"w": jnp.full(3, 2.0)}
     state = optimizer.init(params)
@@ -96,7 +97,7 @@ def test_found_anywhere_in_a_nested_state():
 def test_missing_or_ambiguous_ema_is_a_clear_error():
     params = {"w": jnp.ones(2)}
     with pytest.raises(ValueError, match="exactly one param_ema state .* found 0"):
-        aw.ema_params(aw.adamw().init(params))
+        aw.ema_params(aw.adamw(1e-3, weight_decay=1e-2).init(params))
     with pytest.raises(ValueError, match="found 2"):
         aw.ema_params(optax.chain(aw.param_ema(), aw.param_ema()).init(params))
 

@@ -90,7 +90,7 @@ def test_moments_are_a_few_flat_buffers_per_dtype_and_mask():
         "e": jnp.ones((7,), jnp.float32),
     }
     mask = {"a": True, "b": True, "c": False, "d": True, "e": True}
-    optimizer = aw.adamw(mask=mask, amsgrad=True, nu_dtype=jnp.float32, fused=True)
+    optimizer = aw.adamw(1e-3, mask=mask, amsgrad=True, nu_dtype=jnp.float32, fused=True)
     state = jax.jit(optimizer.init)(params)
     assert isinstance(state, FusedAdamState)
     # groups in tree order of first appearance: (f32, decayed), (bf16, decayed), (f32, not)
@@ -104,7 +104,7 @@ def test_moments_are_a_few_flat_buffers_per_dtype_and_mask():
 def test_large_leaves_keep_a_buffer_of_their_own():
     """Packing a large leaf would copy it every step; small leaves share one flat buffer."""
     params = {"big": jnp.ones((256, 256)), "small": jnp.ones((3,)), "tiny": jnp.ones(())}
-    state = aw.adamw(fused=True).init(params)
+    state = aw.adamw(1e-3, fused=True, weight_decay=1e-2).init(params)
     assert [x.shape for x in state.mu] == [(256, 256), (4,)]
 
 
@@ -153,7 +153,7 @@ def test_half_precision_parameters_round_once():
 
 
 def test_count_saturates():
-    optimizer = aw.adamw(fused=True)
+    optimizer = aw.adamw(1e-3, fused=True, weight_decay=1e-2)
     params = {"w": jnp.ones(2)}
     state = optimizer.init(params)
     state = state._replace(count=jnp.asarray(np.iinfo(np.int32).max, jnp.int32))
@@ -203,13 +203,13 @@ def test_adam_without_params_and_adamw_needs_them():
     adam = aw.adam(1e-3, fused=True)
     updates, _ = jax.jit(adam.update)(grads, adam.init(grads))
     np.testing.assert_allclose(updates["w"], -1e-3, rtol=1e-6)
-    adamw = aw.adamw(1e-3, fused=True)
+    adamw = aw.adamw(1e-3, fused=True, weight_decay=1e-2)
     with pytest.raises(ValueError, match="parameters"):
         adamw.update(grads, adamw.init(grads))
 
 
 def test_state_of_other_parameters_is_a_clear_error():
-    optimizer = aw.adamw(fused=True)
+    optimizer = aw.adamw(1e-3, fused=True, weight_decay=1e-2)
     state = optimizer.init({"w": jnp.ones(3)})
     with pytest.raises(ValueError, match="init with parameters"):
         optimizer.update({"w": jnp.ones(4)}, state, {"w": jnp.ones(4)})
@@ -230,7 +230,7 @@ def test_state_of_other_parameters_is_a_clear_error():
 )
 def test_bad_arguments_are_named_when_built(kwargs, error, words):
     with pytest.raises(error, match=words):
-        aw.adamw(fused=True, **kwargs)
+        aw.adamw(**{"learning_rate": 1e-3, "fused": True, **kwargs})
 
 
 def test_bad_pad_multiple_is_named_when_first_used():
@@ -374,7 +374,7 @@ def test_extreme_gradients_step_like_the_unfused_chain(eps, options):
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
 def test_integer_and_bool_leaves_are_named(dtype):
     with pytest.raises(TypeError, match=r"params\['step'\]"):
-        aw.adamw(fused=True).init({"w": jnp.ones(2), "step": jnp.zeros((), dtype)})
+        aw.adamw(1e-3, fused=True).init({"w": jnp.ones(2), "step": jnp.zeros((), dtype)})
 
 
 def test_building_starts_no_backend():
@@ -386,7 +386,7 @@ def test_building_starts_no_backend():
         "aw.adamw(lambda t: 1e-3, b1=0.9, b2=0.99, fused=True, amsgrad=True, mu_dtype='int8',\n"
         "         nu_dtype=jnp.float16, stochastic_rounding=True, master_weights=True,\n"
         "         weight_decay_mode='decoupled', peak_learning_rate=1e-3)\n"
-        "aw.adam(fused=True, nesterov=True, eps_mode='adam')\n"
+        "aw.adam(1e-3, fused=True, nesterov=True, eps_mode='adam')\n"
         "assert not xla_bridge._backends, 'a backend started while building'\n"
         "jnp.ones(1)\n"
         "assert xla_bridge._backends\n"

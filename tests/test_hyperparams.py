@@ -14,6 +14,7 @@ from helpers import float32_tolerance, gradient_stream, make_params, max_abs_err
 from reference import adamw_trajectory
 
 STEPS = 60
+STEPS_LOW_PRECISION = 20
 PARAMS = make_params(3)
 GRADS = gradient_stream(PARAMS, STEPS, seed=4)
 SCHEDULE = aw.schedules.warmup_cosine_decay_schedule(0.0, 1e-2, 10, STEPS, 1e-4)
@@ -110,7 +111,8 @@ def test_other_runtime_names_and_factories():
     state = aw.set_hyperparams(state, b1=0.0)
     updates, _ = jax.jit(opt.update)({"w": jnp.array([2.0, -3.0])}, state, params)
     np.testing.assert_allclose(updates["w"], [-1e-3, 1e-3], rtol=1e-6)  # b1=0: m̂ = g, u = g/|g|
-    assert list(aw.current_hyperparams(aw.inject_hyperparams(aw.adam)().init(params))) == ["learning_rate"]
+    state = aw.inject_hyperparams(aw.adam)(1e-3).init(params)
+    assert list(aw.current_hyperparams(state)) == ["learning_rate"]
 
 
 @pytest.mark.parametrize("build, error, words", [
@@ -118,7 +120,7 @@ def test_other_runtime_names_and_factories():
     (lambda: aw.inject_hyperparams(aw.adamw, runtime="learning_rate"), TypeError, "runtime"),
     (lambda: aw.inject_hyperparams(aw.adamw)(learning_rate=-1.0), ValueError, "learning_rate"),
     (lambda: aw.inject_hyperparams(aw.adamw)(learning_rate="fast"), TypeError, "learning_rate"),
-    (lambda: aw.inject_hyperparams(aw.adamw)(b3=0.9), TypeError, "b3"),
+    (lambda: aw.inject_hyperparams(aw.adamw)(1e-3, b3=0.9), TypeError, "b3"),
 ])
 def test_bad_arguments_are_named_when_built(build, error, words):
     with pytest.raises(error, match=words):
@@ -127,10 +129,83 @@ def test_bad_arguments_are_named_when_built(build, error, words):
 
 def test_bad_set_and_read_are_named():
     params = {"w": jnp.ones(2)}
-    state = aw.inject_hyperparams(aw.adamw)().init(params)
+    state = aw.inject_hyperparams(aw.adamw)(1e-3).init(params)
     with pytest.raises(ValueError, match="b2"):
         aw.set_hyperparams(state, b2=0.99)
     with pytest.raises(TypeError, match="learning_rate"):
         aw.set_hyperparams(state, learning_rate=[1e-3])
     with pytest.raises(ValueError, match="inject_hyperparams"):
-        aw.current_learning_rate(aw.adamw().init(params))
+        aw.current_learning_rate(aw.adamw(1e-3, weight_decay=1e-2).init(params))
+
+
+def _low_precision_run(optimizer, dtype, steps=STEPS_LOW_PRECISION):
+    params = {k: jnp.asarray(v, dtype) for k, v in PARAMS.items()}
+    state, update = optimizer.init(params), jax.jit(optimizer.update)
+    for g in GRADS[:steps]:
+        updates, state = update({k: jnp.asarray(v, dtype) for k, v in g.items()}, state, params)
+        params = optax.apply_updates(params, updates)
+    return {k: np.asarray(v, np.float64) for k, v in params.items()}
+
+
+def _rounded(value, dtype):
+    return float(jnp.asarray(value, dtype))
+
+
+def test_optax_inject_hyperparams_float16_computes_in_float32():
+    """optax casts every float hyperparameter to the float16 params' dtype (b1 0.89990234375,
+    b2 0.9990234375, eps 1e-8 underflows to 0); adamw_jax takes those values and computes in
+    float32, so the run is bit for bit the plain optimizer given the same (rounded) floats. optax's
+    own optimizer computes in float16 and lands within 4 float16 ulps of |θ| (2^-9 relative)
+    except where a gradient underflows to 0 in float16: with eps = 0 its m̂/√v̂ is 0/0 = NaN
+    there, and adamw_jax's step is 0 (DESIGN §3: a zero gradient never produces NaN)."""
+    ours = _low_precision_run(optax.inject_hyperparams(aw.adamw)(learning_rate=1e-3), jnp.float16)
+    rounded = {name: _rounded(value, jnp.float16) for name, value in
+               dict(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4).items()}
+    plain = _low_precision_run(aw.adamw(**rounded), jnp.float16)
+    peer = _low_precision_run(optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3),
+                              jnp.float16)
+    for key in ours:
+        np.testing.assert_array_equal(ours[key], plain[key])
+        assert np.all(np.isfinite(ours[key]))
+        finite = np.isfinite(peer[key])
+        np.testing.assert_allclose(ours[key][finite], peer[key][finite], rtol=2.0**-9,
+                                   atol=2.0**-24)
+
+
+def test_optax_inject_hyperparams_bfloat16_steps_finitely():
+    """bfloat16 rounds b2 = 0.999 to 1.0, where Adam's v̂ = v/(1 - β2^t) is 0/0 (optax's own
+    optimizer returns NaN parameters). adamw_jax accepts the rounded value and takes the limit
+    β2 → 1, v̂ = mean of g²: the float64 transcription below, with the other hyperparameters
+    rounded as optax rounds them and m, v, θ stored in bfloat16 at each step. float32 against
+    float64 arithmetic can move a rounding to the neighbouring bfloat16: one ulp (2^-7 relative)."""
+    ours = _low_precision_run(optax.inject_hyperparams(aw.adamw)(learning_rate=1e-3), jnp.bfloat16)
+    lr, b1, eps, decay = (_rounded(v, jnp.bfloat16) for v in (1e-3, 0.9, 1e-8, 1e-4))
+
+    def bf16(x):
+        return np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64)
+
+    for key in ours:
+        theta = bf16(PARAMS[key])
+        m = v = np.zeros_like(theta)
+        for t, g in enumerate(GRADS[:STEPS_LOW_PRECISION], start=1):
+            g = bf16(g[key])
+            m, v = bf16(b1 * m + (1 - b1) * g), bf16(v + g * g)
+            u = (m / (1 - b1**t)) / (np.sqrt(v / t) + eps)
+            theta = bf16(theta - lr * (u + decay * theta))
+        assert np.all(np.isfinite(ours[key]))
+        np.testing.assert_allclose(ours[key], theta, rtol=2.0**-7, atol=0)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("learning_rate", -1e-3), ("learning_rate", float("nan")), ("learning_rate", float("inf")),
+    ("weight_decay", -0.1), ("weight_decay", float("nan")), ("b2", 1.0), ("b1", -0.5),
+])
+def test_set_hyperparams_checks_concrete_values(name, value):
+    params = {"w": jnp.ones(2)}
+    state = aw.inject_hyperparams(aw.adamw, runtime=("learning_rate", "weight_decay", "b1", "b2"))(
+        1e-3).init(params)
+    with pytest.raises(ValueError, match=rf"{name} must .*set_hyperparams\(state, {name}=\.\.\.\)"):
+        aw.set_hyperparams(state, **{name: value})
+    # A traced value cannot be inspected: it is set as given.
+    traced = jax.jit(lambda s, v: aw.set_hyperparams(s, **{name: v}))(state, jnp.float32(0.5))
+    assert float(aw.current_hyperparams(traced)[name]) == 0.5

@@ -107,7 +107,7 @@ def test_counts_and_max_consecutive_match_optax_apply_if_finite():
         for actual, expected in zip(trajectory(ours, PARAMS, stream), trajectory(peer, PARAMS, stream)):
             for k in PARAMS:  # NaN once a bad step is let through: equal, NaN for NaN
                 np.testing.assert_array_equal(actual[k], expected[k])
-    optimizer = aw.skip_nonfinite(aw.adamw(1e-2))
+    optimizer = aw.skip_nonfinite(aw.adamw(1e-2, weight_decay=1e-2))
     params = {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()}
     state, update = optimizer.init(params), jax.jit(optimizer.update)
     counts = []
@@ -120,9 +120,9 @@ def test_counts_and_max_consecutive_match_optax_apply_if_finite():
 
 def test_missing_state_is_a_clear_error():
     with pytest.raises(ValueError, match="exactly one loss_scaling state"):
-        aw.current_loss_scale(aw.adamw().init({"w": jnp.ones(1)}))
+        aw.current_loss_scale(aw.adamw(1e-3, weight_decay=1e-2).init({"w": jnp.ones(1)}))
     with pytest.raises(ValueError, match="exactly one skip_nonfinite state"):
-        aw.skipped_steps(aw.adamw().init({"w": jnp.ones(1)}))
+        aw.skipped_steps(aw.adamw(1e-3, weight_decay=1e-2).init({"w": jnp.ones(1)}))
 
 
 def test_bad_arguments_are_rejected():
@@ -137,4 +137,4 @@ def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="factor must be > 1, got 1.0"):
         aw.loss_scaling(2.0, factor=1.0)
     with pytest.raises(TypeError, match="max_consecutive must be an int >= 1 or None, got float"):
-        aw.skip_nonfinite(aw.adamw(), max_consecutive=2.5)
+        aw.skip_nonfinite(aw.adamw(1e-3, weight_decay=1e-2), max_consecutive=2.5)

@@ -284,7 +284,7 @@ def test_amsgrad_and_stochastic_moments_run_jitted_with_int8_state():
 ])
 def test_bad_storage_is_named_when_built(kwargs, error, words):
     with pytest.raises(error, match=words):
-        aw.adamw(**kwargs)
+        aw.adamw(1e-3, **kwargs)
 
 
 def test_stochastic_apply_updates_without_step_is_a_clear_error():
@@ -304,7 +304,7 @@ def test_zero1_sharded_int8_state_keeps_blocks_whole_and_steps_like_unsharded():
     with their scales, and the sharded step gives the same state as the unsharded one."""
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     params = {"w": jnp.linspace(-1.0, 1.0, 64 * 256).reshape(64, 256)}
-    opt = aw.adamw(1e-3, mu_dtype="int8", nu_dtype="int8")
+    opt = aw.adamw(1e-3, mu_dtype="int8", nu_dtype="int8", weight_decay=1e-2)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     shardings = aw.state_shardings(opt.init(params), {"w": replicated}, zero_axis="data")
     codes = shardings[0].mu["w"].values

@@ -4,6 +4,7 @@ against the float64 reference."""
 from __future__ import annotations
 
 import re
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -51,7 +52,9 @@ names = st.lists(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), min_size=1, max_
 @given(keys=names, patterns=st.lists(st.from_regex(r"[a-z_]{1,3}", fullmatch=True), max_size=3))
 def test_mask_is_no_pattern_searches_the_name(keys, patterns):
     params = {"block": {k: 0.0 for k in keys}}
-    mask = aw.exclude_from_weight_decay(patterns)(params)
+    with warnings.catch_warnings():  # random patterns often match nothing; tested below
+        warnings.simplefilter("ignore", UserWarning)
+        mask = aw.exclude_from_weight_decay(patterns)(params)
     for k in keys:
         assert mask["block"][k] == (not any(re.search(p, f"block/{k}") for p in patterns))
 
@@ -88,3 +91,15 @@ def test_bad_patterns_are_rejected():
         aw.exclude_from_weight_decay(["bias", 3])
     with pytest.raises(ValueError, match=r"pattern '\(bias' is not a valid regular expression"):
         aw.exclude_from_weight_decay(["(bias"])
+
+
+def test_patterns_that_match_no_parameter_are_named_once():
+    params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+    optimizer = aw.adamw(1e-2, mask=aw.exclude_from_weight_decay(["bias", "layer_norm", "^emb"]))
+    with pytest.warns(UserWarning, match=r"\['layer_norm', '\^emb'\] match no parameter") as caught:
+        state = optimizer.init(params)
+        jax.jit(optimizer.update)(params, state, params)
+    assert len([w for w in caught if "match no parameter" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        aw.exclude_from_weight_decay(["bias", "kernel"])(params)

@@ -165,7 +165,7 @@ def test_many_leaves_mixed_dtypes_and_large_leaves():
 def test_update_uses_the_kernel_for_small_leaves_and_xla_for_large():
     """``update`` materializes ``u``: for a leaf with a buffer of its own XLA fuses it into
     ``θ + u`` instead (a fresh large buffer per step costs page faults)."""
-    optimizer = aw.adamw(fused=True)
+    optimizer = aw.adamw(1e-3, fused=True, weight_decay=1e-2)
     small = {"a": jnp.ones((4, 4)), "b": jnp.ones((3,))}
     large = {"w": jnp.ones((512, 256))}
     for params, expected in ((small, True), (large, False)):
@@ -175,7 +175,7 @@ def test_update_uses_the_kernel_for_small_leaves_and_xla_for_large():
 
 def test_one_pass_step_runs_in_place_with_donation():
     params = {"w": jnp.ones((512, 256)), "b": jnp.ones((256,)), "s": jnp.ones((7,))}
-    optimizer = aw.adamw(1e-3, fused=True)
+    optimizer = aw.adamw(1e-3, fused=True, weight_decay=1e-2)
     state = optimizer.init(params)
     step = jax.jit(lambda p, s, g: aw.update_and_apply(optimizer, g, s, p), donate_argnums=(0, 1))
     compiled = step.lower(params, state, params).compile()
@@ -191,7 +191,7 @@ def test_one_pass_step_is_dispatched_asynchronously():
     """XLA:CPU runs a program it costs under 1000 flops inline and counts a custom call as zero:
     the step carries a visible cost so that the call returns futures, as any XLA program does."""
     params = {"w": jnp.ones((1 << 22,))}  # 4M floats: over 100 MB of traffic, milliseconds
-    optimizer = aw.adamw(1e-3, fused=True)
+    optimizer = aw.adamw(1e-3, fused=True, weight_decay=1e-2)
     step = jax.jit(_one_pass(optimizer), donate_argnums=(1, 2))
     grads = jax.tree_util.tree_map(jnp.ones_like, params)
     compiled = step.lower(grads, optimizer.init(params), params).compile()
@@ -220,7 +220,7 @@ def test_the_kernel_reports_bad_operands_as_an_error():
 
 def test_undonated_inputs_are_left_intact():
     params = {"w": jnp.full((70000,), 2.0), "b": jnp.full((3,), 2.0)}
-    optimizer = aw.adamw(1e-1, fused=True)
+    optimizer = aw.adamw(1e-1, fused=True, weight_decay=1e-2)
     state = optimizer.init(params)
     grads = jax.tree_util.tree_map(jnp.ones_like, params)
     new_params, new_state = jax.jit(_one_pass(optimizer))(
@@ -245,7 +245,7 @@ def test_gradient_and_vmap_flow_through_the_kernel():
     xla_grad = jax.grad(loss)(0.1, "0")
     np.testing.assert_allclose(native_grad, xla_grad, rtol=1e-6)
     os.environ[native.ENVIRONMENT_VARIABLE] = "1"
-    optimizer = aw.adamw(1e-2, fused=True)
+    optimizer = aw.adamw(1e-2, fused=True, weight_decay=1e-2)
     batch = jax.tree_util.tree_map(lambda g: jnp.stack([g, 2 * g, -g]), grads)
 
     def step(g):
@@ -280,7 +280,7 @@ def test_extreme_and_zero_gradients_step_like_the_xla_pass(eps, eps_root, monkey
 def test_update_and_apply_on_any_transformation_is_update_then_apply():
     params = {"w": jnp.arange(4.0)}
     grads = {"w": jnp.ones((4,))}
-    chain = optax.chain(aw.clip_by_global_norm(1.0), aw.adamw(1e-2, fused=True))
+    chain = optax.chain(aw.clip_by_global_norm(1.0), aw.adamw(1e-2, fused=True, weight_decay=1e-2))
     state = chain.init(params)
     p, s = jax.jit(_one_pass(chain))(grads, state, params)
     updates, expected_state = chain.update(grads, state, params)
@@ -289,16 +289,16 @@ def test_update_and_apply_on_any_transformation_is_update_then_apply():
 
 
 def test_fused_optimizer_is_an_optax_transformation_with_a_step():
-    optimizer = aw.adamw(fused=True)
+    optimizer = aw.adamw(1e-3, fused=True, weight_decay=1e-2)
     assert isinstance(optimizer, optax.GradientTransformation)
     assert isinstance(optimizer, aw.FusedTransformation)
     init, update = optimizer  # unpacks as any (init, update) pair
     assert callable(init) and callable(update) and callable(optimizer.step)
     params = {"w": jnp.ones((3,))}
     with pytest.raises(ValueError, match="differently configured optimizer"):
-        optimizer.step(params, aw.adamw().init(params), params)
+        optimizer.step(params, aw.adamw(1e-3, weight_decay=1e-2).init(params), params)
     with pytest.raises(ValueError, match="amsgrad"):
-        optimizer.step(params, aw.adamw(fused=True, amsgrad=True).init(params), params)
+        optimizer.step(params, aw.adamw(1e-3, fused=True, amsgrad=True).init(params), params)
 
 
 def test_sharded_parameters_keep_their_values_on_eight_devices():
@@ -320,7 +320,7 @@ def test_policy_follows_the_environment_variable(monkeypatch):
     monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "0")
     assert not native.enabled()
     params = {"w": jnp.ones((3,))}
-    optimizer = aw.adamw(fused=True)
+    optimizer = aw.adamw(1e-3, fused=True, weight_decay=1e-2)
     assert not _uses_kernel(_one_pass(optimizer), params, optimizer.init(params), params)
     monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, "1")
     jax.config.update("jax_enable_x64", True)
@@ -342,7 +342,7 @@ def test_without_a_compiler_the_xla_pass_runs_with_a_warning(tmp_path):
         import adamw_jax as aw
         from adamw_jax import native
         params = {"w": jnp.arange(3.0)}
-        optimizer = aw.adamw(1e-2, fused=True)
+        optimizer = aw.adamw(1e-2, weight_decay=1e-2, fused=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             p, _ = jax.jit(lambda g, s, p: aw.update_and_apply(optimizer, g, s, p))(
@@ -406,5 +406,5 @@ def test_bfloat16_moments_are_stored_as_the_xla_pass_stores_them(monkeypatch):
 ])
 def test_other_state_formats_keep_the_xla_pass(kwargs):
     params = {"w": jnp.ones((64, 80))}
-    optimizer = aw.adamw(fused=True, **kwargs)
+    optimizer = aw.adamw(1e-3, fused=True, **kwargs)
     assert not _uses_kernel(_one_pass(optimizer), params, optimizer.init(params), params)

@@ -110,3 +110,10 @@ def test_missing_or_non_scalar_value_is_named():
         transform.update(params, transform.init(params), params)
     with pytest.raises(ValueError, match="scalar"):
         transform.update(params, transform.init(params), params, value=jnp.ones(3))
+
+
+@pytest.mark.parametrize("name", ["atol", "eps"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_infinite_tolerances_are_refused(name, value):
+    with pytest.raises(ValueError, match=name):
+        aw.reduce_on_plateau(**{name: value})

@@ -239,3 +239,34 @@ def test_torch_preset_arguments_are_checked_when_built(preset, kwargs, error, wo
 def test_keras_preset_arguments_are_checked_under_keras_names(kwargs, error, words):
     with pytest.raises(error, match=words):
         aw.presets.keras_adamw(**kwargs)
+
+
+@pytest.mark.parametrize("build, name", [
+    (lambda v: aw.presets.torch_adamw(amsgrad=v), "amsgrad"),
+    (lambda v: aw.presets.torch_adamw(maximize=v), "maximize"),
+    (lambda v: aw.presets.torch_adam(amsgrad=v), "amsgrad"),
+    (lambda v: aw.presets.torch_adam(maximize=v), "maximize"),
+    (lambda v: aw.presets.keras_adamw(amsgrad=v), "amsgrad"),
+    (lambda v: aw.presets.keras_adamw(use_ema=v), "use_ema"),
+])
+@pytest.mark.parametrize("value", ["no", "False", 1])
+def test_preset_flags_must_be_bools(build, name, value):
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        build(value)
+
+
+@pytest.mark.parametrize("build, name", [
+    (lambda v: aw.presets.torch_adamw(lr=v), "lr"),
+    (lambda v: aw.presets.torch_adamw(eps=v), "eps"),
+    (lambda v: aw.presets.torch_adamw(weight_decay=v), "weight_decay"),
+    (lambda v: aw.presets.torch_adam(lr=v), "lr"),
+    (lambda v: aw.presets.torch_adam(weight_decay=v), "weight_decay"),
+    (lambda v: aw.presets.keras_adamw(learning_rate=v), "learning_rate"),
+    (lambda v: aw.presets.keras_adamw(weight_decay=v), "weight_decay"),
+    (lambda v: aw.presets.keras_adamw(epsilon=v), "epsilon"),
+    (lambda v: aw.presets.keras_adamw(loss_scale_factor=v), "loss_scale_factor"),
+])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_preset_infinite_and_nan_hyperparameters_are_refused(build, name, value):
+    with pytest.raises(ValueError, match=name):
+        build(value)

@@ -28,11 +28,11 @@ from reference import adamw_trajectory
 def test_integer_and_bool_leaves_are_rejected_with_their_path(dtype):
     params = {"w": jnp.ones(3), "nested": {"step": jnp.zeros((), dtype)}}
     with pytest.raises(TypeError, match=r"nested.*step.*" + jnp.dtype(dtype).name):
-        aw.adamw().init(params)
+        aw.adamw(1e-3, weight_decay=1e-2).init(params)
 
 
 def test_empty_trees_and_none_leaves_work():
-    optimizer = aw.adamw(weight_decay=0.1)
+    optimizer = aw.adamw(1e-3, weight_decay=0.1)
     updates, _ = jax.jit(optimizer.update)({}, optimizer.init({}), {})
     assert updates == {}
     params = {"w": jnp.ones(2), "frozen": None}
@@ -56,15 +56,15 @@ def test_state_of_another_configuration_is_named():
 )
 def test_state_of_a_differently_configured_optimizer_is_named(made_by, used_by):
     params = {"w": jnp.ones(3)}
-    state = aw.adamw(**made_by).init(params)
+    state = aw.adamw(1e-3, **made_by).init(params)
     with pytest.raises(ValueError, match="differently configured"):
-        jax.jit(aw.adamw(**used_by).update)(params, state, params)
+        jax.jit(aw.adamw(1e-3, **used_by).update)(params, state, params)
     with pytest.raises(ValueError, match="differently configured"):
-        aw.adam(**used_by).update(params, aw.adamw(**made_by).init(params), params)
+        aw.adam(1e-3, **used_by).update(params, aw.adamw(1e-3, **made_by).init(params), params)
 
 
 def test_state_of_another_parameter_tree_is_named():
-    optimizer = aw.adamw()
+    optimizer = aw.adamw(1e-3, weight_decay=1e-2)
     state = optimizer.init({"w": jnp.ones(3)})
     bigger = {"w": jnp.ones(3), "b": jnp.ones(2)}
     with pytest.raises(ValueError, match="state"):
@@ -116,7 +116,7 @@ def test_large_but_representable_gradients_match_the_reference():
 def test_nan_gradient_without_a_guard_stays_in_its_element():
     """Documented: without skip_nonfinite/loss scaling, a NaN poisons only its own element."""
     params = {"w": jnp.ones(3)}
-    optimizer = aw.adamw(1e-2)
+    optimizer = aw.adamw(1e-2, weight_decay=1e-2)
     g = {"w": jnp.array([jnp.nan, 1.0, -1.0])}
     updates, state = optimizer.update(g, optimizer.init(params), params)
     new = aw.apply_updates(params, updates)["w"]
