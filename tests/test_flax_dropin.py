@@ -4,6 +4,9 @@ to float32 rounding on the one-pass path, extra arguments forwarded, checkpoints
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -74,7 +77,8 @@ def fused_tolerance(params: Any) -> float:
     different rounding of θ, at most 1 ulp of max|θ| per step. Through the loss the model can
     feed such a difference back into later gradients, but Adam's normalized step bounds each
     step's effect by η. We allow 4·√N ulps of max|θ| (the random-walk growth of independent
-    roundings, with the factor of helpers.float32_tolerance); a real mistake (eps misplaced,
+    roundings, with the factor of helpers.float32_tolerance: 6.7e-6 here, against the 9e-7,
+    4 ulps, we measure); a real mistake (eps misplaced,
     a step off by one, decay on a masked leaf) moves θ by more than 1e-4 within 50 steps.
     """
     largest = max(float(np.max(np.abs(x))) for x in jax.tree_util.tree_leaves(params))
@@ -217,7 +221,11 @@ def plateau_scale(opt_state: Any) -> float:
     return float(opt_state[1].scale)
 
 
-@pytest.mark.parametrize("adamw", [optax.adamw, aw.adamw, lambda *a, **k: aw.adamw(*a, **k, fused=True)],
+def fused_adamw(*args: Any, **kwargs: Any) -> optax.GradientTransformation:
+    return aw.adamw(*args, **kwargs, fused=True)
+
+
+@pytest.mark.parametrize("adamw", [optax.adamw, aw.adamw, fused_adamw],
                          ids=["optax", "adamw_jax", "adamw_jax fused"])
 def test_optimizer_forwards_value_to_reduce_on_plateau_as_flax_does(adamw):
     model, optimizer, losses = nnx_run(awf.Optimizer, plateau_chain(adamw), with_value=True)
@@ -349,9 +357,8 @@ def test_train_state_one_pass_matches_flax_to_float32_rounding(kernel):
         np.testing.assert_allclose(losses, flax_losses, rtol=1e-5)
 
 
-@pytest.mark.parametrize("adamw", [optax.adamw, lambda *a, **k: aw.adamw(*a, **k, fused=True)],
-                         ids=["optax", "adamw_jax fused"])
-def test_train_state_forwards_extra_args_as_nnx_optimizer_does(adamw):
+@pytest.mark.parametrize("adamw", [optax.adamw, fused_adamw], ids=["optax", "adamw_jax fused"])
+def test_train_state_forwards_extra_args_to_tx_update(adamw):
     """Flax's TrainState cannot pass value=loss; ``extra_args`` does, with the trajectory of
     tx.update(..., value=loss) + apply_updates, written out by hand."""
     def by_hand(state, grads, loss):
@@ -402,12 +409,11 @@ def test_train_state_keeps_flax_overwrite_with_gradient_collection():
     from flax.linen.fp8_ops import OVERWRITE_WITH_GRADIENT
 
     params = {"params": {"w": jnp.ones((3,))}, OVERWRITE_WITH_GRADIENT: {"scale": jnp.ones(())}}
-    grads = {"params": {"w": jnp.full((3,), 0.5)}, OVERWRITE_WITH_GRADIENT: {"scale": jnp.ones(())
-                                                                            * 7.0}}
+    grads = {"params": {"w": jnp.full((3,), 0.5)},
+             OVERWRITE_WITH_GRADIENT: {"scale": jnp.full((), 7.0)}}
     for tx in (fused(), optax.adamw(1e-2)):
-        ours = awf.TrainState.create(apply_fn=None, params=params, tx=tx).apply_gradients(grads=grads)
-        theirs = train_state.TrainState.create(apply_fn=None, params=params, tx=tx).apply_gradients(
-            grads=grads)
+        ours, theirs = (cls.create(apply_fn=None, params=params, tx=tx).apply_gradients(grads=grads)
+                        for cls in (awf.TrainState, train_state.TrainState))
         assert_trees_close(ours.params, theirs.params, atol=1e-7)  # one step, |θ| = 1
         assert float(ours.params[OVERWRITE_WITH_GRADIENT]["scale"]) == 7.0
 
@@ -420,3 +426,11 @@ def test_train_state_replaces_fields_and_names_extra_args_for_others():
         state.apply_gradients(grads=grads, value=1.0)
     with pytest.raises(TypeError, match="extra_args"):
         state.apply_gradients(grads=grads, extra_args=[("value", 1.0)])
+
+
+def test_import_adamw_jax_does_not_import_flax():
+    """Flax is imported by ``import adamw_jax.flax`` only (a fresh interpreter: this session has
+    imported Flax already)."""
+    code = "import sys, adamw_jax; assert 'flax' not in sys.modules, 'flax imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ | {
+        "PYTHONPATH": os.pathsep.join(sys.path)})
