@@ -16,6 +16,15 @@ untouched, with the arrays of optax's step (θ, g, m, v per tensor) or of the fu
 tensor, a few flat moment buffers). They time what JAX costs to pass those arrays in and out,
 which no optimizer step over the same pytree can go below.
 
+Three rows are the doors a Flax user takes: an NNX model holding the workload's tensors as its
+Params, stepped by ``optimizer.update(model, grads)`` inside ``nnx.jit`` with the model and the
+optimizer donated, as Flax's docs write a train step (the gradients given as arrays and made, in
+the step, into the ``nnx.State`` of Params that ``nnx.grad`` returns): ``nnx.Optimizer`` with
+``optax.adamw`` (the column "/ nnx optax" divides by it), ``nnx.Optimizer`` with
+``aw.adamw(fused=True)`` (``update`` + ``apply_updates``) and ``adamw_jax.flax.Optimizer`` with
+it (``update_and_apply``, one pass). Besides the step they include what ``nnx.jit`` costs in
+Python per call to traverse the model and the optimizer.
+
 Memory: "peak RSS MB" is how much the process's peak resident set grew while a contender was
 built and ran its first steps (memory freed by earlier contenders is reused, so it understates
 later ones: workloads run smallest first); "XLA temp MB" is the scratch memory XLA allocates
@@ -45,8 +54,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import adamw_jax as aw  # noqa: E402
+import adamw_jax.flax  # noqa: E402
+from flax import nnx  # noqa: E402
 
 BYTES_PER_PARAM = 28
+NNX_OPTAX = "nnx.Optimizer, optax.adamw"
 HYPER = dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2)
 
 
@@ -152,6 +164,54 @@ def build_jax_contenders(shapes, params, grads) -> dict[str, Callable]:
     }
 
 
+class _NnxTensors(nnx.Module):
+    """An NNX model whose parameters are the given arrays."""
+
+    def __init__(self, arrays: list[jax.Array]) -> None:
+        self.tensors = nnx.List([nnx.Param(a) for a in arrays])
+
+
+def _nnx_contender(optimizer_class: type, optimizer: optax.GradientTransformation, params, grads):
+    """``optimizer_class(model, optimizer, wrt=nnx.Param).update(model, grads)`` under
+    ``nnx.jit`` with model and optimizer donated: compile time, a callable running one step,
+    XLA's scratch memory. In a train step the gradients are born inside (``nnx.grad``), so
+    ``nnx.jit`` never traverses them: here they come in as a list of arrays (what every other
+    row passes) and become, inside the step, the ``nnx.State`` of Params that ``nnx.grad``
+    returns."""
+    model = _NnxTensors(params)
+    trainer = optimizer_class(model, optimizer, wrt=nnx.Param)
+    param_tree = jax.tree_util.tree_structure(nnx.state(model, nnx.Param))
+
+    def train_step(model, trainer, grads):
+        trainer.update(model, jax.tree_util.tree_unflatten(param_tree, grads))
+
+    step = nnx.jit(train_step, donate_argnums=(0, 1))
+    start = time.perf_counter()
+    compiled = step.lower(model, trainer, grads).compile()  # the call below reuses it
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+
+    def run() -> None:
+        step(model, trainer, grads)
+        jax.block_until_ready(model.tensors[-1].get_value())  # one program: all outputs at once
+
+    return compile_s, run, memory.temp_size_in_bytes / 2**20 if memory is not None else None
+
+
+def build_flax_contenders(params, grads) -> dict[str, Callable]:
+    lr, b1, b2, eps, wd = (HYPER[k] for k in ("lr", "b1", "b2", "eps", "weight_decay"))
+    return {
+        NNX_OPTAX: lambda: _nnx_contender(
+            nnx.Optimizer, optax.adamw(lr, b1, b2, eps, weight_decay=wd), _copy(params), grads),
+        "nnx.Optimizer, adamw_jax fused": lambda: _nnx_contender(
+            nnx.Optimizer, aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(params),
+            grads),
+        "adamw_jax.flax.Optimizer, fused": lambda: _nnx_contender(
+            adamw_jax.flax.Optimizer, aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True),
+            _copy(params), grads),
+    }
+
+
 def build_torch_contenders(shapes, grads) -> dict[str, Callable]:
     import torch
 
@@ -223,7 +283,7 @@ def run_workload(name: str, shapes, rounds: int, bandwidth: float, peers: bool) 
     keys = jax.random.split(jax.random.key(0), len(shapes))
     params = [jnp.ones(s, jnp.float32) for s in shapes]
     grads = [1e-3 * jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes)]
-    builders = build_jax_contenders(shapes, params, grads)
+    builders = build_jax_contenders(shapes, params, grads) | build_flax_contenders(params, grads)
     if peers:
         builders |= build_torch_contenders(shapes, grads) | build_keras_contender(params, grads)
     runners, results = {}, {}
@@ -248,7 +308,7 @@ def run_workload(name: str, shapes, rounds: int, bandwidth: float, peers: bool) 
         result.update(median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times))
         result["fraction_of_bound"] = bound_ms / result["median_ms"]
     for label, result in results.items():
-        for peer in ("optax.adamw", "torch AdamW fused"):
+        for peer in ("optax.adamw", "torch AdamW fused", NNX_OPTAX):
             if peer in results:
                 result[f"ratio_to_{peer}"] = result["median_ms"] / results[peer]["median_ms"]
     return dict(workload=name, params=n, tensors=len(shapes), bound_ms=bound_ms, results=results)
@@ -257,13 +317,14 @@ def run_workload(name: str, shapes, rounds: int, bandwidth: float, peers: bool) 
 def format_table(report: dict) -> str:
     lines = [f"## {report['workload']}: {report['params']:,} params in {report['tensors']} tensors, "
              f"bound {report['bound_ms']:.1f} ms", "",
-             "| contender | median ms | min ms | / optax | / torch fused | of bound | compile s "
-             "| peak RSS MB | XLA temp MB |", "|---|---|---|---|---|---|---|---|---|"]
+             "| contender | median ms | min ms | / optax | / torch fused | / nnx optax | of bound "
+             "| compile s | peak RSS MB | XLA temp MB |", "|---" * 10 + "|"]
     for label, r in report["results"].items():
         ratio = lambda key: f"{r[key]:.2f}x" if key in r else "-"  # noqa: E731
         lines.append(
             f"| {label} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | {ratio('ratio_to_optax.adamw')} "
-            f"| {ratio('ratio_to_torch AdamW fused')} | {100 * r['fraction_of_bound']:.0f}% "
+            f"| {ratio('ratio_to_torch AdamW fused')} | {ratio(f'ratio_to_{NNX_OPTAX}')} "
+            f"| {100 * r['fraction_of_bound']:.0f}% "
             f"| {r['compile_s']:.2f} | {r['peak_rss_mb']:.0f} "
             f"| {'-' if r['xla_temp_mb'] is None else format(r['xla_temp_mb'], '.0f')} |")
     return "\n".join(lines)

@@ -39,6 +39,8 @@ def test_quick_run_times_every_contender_and_saves_results(step_module, tmp_path
         "dispatch floor: identity, optax's arrays", "dispatch floor: identity, fused's arrays",
         "optax.adamw", "adamw_jax", "adamw_jax fused", "adamw_jax fused, update_and_apply",
         "adamw_jax fused, flat params",
+        "nnx.Optimizer, optax.adamw", "nnx.Optimizer, adamw_jax fused",
+        "adamw_jax.flax.Optimizer, fused",
         "torch AdamW fused", "torch AdamW foreach", "keras AdamW"}
     for r in contenders.values():
         assert 0 < r["min_ms"] <= r["median_ms"] and r["compile_s"] > 0
@@ -46,7 +48,11 @@ def test_quick_run_times_every_contender_and_saves_results(step_module, tmp_path
         assert r["fraction_of_bound"] == pytest.approx(workload["bound_ms"] / r["median_ms"])
         assert r["ratio_to_optax.adamw"] == pytest.approx(
             r["median_ms"] / contenders["optax.adamw"]["median_ms"])
+        assert r["ratio_to_nnx.Optimizer, optax.adamw"] == pytest.approx(
+            r["median_ms"] / contenders["nnx.Optimizer, optax.adamw"]["median_ms"])
     assert contenders["torch AdamW fused"]["ratio_to_torch AdamW fused"] == pytest.approx(1.0)
+    # the Flax drop-in donated through nnx.jit: the one-pass step runs in place, as the flat one
+    assert contenders["adamw_jax.flax.Optimizer, fused"]["xla_temp_mb"] < 0.25 / 100
     # one fp32 tensor, donated: the flat fused step updates p, m and v in place, so its scratch
     # is a few scalars, far below one copy of the 2**16-element buffer (0.25 MB)
     assert contenders["adamw_jax fused, flat params"]["xla_temp_mb"] < 0.25 / 100
