@@ -3,6 +3,9 @@
 This module only re-exports; each concept lives in its own module (see DESIGN.md).
 """
 
+import importlib
+from typing import Any
+
 from adamw_jax import (
     accumulation,
     clipping,
@@ -47,6 +50,15 @@ from adamw_jax.updates import apply_updates, update_and_apply
 from adamw_jax.weight_decay import WeightDecayState, add_decayed_weights, decoupled_weight_decay
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``aw.flax`` (the Flax drop-ins) is imported on first use, so that ``import adamw_jax``
+    does not import Flax."""
+    if name == "flax":
+        return importlib.import_module("adamw_jax.flax")
+    raise AttributeError(f"module 'adamw_jax' has no attribute {name!r}")
+
 
 __all__ = [
     "AccumulateGradientsState",

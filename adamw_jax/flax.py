@@ -26,9 +26,15 @@ from typing import Any, TypeVar
 
 import jax
 import optax
-from flax import nnx
-from flax.linen.fp8_ops import OVERWRITE_WITH_GRADIENT
-from flax.training import train_state
+
+try:
+    from flax import nnx
+    from flax.linen.fp8_ops import OVERWRITE_WITH_GRADIENT
+    from flax.training import train_state
+except ImportError as error:  # pragma: no cover - exercised in a subprocess without flax
+    raise ImportError(
+        "adamw_jax.flax needs Flax: pip install 'adamw_jax[flax]' (or pip install flax)."
+    ) from error
 
 from adamw_jax.updates import update_and_apply
 
