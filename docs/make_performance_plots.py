@@ -121,8 +121,9 @@ def plot_bound(run: dict, path: Path) -> None:
                   height=height, label=describe(entry))
     axis.set_yticks(range(len(names)), names, fontsize=8)
     axis.invert_yaxis()
-    axis.set_xlim(0, max(100.0, *(105 * row["fraction_of_bound"] for entry in workloads
-                                  for row in entry["results"].values())))
+    axis.set_xlim(0, max(100.0, *(105 * entry["results"][name]["fraction_of_bound"]
+                                  for entry in workloads for name in names
+                                  if name in entry["results"])))
     axis.set_xlabel("% of the bandwidth bound (28 bytes per parameter at the measured triad "
                     f"bandwidth, {run['triad_gb_s']:.1f} GB/s)", fontsize=8)
     axis.set_title(f"Run of {run['date'][:16].replace('T', ' ')} on {run['machine']['host']} "

@@ -99,3 +99,14 @@ def test_api_hook_passes_on_the_package():
     hook = _load_hook()
     package = griffe.load("adamw_jax", search_paths=[str(ROOT)], resolve_aliases=True)
     assert hook._problems(package, *hook._documented(ROOT / "docs" / "api")) == []
+
+
+def test_rst_simple_tables_become_markdown_tables():
+    spec = importlib.util.spec_from_file_location("rst_tables", ROOT / "docs" / "_griffe_rst_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = "Peers:\n\n=====  ========\ntorch  ``a | b``\nkeras  c\n=====  ========\n\nAfter."
+    assert module.markdown_tables(text) == (
+        "Peers:\n\n|  |  |\n|---|---|\n| torch | ``a \\| b`` |\n| keras | c |\n\nAfter.")
+    with_header = "=== ===\nA   B\n=== ===\nx   y\n=== ==="
+    assert module.markdown_tables(with_header) == "| A | B |\n|---|---|\n| x | y |"
