@@ -40,8 +40,11 @@ def _public_names(module: griffe.Module) -> list[str]:
     """``__all__`` if the module has one, else the names it defines without a leading ``_``."""
     if module.exports is not None:
         return [str(name) for name in module.exports]
-    return [name for name, member in module.members.items()
-            if not name.startswith("_") and not member.is_alias]
+    return [
+        name
+        for name, member in module.members.items()
+        if not name.startswith("_") and not member.is_alias
+    ]
 
 
 def _target(member: griffe.Object | griffe.Alias) -> griffe.Object:
@@ -52,18 +55,29 @@ def _target(member: griffe.Object | griffe.Alias) -> griffe.Object:
 def _documented(api_dir: Path) -> tuple[set[str], set[str]]:
     """The objects named in ``::: path`` blocks of the API pages, and those of them rendered
     with their members (no ``members: false`` option)."""
-    blocks = [match for page in sorted(api_dir.glob("*.md"))
-              for match in DIRECTIVE.findall(page.read_text() + "\n")]
-    return ({path for path, _ in blocks},
-            {path for path, options in blocks if "members: false" not in options})
+    blocks = [
+        match
+        for page in sorted(api_dir.glob("*.md"))
+        for match in DIRECTIVE.findall(page.read_text() + "\n")
+    ]
+    return (
+        {path for path, _ in blocks},
+        {path for path, options in blocks if "members: false" not in options},
+    )
 
 
 def _problems(package: griffe.Module, documented: set[str], with_members: set[str]) -> list[str]:
     problems = []
-    top_level = {_target(package.members[name]).path for name in _public_names(package)
-                 if f"{package.path}.{name}" in documented}
-    modules = [package] + [_target(package.members[name]) for name in _public_names(package)
-                           if _target(package.members[name]).is_module]
+    top_level = {
+        _target(package.members[name]).path
+        for name in _public_names(package)
+        if f"{package.path}.{name}" in documented
+    }
+    modules = [package] + [
+        _target(package.members[name])
+        for name in _public_names(package)
+        if _target(package.members[name]).is_module
+    ]
     for module in modules:
         if not module.docstring:
             problems.append(f"module {module.path} has no docstring")
@@ -76,8 +90,11 @@ def _problems(package: griffe.Module, documented: set[str], with_members: set[st
             path = f"{module.path}.{name}"
             if (target.is_function or target.is_class) and not target.docstring:
                 problems.append(f"{path} ({target.kind.value}) has no docstring")
-            if not ({path, target.path} & documented or module.path in with_members
-                    or target.path in top_level):
+            if not (
+                {path, target.path} & documented
+                or module.path in with_members
+                or target.path in top_level
+            ):
                 problems.append(f"{path} is in no ::: block of docs/api/")
     return problems
 

@@ -71,24 +71,45 @@ def plot_ratios(runs: list[dict], path: Path) -> None:
             rows = [row for row, name in enumerate(names) if name in values]
             offsets = [row + (index - (len(runs) - 1) / 2) * height for row in rows]
             widths = [values[names[row]] for row in rows]
-            axis.barh(offsets, widths, height=height,
-                      label=f"{run['date'][:16].replace('T', ' ')} ({run['machine']['host']}, "
-                            f"{run['machine']['cpus']} CPUs)")
+            axis.barh(
+                offsets,
+                widths,
+                height=height,
+                label=f"{run['date'][:16].replace('T', ' ')} ({run['machine']['host']}, "
+                f"{run['machine']['cpus']} CPUs)",
+            )
             for offset, width in zip(offsets, widths):
                 axis.text(width, offset, f" {width:.2f}x", va="center", fontsize=6)
         reference = entry["results"][REFERENCE]["median_ms"]
         lines = {"bound": entry["bound_ms"] / reference}
-        lines.update({name.split(": ", 1)[1]: row["median_ms"] / reference
-                      for name, row in entry["results"].items() if name.startswith(FLOOR)})
-        low = 0.8 * min(lines["bound"], *(ratios(runs[-1], entry["workload"])[name]
-                                          for name in names if name in entry["results"]))
+        lines.update(
+            {
+                name.split(": ", 1)[1]: row["median_ms"] / reference
+                for name, row in entry["results"].items()
+                if name.startswith(FLOOR)
+            }
+        )
+        low = 0.8 * min(
+            lines["bound"],
+            *(
+                ratios(runs[-1], entry["workload"])[name]
+                for name in names
+                if name in entry["results"]
+            ),
+        )
         axis.set_xscale("log")
         axis.set_xlim(low, 1.6 * max(ratios(runs[-1], entry["workload"]).values()))
         for label, value in lines.items():
             if value >= low:
-                axis.axvline(value, color="gray", linewidth=1.0, linestyle=LINE_STYLES[label],
-                             label=f"{FLOOR}: {label}" if label != "bound" else
-                             "bandwidth bound (28 bytes per parameter)")
+                axis.axvline(
+                    value,
+                    color="gray",
+                    linewidth=1.0,
+                    linestyle=LINE_STYLES[label],
+                    label=f"{FLOOR}: {label}"
+                    if label != "bound"
+                    else "bandwidth bound (28 bytes per parameter)",
+                )
         axis.axvline(1.0, color="black", linewidth=0.8)
         ticks = [tick for tick in TICKS if axis.get_xlim()[0] <= tick <= axis.get_xlim()[1]]
         axis.set_xticks(ticks, [f"{tick:g}x" for tick in ticks], fontsize=8)
@@ -96,13 +117,16 @@ def plot_ratios(runs: list[dict], path: Path) -> None:
         axis.set_yticks(range(len(names)), names, fontsize=8)
         axis.set_ylim(len(names) - 0.5, -0.7)
         axis.set_title(describe(entry), fontsize=10)
-        axis.set_xlabel(f"median step time / {REFERENCE}'s (log scale; lower is faster)", fontsize=8)
+        axis.set_xlabel(
+            f"median step time / {REFERENCE}'s (log scale; lower is faster)", fontsize=8
+        )
     legend: dict[str, object] = {}
     for axis in axes[:, 0]:
         for handle, label in zip(*axis.get_legend_handles_labels()):
             legend.setdefault(label, handle)
-    figure.legend(list(legend.values()), list(legend), loc="lower center", ncol=2, fontsize=8,
-                  frameon=False)
+    figure.legend(
+        list(legend.values()), list(legend), loc="lower center", ncol=2, fontsize=8, frameon=False
+    )
     figure.tight_layout(rect=(0, 0.06, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -110,24 +134,45 @@ def plot_ratios(runs: list[dict], path: Path) -> None:
 
 def plot_bound(run: dict, path: Path) -> None:
     workloads = run["workloads"]
-    names = [name for name in contenders([run], workloads[0]["workload"])
-             if not name.startswith("dispatch floor")]
+    names = [
+        name
+        for name in contenders([run], workloads[0]["workload"])
+        if not name.startswith("dispatch floor")
+    ]
     figure, axis = plt.subplots(figsize=(9, 4.5))
     height = 0.8 / len(workloads)
     for index, entry in enumerate(workloads):
         rows = [row for row, name in enumerate(names) if name in entry["results"]]
-        axis.barh([row + (index - (len(workloads) - 1) / 2) * height for row in rows],
-                  [100 * entry["results"][names[row]]["fraction_of_bound"] for row in rows],
-                  height=height, label=describe(entry))
+        axis.barh(
+            [row + (index - (len(workloads) - 1) / 2) * height for row in rows],
+            [100 * entry["results"][names[row]]["fraction_of_bound"] for row in rows],
+            height=height,
+            label=describe(entry),
+        )
     axis.set_yticks(range(len(names)), names, fontsize=8)
     axis.invert_yaxis()
-    axis.set_xlim(0, max(100.0, *(105 * entry["results"][name]["fraction_of_bound"]
-                                  for entry in workloads for name in names
-                                  if name in entry["results"])))
-    axis.set_xlabel("% of the bandwidth bound (28 bytes per parameter at the measured triad "
-                    f"bandwidth, {run['triad_gb_s']:.1f} GB/s)", fontsize=8)
-    axis.set_title(f"Run of {run['date'][:16].replace('T', ' ')} on {run['machine']['host']} "
-                   f"({run['machine']['cpus']} CPUs)", fontsize=10)
+    axis.set_xlim(
+        0,
+        max(
+            100.0,
+            *(
+                105 * entry["results"][name]["fraction_of_bound"]
+                for entry in workloads
+                for name in names
+                if name in entry["results"]
+            ),
+        ),
+    )
+    axis.set_xlabel(
+        "% of the bandwidth bound (28 bytes per parameter at the measured triad "
+        f"bandwidth, {run['triad_gb_s']:.1f} GB/s)",
+        fontsize=8,
+    )
+    axis.set_title(
+        f"Run of {run['date'][:16].replace('T', ' ')} on {run['machine']['host']} "
+        f"({run['machine']['cpus']} CPUs)",
+        fontsize=10,
+    )
     axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8, frameon=False)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

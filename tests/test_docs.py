@@ -37,8 +37,11 @@ def python_blocks(path: Path) -> list[str]:
     return FENCE.findall(expand_snippets(path.read_text()))
 
 
-BLOCKS = [pytest.param(path, index, code, id=f"{path.relative_to(ROOT)}[{index}]")
-          for path in FILES for index, code in enumerate(python_blocks(path))]
+BLOCKS = [
+    pytest.param(path, index, code, id=f"{path.relative_to(ROOT)}[{index}]")
+    for path in FILES
+    for index, code in enumerate(python_blocks(path))
+]
 
 
 def test_every_page_is_collected():
@@ -48,15 +51,20 @@ def test_every_page_is_collected():
 
 
 @pytest.mark.parametrize(("path", "index", "code"), BLOCKS)
-def test_code_block_runs(path: Path, index: int, code: str, tmp_path: Path,
-                         monkeypatch: pytest.MonkeyPatch):
+def test_code_block_runs(
+    path: Path, index: int, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     name = f"{path.relative_to(ROOT)}, python block {index}"
     monkeypatch.chdir(tmp_path)
     if code.startswith(MULTI_DEVICE):
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                                text=True, timeout=600)
+        env = dict(
+            os.environ,
+            XLA_FLAGS="--xla_force_host_platform_device_count=8",
+            PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, f"{name} failed:\n{result.stderr[-4000:]}"
     else:
         exec(compile(code, name, "exec"), {"__name__": "__main__"})
@@ -80,9 +88,11 @@ def test_api_hook_reports_missing_docstrings_and_reference_entries(tmp_path: Pat
     (package / "__init__.py").write_text(
         '"""A package."""\nfrom pkg.core import documented, undocumented\n'
         '__all__ = ["documented", "undocumented", "forgotten"]\n'
-        'def forgotten():\n    """Documented, but in no ::: block."""\n')
+        'def forgotten():\n    """Documented, but in no ::: block."""\n'
+    )
     (package / "core.py").write_text(
-        '"""Core."""\ndef documented():\n    """Has one."""\ndef undocumented():\n    pass\n')
+        '"""Core."""\ndef documented():\n    """Has one."""\ndef undocumented():\n    pass\n'
+    )
     api = tmp_path / "api"
     api.mkdir()
     (api / "index.md").write_text("::: pkg.documented\n\n::: pkg.undocumented\n")
@@ -102,11 +112,14 @@ def test_api_hook_passes_on_the_package():
 
 
 def test_rst_simple_tables_become_markdown_tables():
-    spec = importlib.util.spec_from_file_location("rst_tables", ROOT / "docs" / "_griffe_rst_tables.py")
+    spec = importlib.util.spec_from_file_location(
+        "rst_tables", ROOT / "docs" / "_griffe_rst_tables.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     text = "Peers:\n\n=====  ========\ntorch  ``a | b``\nkeras  c\n=====  ========\n\nAfter."
     assert module.markdown_tables(text) == (
-        "Peers:\n\n|  |  |\n|---|---|\n| torch | ``a \\| b`` |\n| keras | c |\n\nAfter.")
+        "Peers:\n\n|  |  |\n|---|---|\n| torch | ``a \\| b`` |\n| keras | c |\n\nAfter."
+    )
     with_header = "=== ===\nA   B\n=== ===\nx   y\n=== ==="
     assert module.markdown_tables(with_header) == "| A | B |\n|---|---|\n| x | y |"
