@@ -112,14 +112,15 @@ def test_api_hook_passes_on_the_package():
 
 
 def test_rst_simple_tables_become_markdown_tables():
-    spec = importlib.util.spec_from_file_location(
-        "rst_tables", ROOT / "docs" / "_griffe_rst_tables.py"
-    )
+    spec = importlib.util.spec_from_file_location("griffe_rst", ROOT / "docs" / "_griffe_rst.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     text = "Peers:\n\n=====  ========\ntorch  ``a | b``\nkeras  c\n=====  ========\n\nAfter."
     assert module.markdown_tables(text) == (
         "Peers:\n\n|  |  |\n|---|---|\n| torch | ``a \\| b`` |\n| keras | c |\n\nAfter."
+    )
+    assert module.markdown_literal_markers("the class::\n\n    code\nx = {a: 1}") == (
+        "the class:\n\n    code\nx = {a: 1}"
     )
     with_header = "=== ===\nA   B\n=== ===\nx   y\n=== ==="
     assert module.markdown_tables(with_header) == "| A | B |\n|---|---|\n| x | y |"

@@ -1,4 +1,7 @@
-"""Griffe extension: reStructuredText simple tables in docstrings become Markdown tables.
+"""Griffe extension: two reStructuredText constructs in docstrings are rewritten for Markdown.
+
+A paragraph ending in ``::`` introduces an indented literal block in reST; Markdown already
+reads the indented block as code, so the marker becomes a single ``:``.
 
 A simple table is a rule of ``=`` runs separated by spaces, rows whose columns start where the
 runs start, and a closing rule (a header, if any, is closed by a rule too)::
@@ -18,6 +21,7 @@ from typing import Any
 import griffe
 
 RULE = re.compile(r"^( *)(=+(?: +=+)+) *$")
+LITERAL_MARKER = re.compile(r"(?<=\S)::$", re.MULTILINE)
 
 
 def _columns(rule: str) -> list[tuple[int, int]]:
@@ -68,9 +72,14 @@ def markdown_tables(text: str) -> str:
     return "\n".join(out)
 
 
-class RstSimpleTables(griffe.Extension):
-    """Rewrites every docstring's simple tables as Markdown tables."""
+def markdown_literal_markers(text: str) -> str:
+    """``text`` with each reST literal-block marker ``word::`` at a line's end as ``word:``."""
+    return LITERAL_MARKER.sub(":", text)
+
+
+class RstForMarkdown(griffe.Extension):
+    """Rewrites every docstring's simple tables and literal-block markers for Markdown."""
 
     def on_object(self, *, obj: griffe.Object, loader: Any, **kwargs: Any) -> None:
-        if obj.docstring is not None and "==" in obj.docstring.value:
-            obj.docstring.value = markdown_tables(obj.docstring.value)
+        if obj.docstring is not None:
+            obj.docstring.value = markdown_literal_markers(markdown_tables(obj.docstring.value))
