@@ -190,10 +190,20 @@ def _low_precision(param: jax.Array) -> bool:
 
 
 def add_and_round(base: jax.Array, update: jax.Array, dtype: Any, key: jax.Array | None) -> jax.Array:
-    """``base + update`` in at least float32, rounded to ``dtype`` (stochastically with a key)."""
-    compute = num.compute_dtype(jnp.result_type(base.dtype, dtype))
-    total = base.astype(compute) + update.astype(compute)
+    """``base + update`` in at least float32, rounded to ``dtype`` (stochastically with a key),
+    saturating at ``dtype``'s largest finite value: finite ``base`` and ``update`` never give
+    ``inf``."""
+    total = _saturating_sum(base, update, num.compute_dtype(jnp.result_type(base.dtype, dtype)))
     return round_to_dtype(total, dtype, uniform_noise(key, total.shape))
+
+
+def _saturating_sum(base: jax.Array, update: jax.Array, compute: jnp.dtype) -> jax.Array:
+    """``base + update`` in ``compute``; a sum of two finite values that overflows ``compute``
+    (bfloat16's largest plus itself is inf in float32) is its largest finite value instead."""
+    b, u = base.astype(compute), update.astype(compute)
+    total = b + u
+    overflowed = jnp.isinf(total) & jnp.isfinite(b) & jnp.isfinite(u)
+    return jnp.where(overflowed, jnp.copysign(jnp.finfo(compute).max, total), total)
 
 
 def _master_or(master: Any, params: optax.Params) -> optax.Params:
@@ -215,7 +225,7 @@ class LowPrecisionParamsState(NamedTuple):
 def low_precision_params(
     inner: optax.GradientTransformation, *, master_weights: bool = False,
     stochastic_rounding: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Wrap ``inner`` so bf16/f16 parameters keep learning.
 
     ``master_weights``: keep ``θ32``, a float32 copy of each bf16/f16 parameter, in the state;
@@ -223,9 +233,11 @@ def low_precision_params(
     weight decay acts on it), ``θ32 ← θ32 + u`` exactly, and the
     parameter becomes ``round(θ32)`` (TransformerEngine, apex). ``stochastic_rounding``: the
     new parameter ``θ + u`` (or ``θ32``) is rounded stochastically. The emitted update is
-    ``new - θ`` in float32, exact, so ``apply_updates`` lands on ``new``. Leaves of float32 and
-    wider pass through unchanged.
+    ``new - θ`` in float32, exact, so ``apply_updates`` lands on ``new``; ``new`` saturates at
+    the parameter dtype's largest finite value. Leaves of float32 and wider pass through
+    unchanged. Extra arguments (``value=loss``...) are passed to ``inner``.
     """
+    inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: optax.Params) -> LowPrecisionParamsState:
         master = jax.tree_util.tree_map(
@@ -233,12 +245,13 @@ def low_precision_params(
         return LowPrecisionParamsState(num.zero_count(), master, inner.init(_master_or(master, params)))
 
     def update_fn(updates: optax.Updates, state: LowPrecisionParamsState,
-                  params: optax.Params | None = None) -> tuple[optax.Updates, LowPrecisionParamsState]:
+                  params: optax.Params | None = None, **extra_args: Any,
+                  ) -> tuple[optax.Updates, LowPrecisionParamsState]:
         if params is None:
             raise ValueError("bf16/f16 parameter rounding needs the parameters: call "
                              "update(updates, state, params).")
         base = _master_or(state.master, params)
-        inner_updates, inner_state = inner.update(updates, state.inner_state, base)
+        inner_updates, inner_state = inner.update(updates, state.inner_state, base, **extra_args)
         leaves, treedef = jax.tree_util.tree_flatten(params)
         keys = step_keys(state.count, PARAMS_STREAM, len(leaves))
 
@@ -246,7 +259,7 @@ def low_precision_params(
             if not _low_precision(p):
                 return u, None
             compute = num.compute_dtype(b.dtype)
-            new = b.astype(compute) + u.astype(compute)
+            new = _saturating_sum(b, u, compute)
             rounded = round_to_dtype(new, p.dtype, uniform_noise(key, p.shape) if stochastic_rounding else None)
             return rounded.astype(compute) - p.astype(compute), new if b.dtype != p.dtype else None
 
@@ -256,4 +269,4 @@ def low_precision_params(
         master = treedef.unflatten([m for _, m in results]) if master_weights else state.master
         return new_updates, LowPrecisionParamsState(num.safe_increment(state.count), master, inner_state)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
