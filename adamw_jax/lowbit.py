@@ -19,6 +19,10 @@ Arithmetic always runs in float32; only storage is rounded. A moment is stored i
   keeps 11 bits down to ``2^-28`` of the block's maximum and is nonzero down to ``2^-48``.
   The first moment has the range of the gradient and is stored as plain float16.
 
+On meshes with Explicit axes (sharding in types) a block-stored moment is kept replicated: the
+flattening into blocks is done on the all-gathered tensor and the decoded moment is resharded
+like the gradient (an all-gather per step for such leaves; ``aw.state_shardings`` places it).
+
 Tensors with fewer than 4096 elements keep float32 in the block formats (as bitsandbytes): the
 saving is nil and a padded block of 256 would cost more. A positive second moment never decodes
 to zero in a block format (nor does any nonzero float16 value): a too-small ``v`` would make
@@ -40,6 +44,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec
 
 from adamw_jax import _numerics as num
 from adamw_jax._quantization import (
@@ -126,7 +131,7 @@ class MomentStorage:
 
         def leaf(g: jax.Array, s: jax.Array | BlockwiseArray) -> jax.Array:
             if isinstance(s, BlockwiseArray):
-                x = decode_blocks(s, g.size).reshape(g.shape)
+                x = _sharded_like(decode_blocks(_unsharded(s), g.size).reshape(g.shape), g)
                 if self.second_moment:
                     x = jnp.square(x)
             else:
@@ -145,14 +150,36 @@ class MomentStorage:
 
         def leaf(x: jax.Array, s: jax.Array | BlockwiseArray, key: jax.Array | None):
             if isinstance(s, BlockwiseArray):
-                flat = x.reshape(-1).astype(jnp.float32)
+                flat = _unsharded(x).reshape(-1).astype(jnp.float32)
                 if self.second_moment:
                     flat = jnp.sqrt(flat)
-                return encode_blocks(flat, s.values.dtype, uniform=uniform_noise(key, s.values.shape))
+                blocks = encode_blocks(flat, s.values.dtype, uniform=uniform_noise(key, s.values.shape))
+                return BlockwiseArray(*map(_sharded_like, blocks, s))  # keeps e.g. a ZeRO-1 split
             narrower = jnp.finfo(s.dtype).bits < jnp.finfo(x.dtype).bits
             return round_to_dtype(x, s.dtype, uniform_noise(key, x.shape) if narrower else None)
 
         return treedef.unflatten([leaf(*args) for args in zip(leaves, stored_leaves, keys)])
+
+
+def _explicit_sharding(x: jax.Array) -> jax.sharding.NamedSharding | None:
+    """The sharding of an array sharded on an Explicit mesh axis (sharding in types), else None."""
+    sharding = jax.typeof(x).sharding
+    return sharding if any(axis is not None for axis in sharding.spec) else None
+
+
+def _unsharded(tree: Any) -> Any:
+    """``tree`` with every explicitly sharded array replicated (all-gathered). The block
+    layout flattens a tensor into (blocks, 256), a reshape that does not keep an explicit
+    sharding; on Auto meshes XLA places it and this does nothing."""
+    return jax.tree_util.tree_map(
+        lambda x: x if _explicit_sharding(x) is None
+        else jax.sharding.reshard(x, jax.sharding.NamedSharding(_explicit_sharding(x).mesh, PartitionSpec())), tree)
+
+
+def _sharded_like(x: jax.Array, like: jax.Array) -> jax.Array:
+    """``x`` with the explicit sharding of ``like`` (if it has one)."""
+    sharding = _explicit_sharding(like)
+    return x if sharding is None else jax.sharding.reshard(x, sharding)
 
 
 def moment_storage(
