@@ -1,13 +1,13 @@
 """Gradient clipping: by value, by each tensor's norm, by the global norm of all tensors.
 
-    clip_by_value:        g ← clip(g, -c, c)                                (optax.clip, Keras clipvalue)
+    clip_by_value:        g ← clip(g, -c, c)                          (optax.clip, Keras clipvalue)
     clip_by_norm:         g ← g · c / max(‖g‖₂, c)        for each tensor alone    (Keras clipnorm)
     clip_by_global_norm:  g ← g · c / max(‖G‖₂ + eps, c)  with ‖G‖₂² = Σ ‖g‖₂²
                           (optax and Keras global_clipnorm with eps=0; torch clip_grad_norm_ with
                           eps=1e-6)
 
-Norms never overflow or underflow: they are taken of the gradients divided by a power of two
-``a`` just above the largest magnitude, ``‖G‖₂ = a · ‖G / a‖₂``, in at least float32, so every
+Norms never overflow: they are taken of the gradients divided by a power of two ``a`` near the
+largest magnitude (``max|G| / a`` in [1, 4)), ``‖G‖₂ = a · ‖G / a‖₂``, in at least float32, so every
 element 1e20 or a thousand elements of 6e17 (whose float32 sum of squares is ``inf``) clip to
 the exact answer, and the clipping factor ``c / (‖G / a‖₂ + eps / a) / a`` is formed without
 the overflowing ``‖G‖₂`` itself. Division by ``a`` is exact; the cost is one more read of
@@ -38,7 +38,9 @@ class ClipState(NamedTuple):
     """Clipping keeps no state."""
 
 
-def _stateless(clip: Callable[[optax.Updates], optax.Updates]) -> optax.GradientTransformationExtraArgs:
+def _stateless(
+    clip: Callable[[optax.Updates], optax.Updates],
+) -> optax.GradientTransformationExtraArgs:
     """A transform whose update is ``clip(updates)`` and whose state is empty."""
 
     def init_fn(params: optax.Params) -> ClipState:
@@ -46,7 +48,8 @@ def _stateless(clip: Callable[[optax.Updates], optax.Updates]) -> optax.Gradient
         return ClipState()
 
     def update_fn(
-        updates: optax.Updates, state: ClipState, params: optax.Params | None = None, **extra_args: Any
+        updates: optax.Updates, state: ClipState, params: optax.Params | None = None,
+        **extra_args: Any,
     ) -> tuple[optax.Updates, ClipState]:
         del params, extra_args
         return clip(updates), state
@@ -74,7 +77,8 @@ def _power_of_two(exponent: jax.Array, dtype: jnp.dtype) -> jax.Array:
     """``2^exponent`` for an exponent in the normal range, exact (built from its bits)."""
     info = jnp.finfo(dtype)
     uint = jnp.uint64 if dtype == jnp.float64 else jnp.uint32
-    return jax.lax.bitcast_convert_type((exponent - info.minexp + 1).astype(uint) << info.nmant, dtype)
+    biased = (exponent - info.minexp + 1).astype(uint)
+    return jax.lax.bitcast_convert_type(biased << info.nmant, dtype)
 
 
 class _Norm(NamedTuple):
@@ -111,7 +115,9 @@ def global_norm(tree: optax.Updates) -> jax.Array:
     return jnp.where(norm.finite, norm.scale * norm.scaled, jnp.nan)
 
 
-def _clip_to_norm(leaves: Sequence[jax.Array], bound: jax.Array, offset: jax.Array) -> list[jax.Array]:
+def _clip_to_norm(
+    leaves: Sequence[jax.Array], bound: jax.Array, offset: jax.Array,
+) -> list[jax.Array]:
     """The leaves times ``c / (‖G‖₂ + eps)`` where ``‖G‖₂ + eps > c``, else unchanged."""
     norm = _norm(leaves)
     clips = norm.scale * norm.scaled + offset > bound  # an overflowed norm (inf) clips
@@ -162,7 +168,9 @@ def clip_by_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
     return _stateless(clip)
 
 
-def clip_by_global_norm(max_norm: float, *, eps: float = 0.0) -> optax.GradientTransformationExtraArgs:
+def clip_by_global_norm(
+    max_norm: float, *, eps: float = 0.0,
+) -> optax.GradientTransformationExtraArgs:
     """Rescale all gradients together so their joint L2 norm is at most ``max_norm``:
     ``g ← g · c / max(‖G‖₂ + eps, c)``.
 

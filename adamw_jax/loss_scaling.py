@@ -106,7 +106,8 @@ MIN_SCALE, MAX_SCALE = 1.0, 2.0**24
 
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}.")
+        raise TypeError(f"{name} must be a bool (True or False), got "
+                        f"{type(value).__name__} {value!r}.")
 
 
 def _check_scale(name: str, value: Any, hint: str) -> float:
@@ -157,8 +158,10 @@ def loss_scaling(
     if check.concrete_float(factor) == 1.0:
         raise ValueError("factor must be > 1, got 1.0: the scale would never change. "
                          "Use dynamic=False for a constant scale.")
-    floor = _check_scale("min_scale", min_scale, f"It is the floor of the dynamic scale, default {MIN_SCALE}.")
-    ceiling = _check_scale("max_scale", max_scale, f"It is the ceiling of the dynamic scale, default {MAX_SCALE:g}.")
+    floor = _check_scale("min_scale", min_scale,
+                         f"It is the floor of the dynamic scale, default {MIN_SCALE}.")
+    ceiling = _check_scale("max_scale", max_scale,
+                           f"It is the ceiling of the dynamic scale, default {MAX_SCALE:g}.")
     if None not in (floor, ceiling) and floor > ceiling:
         raise ValueError(f"min_scale ({floor!r}) must be <= max_scale ({ceiling!r}).")
     if dynamic and None not in (floor, ceiling, initial) and not floor <= initial <= ceiling:
@@ -187,10 +190,10 @@ def loss_scaling(
         low, high = num.as_hyperparameter(min_scale), num.as_hyperparameter(max_scale)
         finite = all_finite(unscaled)
         grows = finite & (state.finite_steps + 1 >= growth_interval)
-        scale = jnp.where(finite, jnp.where(grows, jnp.minimum(state.scale * growth, high), state.scale),
-                          jnp.maximum(state.scale / growth, low))
+        grown = jnp.where(grows, jnp.minimum(state.scale * growth, high), state.scale)
+        scale = jnp.where(finite, grown, jnp.maximum(state.scale / growth, low))
         finite_steps = jnp.where(finite & ~grows, num.safe_increment(state.finite_steps), 0)
-        return unscaled, LossScaleState(scale=scale, finite_steps=finite_steps.astype(num.COUNT_DTYPE))
+        return unscaled, LossScaleState(scale, finite_steps.astype(num.COUNT_DTYPE))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -211,10 +214,10 @@ def skip_nonfinite(
     ``optax.apply_if_finite(inner, max_consecutive_errors)``.
 
     A step is finite when the gradients, the updates ``inner`` produced and the state elements
-    it produced (those that were finite before) are all finite. Once a NaN has been let through
-    into the state (``max_consecutive``), its updates inherit it and only new faults count, so
-    the counts and trajectory are ``optax.apply_if_finite``'s on any stream of bad gradients. On the other steps the updates
-    are zero and ``inner``'s state stays bit for bit what it was.
+    it produced (those that were finite before) are all finite. On the other steps the updates
+    are zero and ``inner``'s state stays bit for bit what it was. Once a NaN has been let
+    through into the state (``max_consecutive``), its updates inherit it and only new faults
+    count, so counts and trajectory are ``optax.apply_if_finite``'s on any stream of gradients.
 
     Args:
       inner: the optimizer to protect (extra arguments such as ``value=loss`` are passed to it).
@@ -233,8 +236,8 @@ def skip_nonfinite(
     limit = max_consecutive if max_consecutive_errors is None else max_consecutive_errors
     name = "max_consecutive" if max_consecutive_errors is None else "max_consecutive_errors"
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer))):
-        raise TypeError(f"{name} must be an int >= 0 or None, got {type(limit).__name__} {limit!r}. "
-                        "It is the number of non-finite steps in a row to skip.")
+        raise TypeError(f"{name} must be an int >= 0 or None, got {type(limit).__name__} "
+                        f"{limit!r}. It is the number of non-finite steps in a row to skip.")
     if limit is not None and limit < 0:
         raise ValueError(f"{name} must be an int >= 0 or None, got {limit!r}. "
                          "It is the number of non-finite steps in a row to skip.")
@@ -251,7 +254,8 @@ def skip_nonfinite(
         **extra_args: Any,
     ) -> tuple[optax.Updates, SkipNonfiniteState]:
         new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-        finite = all_finite(updates) & ~_produced_nonfinite(state.inner_state, new_updates, inner_state)
+        produced_nonfinite = _produced_nonfinite(state.inner_state, new_updates, inner_state)
+        finite = all_finite(updates) & ~produced_nonfinite
         consecutive = jnp.where(finite, 0, num.safe_increment(state.consecutive))
         apply = finite if limit is None else finite | (consecutive > limit)
         zeros = jax.tree_util.tree_map(jnp.zeros_like, new_updates)

@@ -153,7 +153,8 @@ class MomentStorage:
                 flat = _unsharded(x).reshape(-1).astype(jnp.float32)
                 if self.second_moment:
                     flat = jnp.sqrt(flat)
-                blocks = encode_blocks(flat, s.values.dtype, uniform=uniform_noise(key, s.values.shape))
+                uniform = uniform_noise(key, s.values.shape)
+                blocks = encode_blocks(flat, s.values.dtype, uniform=uniform)
                 return BlockwiseArray(*map(_sharded_like, blocks, s))  # keeps e.g. a ZeRO-1 split
             narrower = jnp.finfo(s.dtype).bits < jnp.finfo(x.dtype).bits
             return round_to_dtype(x, s.dtype, uniform_noise(key, x.shape) if narrower else None)
@@ -171,9 +172,13 @@ def _unsharded(tree: Any) -> Any:
     """``tree`` with every explicitly sharded array replicated (all-gathered). The block
     layout flattens a tensor into (blocks, 256), a reshape that does not keep an explicit
     sharding; on Auto meshes XLA places it and this does nothing."""
-    return jax.tree_util.tree_map(
-        lambda x: x if _explicit_sharding(x) is None
-        else jax.sharding.reshard(x, jax.sharding.NamedSharding(_explicit_sharding(x).mesh, PartitionSpec())), tree)
+    def replicated(x: jax.Array) -> jax.Array:
+        sharding = _explicit_sharding(x)
+        if sharding is None:
+            return x
+        return jax.sharding.reshard(x, jax.sharding.NamedSharding(sharding.mesh, PartitionSpec()))
+
+    return jax.tree_util.tree_map(replicated, tree)
 
 
 def _sharded_like(x: jax.Array, like: jax.Array) -> jax.Array:

@@ -79,7 +79,8 @@ def test_loss_scaling_with_inner_skips_and_counts_overflowed_steps():
     for bad in (jnp.inf, jnp.nan, -jnp.inf):
         updates, new = update({"w": jnp.array([1.0, bad, 1.0])}, state, params)
         np.testing.assert_array_equal(updates["w"], 0.0)
-        jax.tree_util.tree_map(np.testing.assert_array_equal, new[1].inner_state, state[1].inner_state)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, new[1].inner_state,
+                               state[1].inner_state)
         assert float(aw.current_loss_scale(new)) == float(aw.current_loss_scale(state)) / 2
         state = new
     assert aw.skipped_steps(state) == (3, 3)
@@ -138,7 +139,8 @@ def test_counts_and_max_consecutive_match_optax_apply_if_finite():
         # optax's positional order and keyword, and ours
         for ours in (aw.skip_nonfinite(aw.adamw(1e-2), max_consecutive),
                      aw.skip_nonfinite(aw.adamw(1e-2), max_consecutive_errors=max_consecutive)):
-            for actual, expected in zip(trajectory(ours, PARAMS, stream), trajectory(peer, PARAMS, stream)):
+            expected_run = trajectory(peer, PARAMS, stream)
+            for actual, expected in zip(trajectory(ours, PARAMS, stream), expected_run):
                 for k in PARAMS:  # NaN once a bad step is let through: equal, NaN for NaN
                     np.testing.assert_array_equal(actual[k], expected[k])
     peer = optax.apply_if_finite(aw.adamw(1e-2), 2)
@@ -184,7 +186,7 @@ def test_bad_arguments_are_rejected():
         aw.loss_scaling(2.0, max_scale=float("inf"))
     with pytest.raises(ValueError, match=r"min_scale \(4.0\) must be <= max_scale \(2.0\)"):
         aw.loss_scaling(2.0, min_scale=4.0, max_scale=2.0)
-    with pytest.raises(ValueError, match=r"initial_scale=1e\+30 is outside \[min_scale, max_scale\]"):
+    with pytest.raises(ValueError, match=r"initial_scale=1e\+30 is outside \[min_scale, max"):
         aw.loss_scaling(1e30)
     aw.loss_scaling(1e30, dynamic=False)  # a constant scale has no bounds to keep
     with pytest.raises(TypeError, match="dynamic must be a bool"):
@@ -195,7 +197,7 @@ def test_bad_arguments_are_rejected():
         aw.loss_scaling(2.0, factor=1.0)
     with pytest.raises(TypeError, match="max_consecutive must be an int >= 0 or None, got float"):
         aw.skip_nonfinite(aw.adamw(), max_consecutive=2.5)
-    with pytest.raises(ValueError, match="max_consecutive_errors must be an int >= 0 or None, got -1"):
+    with pytest.raises(ValueError, match="max_consecutive_errors must be an int >= 0 or None, got"):
         aw.skip_nonfinite(aw.adamw(), max_consecutive_errors=-1)
     with pytest.raises(TypeError, match="not both"):
         aw.skip_nonfinite(aw.adamw(), 1, max_consecutive_errors=1)
@@ -218,7 +220,8 @@ def test_skip_sees_what_inner_produced_not_only_its_input():
         # optax.apply_if_finite looks at the gradients only and lets the poisoned state through
         peer = optax.apply_if_finite(inner, 1)
         _, peer_state = peer.update(huge, peer.init(params), params)
-        assert not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(peer_state))
+        leaves = jax.tree_util.tree_leaves(peer_state)
+        assert not all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
 
 
 def test_state_that_starts_infinite_is_not_a_bad_step():
@@ -243,8 +246,10 @@ def test_extra_arguments_reach_the_inner_transform():
         return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
     grads = {"w": jnp.array([1.0, 2.0])}
-    for transform, given in ((aw.skip_nonfinite(scale_by_value()), grads),
-                             (aw.loss_scaling(2.0, inner=scale_by_value()), {"w": grads["w"] * 2})):
+    doubled = {"w": grads["w"] * 2}
+    for transform, scaled in ((aw.skip_nonfinite(scale_by_value()), grads),
+                              (aw.loss_scaling(2.0, inner=scale_by_value()), doubled)):
         assert isinstance(transform, optax.GradientTransformationExtraArgs)
-        out, _ = jax.jit(lambda g, t=transform: t.update(g, t.init(g), None, value=jnp.float32(3.0)))(given)
+        update = jax.jit(lambda g, t=transform: t.update(g, t.init(g), value=3 * jnp.ones([])))
+        out, _ = update(scaled)
         np.testing.assert_array_equal(out["w"], grads["w"] * 3.0)

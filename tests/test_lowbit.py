@@ -361,7 +361,8 @@ LOW_PRECISION_RUNS = [
     dict(param=jnp.float16, mu_dtype=jnp.float16, nu_dtype=jnp.float16, stochastic_rounding=True),
     dict(param=jnp.float16, mu_dtype="int8", nu_dtype="int8", master_weights=True),
     dict(param=jnp.bfloat16),
-    dict(param=jnp.bfloat16, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True),
+    dict(param=jnp.bfloat16, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16,
+         stochastic_rounding=True),
     dict(param=jnp.bfloat16, mu_dtype=jnp.float16, nu_dtype="int8"),
     dict(param=jnp.float32, mu_dtype=jnp.float16, nu_dtype=jnp.float16),
     dict(param=jnp.float32, mu_dtype="int8", nu_dtype=jnp.bfloat16, amsgrad=True),
@@ -429,17 +430,20 @@ def test_low_precision_params_passes_extra_arguments_down():
     jax.jit(lambda g, s, p: opt.update(g, s, p, value=jnp.float32(1.0)))(p, opt.init(p), p)
     assert seen == [["value"]]
     full = aw.adamw(1e-3, stochastic_rounding=True, master_weights=True)
-    updates, _ = jax.jit(lambda g, s, p: full.update(g, s, p, value=jnp.float32(1.0)))(p, full.init(p), p)
+    update = jax.jit(lambda g, s, p: full.update(g, s, p, value=jnp.float32(1.0)))
+    updates, _ = update(p, full.init(p), p)
     assert np.all(np.isfinite(np.float32(updates["w"])))
 
 
 EXPLICIT_CASES = [  # (shape, parameter spec): a sharded axis inside, first, last; padded blocks
-    ((16, 512), P(None, "data")), ((8, 513), P("data")), ((8, 8, 80), P("data")), ((64, 128), P("data")),
+    ((16, 512), P(None, "data")), ((8, 513), P("data")), ((8, 8, 80), P("data")),
+    ((64, 128), P("data")),
 ]
 
 
 @pytest.mark.parametrize("axis_type", [jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto])
-@pytest.mark.parametrize("storage", [dict(param=jnp.float16), dict(param=jnp.float32, mu_dtype="int8", nu_dtype="int8"),
+@pytest.mark.parametrize("storage", [dict(param=jnp.float16),
+                                     dict(param=jnp.float32, mu_dtype="int8", nu_dtype="int8"),
                                      dict(param=jnp.bfloat16, nu_dtype=jnp.float16, amsgrad=True)],
                          ids=["f16-params", "int8-moments", "f16-nu-amsgrad"])
 def test_block_storage_on_explicit_and_auto_meshes_steps_like_one_device(axis_type, storage):
@@ -460,15 +464,17 @@ def test_block_storage_on_explicit_and_auto_meshes_steps_like_one_device(axis_ty
         for params in (plain, sharded):
             state, step = opt.init(params), jax.jit(opt.update)
             for g in grads:
-                updates, state = step(jax.device_put(g, jax.tree_util.tree_map(lambda p: p.sharding, params)),
-                                      state, params)
+                placed = jax.device_put(g, jax.tree_util.tree_map(lambda p: p.sharding, params))
+                updates, state = step(placed, state, params)
                 params = jax.jit(aw.apply_updates)(params, updates)
             runs.append((params, state))
         assert runs[1][0]["w"].sharding.is_equivalent_to(NamedSharding(mesh, spec), len(shape))
-        for got, want in zip(jax.tree_util.tree_leaves(runs[1]), jax.tree_util.tree_leaves(runs[0])):
+        expected, actual = (jax.tree_util.tree_leaves(run) for run in runs)
+        for got, want in zip(actual, expected):
             got, want = np.asarray(got), np.asarray(want)
             if got.dtype == np.float32:  # float32 arithmetic: XLA CPU's per-shard-size loops
                 # (vector body, scalar tail) differ by an ulp; measured 1 ulp, allowed 4.
-                np.testing.assert_allclose(got, want, rtol=0, atol=4 * 2.0**-23 * np.max(np.abs(want)))
+                atol = 4 * 2.0**-23 * np.max(np.abs(want))
+                np.testing.assert_allclose(got, want, rtol=0, atol=atol)
             else:  # int8 codes, float16/bfloat16 moments and parameters: bit for bit
                 np.testing.assert_array_equal(got, want)

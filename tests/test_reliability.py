@@ -299,7 +299,8 @@ def _run(optimizer, params, grads_stream, *, value=None):
 
 
 def _all_finite(tree) -> bool:
-    return all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree_util.tree_leaves(tree)
+    return all(np.all(np.isfinite(np.asarray(x, np.float32)))
+               for x in jax.tree_util.tree_leaves(tree)
                if jnp.issubdtype(jnp.result_type(x), jnp.inexact))
 
 
@@ -307,8 +308,10 @@ def _all_finite(tree) -> bool:
 def _any_magnitude_trees(draw):
     """Parameter trees (names the README's mask matches among them, 1-3 leaves, scalar to
     4096-element shapes) in float32/bfloat16/float16, and 4 steps of finite gradients of every
-    magnitude their dtype holds: ``±10^e``, ``e`` uniform over 1e-45 … 3e38 (float16: 6e-8 … 65504)."""
-    names = draw(st.lists(st.sampled_from(["w", "bias", "norm", "head"]), min_size=1, max_size=3, unique=True))
+    magnitude their dtype holds: ``±10^e``, ``e`` uniform over 1e-45 … 3e38 (float16: 6e-8 …
+    65504)."""
+    names = draw(st.lists(st.sampled_from(["w", "bias", "norm", "head"]),
+                          min_size=1, max_size=3, unique=True))
     seed = draw(st.integers(0, 2**16))
     params, specs = {}, {}
     for name in names:
@@ -322,13 +325,15 @@ def _any_magnitude_trees(draw):
         info = jnp.finfo(dtype)
         low, high = np.log10(float(info.smallest_subnormal)), np.log10(float(info.max))
         values = rng.choice([-1.0, 1.0], size=shape) * 10.0 ** rng.uniform(low, high, size=shape)
-        return jnp.asarray(np.clip(values, -float(info.max), float(info.max)).astype(np.float32), dtype)
+        values = np.clip(values, -float(info.max), float(info.max))
+        return jnp.asarray(values.astype(np.float32), dtype)
 
     stream = [{n: gradient(*specs[n]) for n in names} for _ in range(4)]
     return params, stream
 
 
-@pytest.mark.parametrize("name, fused", CHAIN_CASES, ids=[f"{n}-{'fused' if f else 'unfused'}" for n, f in CHAIN_CASES])
+@pytest.mark.parametrize("name, fused", CHAIN_CASES,
+                         ids=[f"{n}-{'fused' if f else 'unfused'}" for n, f in CHAIN_CASES])
 @settings(max_examples=10)
 @given(case=_any_magnitude_trees())
 def test_readme_chains_stay_finite_on_finite_gradients_of_any_magnitude(name, fused, case):
