@@ -99,8 +99,9 @@ def _produced_nonfinite(before: optax.OptState, updates: optax.Updates, after: o
 
 # The floor and ceiling of the dynamic scale. Below 1 the scale would shrink the gradients, which
 # no overflow needs (the unscaled loss gradient itself overflowing is not a scaling problem, and a
-# smaller scale only flushes the small gradients to 0), and it is where jmp's and Keras' scales
-# stop. 2^24 lifts float16's smallest subnormal, 2^-24, to 1: no float16 gradient needs more.
+# smaller scale only flushes the small gradients to 0), and it is where TensorFlow's dynamic loss
+# scale stops. 2^24 lifts float16's smallest subnormal, 2^-24, to 1: no float16 gradient needs
+# more (torch's scale has neither bound and reaches 0 after ~150 overflows in a row).
 MIN_SCALE, MAX_SCALE = 1.0, 2.0**24
 
 
