@@ -90,12 +90,24 @@ def _code_index(normalized: jax.Array, code: np.ndarray, uniform: jax.Array | No
 # --- stochastic rounding to a float dtype --------------------------------------------------
 
 
+def saturate(x: jax.Array, dtype: Any) -> jax.Array:
+    """Finite ``x`` clipped to ``dtype``'s finite range, so rounding it never gives ``inf``
+    (float16 holds at most 65504); ``±inf`` and NaN are kept as they are."""
+    largest = float(jnp.finfo(dtype).max)
+    if largest >= float(jnp.finfo(x.dtype).max):
+        return x
+    return jnp.where(jnp.isfinite(x), jnp.clip(x, -largest, largest), x)
+
+
 def round_to_dtype(x: jax.Array, dtype: Any, uniform: jax.Array | None = None) -> jax.Array:
     """``x`` rounded to ``dtype``: to nearest, or stochastically when ``uniform`` is given.
 
-    The two candidates are the nearest value and its neighbour on the other side of ``x``
-    (``nextafter``); non-finite results of the nearest rounding (NaN, overflow) are kept.
+    Finite values saturate at ``dtype``'s largest finite value instead of overflowing to
+    ``inf``. The two candidates of stochastic rounding are the nearest value and its neighbour
+    on the other side of ``x`` (``nextafter``); ``±inf`` and NaN are kept.
     """
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.issubdtype(dtype, jnp.floating):
+        x = saturate(x, dtype)
     nearest = x.astype(dtype)
     if uniform is None or jnp.dtype(dtype) == x.dtype:
         return nearest

@@ -19,6 +19,10 @@ Arithmetic always runs in float32; only storage is rounded. A moment is stored i
   keeps 11 bits down to ``2^-28`` of the block's maximum and is nonzero down to ``2^-48``.
   The first moment has the range of the gradient and is stored as plain float16.
 
+On meshes with Explicit axes (sharding in types) a block-stored moment is kept replicated: the
+flattening into blocks is done on the all-gathered tensor and the decoded moment is resharded
+like the gradient (an all-gather per step for such leaves; ``aw.state_shardings`` places it).
+
 Tensors with fewer than 4096 elements keep float32 in the block formats (as bitsandbytes): the
 saving is nil and a padded block of 256 would cost more. A positive second moment never decodes
 to zero in a block format (nor does any nonzero float16 value): a too-small ``v`` would make
@@ -40,6 +44,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec
 
 from adamw_jax import _numerics as num
 from adamw_jax._quantization import (
@@ -126,7 +131,7 @@ class MomentStorage:
 
         def leaf(g: jax.Array, s: jax.Array | BlockwiseArray) -> jax.Array:
             if isinstance(s, BlockwiseArray):
-                x = decode_blocks(s, g.size).reshape(g.shape)
+                x = _sharded_like(decode_blocks(_unsharded(s), g.size).reshape(g.shape), g)
                 if self.second_moment:
                     x = jnp.square(x)
             else:
@@ -145,14 +150,41 @@ class MomentStorage:
 
         def leaf(x: jax.Array, s: jax.Array | BlockwiseArray, key: jax.Array | None):
             if isinstance(s, BlockwiseArray):
-                flat = x.reshape(-1).astype(jnp.float32)
+                flat = _unsharded(x).reshape(-1).astype(jnp.float32)
                 if self.second_moment:
                     flat = jnp.sqrt(flat)
-                return encode_blocks(flat, s.values.dtype, uniform=uniform_noise(key, s.values.shape))
+                uniform = uniform_noise(key, s.values.shape)
+                blocks = encode_blocks(flat, s.values.dtype, uniform=uniform)
+                return BlockwiseArray(*map(_sharded_like, blocks, s))  # keeps e.g. a ZeRO-1 split
             narrower = jnp.finfo(s.dtype).bits < jnp.finfo(x.dtype).bits
             return round_to_dtype(x, s.dtype, uniform_noise(key, x.shape) if narrower else None)
 
         return treedef.unflatten([leaf(*args) for args in zip(leaves, stored_leaves, keys)])
+
+
+def _explicit_sharding(x: jax.Array) -> jax.sharding.NamedSharding | None:
+    """The sharding of an array sharded on an Explicit mesh axis (sharding in types), else None."""
+    sharding = jax.typeof(x).sharding
+    return sharding if any(axis is not None for axis in sharding.spec) else None
+
+
+def _unsharded(tree: Any) -> Any:
+    """``tree`` with every explicitly sharded array replicated (all-gathered). The block
+    layout flattens a tensor into (blocks, 256), a reshape that does not keep an explicit
+    sharding; on Auto meshes XLA places it and this does nothing."""
+    def replicated(x: jax.Array) -> jax.Array:
+        sharding = _explicit_sharding(x)
+        if sharding is None:
+            return x
+        return jax.sharding.reshard(x, jax.sharding.NamedSharding(sharding.mesh, PartitionSpec()))
+
+    return jax.tree_util.tree_map(replicated, tree)
+
+
+def _sharded_like(x: jax.Array, like: jax.Array) -> jax.Array:
+    """``x`` with the explicit sharding of ``like`` (if it has one)."""
+    sharding = _explicit_sharding(like)
+    return x if sharding is None else jax.sharding.reshard(x, sharding)
 
 
 def moment_storage(
@@ -190,10 +222,20 @@ def _low_precision(param: jax.Array) -> bool:
 
 
 def add_and_round(base: jax.Array, update: jax.Array, dtype: Any, key: jax.Array | None) -> jax.Array:
-    """``base + update`` in at least float32, rounded to ``dtype`` (stochastically with a key)."""
-    compute = num.compute_dtype(jnp.result_type(base.dtype, dtype))
-    total = base.astype(compute) + update.astype(compute)
+    """``base + update`` in at least float32, rounded to ``dtype`` (stochastically with a key),
+    saturating at ``dtype``'s largest finite value: finite ``base`` and ``update`` never give
+    ``inf``."""
+    total = _saturating_sum(base, update, num.compute_dtype(jnp.result_type(base.dtype, dtype)))
     return round_to_dtype(total, dtype, uniform_noise(key, total.shape))
+
+
+def _saturating_sum(base: jax.Array, update: jax.Array, compute: jnp.dtype) -> jax.Array:
+    """``base + update`` in ``compute``; a sum of two finite values that overflows ``compute``
+    (bfloat16's largest plus itself is inf in float32) is its largest finite value instead."""
+    b, u = base.astype(compute), update.astype(compute)
+    total = b + u
+    overflowed = jnp.isinf(total) & jnp.isfinite(b) & jnp.isfinite(u)
+    return jnp.where(overflowed, jnp.copysign(jnp.finfo(compute).max, total), total)
 
 
 def _master_or(master: Any, params: optax.Params) -> optax.Params:
@@ -215,7 +257,7 @@ class LowPrecisionParamsState(NamedTuple):
 def low_precision_params(
     inner: optax.GradientTransformation, *, master_weights: bool = False,
     stochastic_rounding: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Wrap ``inner`` so bf16/f16 parameters keep learning.
 
     ``master_weights``: keep ``θ32``, a float32 copy of each bf16/f16 parameter, in the state;
@@ -223,9 +265,11 @@ def low_precision_params(
     weight decay acts on it), ``θ32 ← θ32 + u`` exactly, and the
     parameter becomes ``round(θ32)`` (TransformerEngine, apex). ``stochastic_rounding``: the
     new parameter ``θ + u`` (or ``θ32``) is rounded stochastically. The emitted update is
-    ``new - θ`` in float32, exact, so ``apply_updates`` lands on ``new``. Leaves of float32 and
-    wider pass through unchanged.
+    ``new - θ`` in float32, exact, so ``apply_updates`` lands on ``new``; ``new`` saturates at
+    the parameter dtype's largest finite value. Leaves of float32 and wider pass through
+    unchanged. Extra arguments (``value=loss``...) are passed to ``inner``.
     """
+    inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: optax.Params) -> LowPrecisionParamsState:
         master = jax.tree_util.tree_map(
@@ -233,12 +277,13 @@ def low_precision_params(
         return LowPrecisionParamsState(num.zero_count(), master, inner.init(_master_or(master, params)))
 
     def update_fn(updates: optax.Updates, state: LowPrecisionParamsState,
-                  params: optax.Params | None = None) -> tuple[optax.Updates, LowPrecisionParamsState]:
+                  params: optax.Params | None = None, **extra_args: Any,
+                  ) -> tuple[optax.Updates, LowPrecisionParamsState]:
         if params is None:
             raise ValueError("bf16/f16 parameter rounding needs the parameters: call "
                              "update(updates, state, params).")
         base = _master_or(state.master, params)
-        inner_updates, inner_state = inner.update(updates, state.inner_state, base)
+        inner_updates, inner_state = inner.update(updates, state.inner_state, base, **extra_args)
         leaves, treedef = jax.tree_util.tree_flatten(params)
         keys = step_keys(state.count, PARAMS_STREAM, len(leaves))
 
@@ -246,7 +291,7 @@ def low_precision_params(
             if not _low_precision(p):
                 return u, None
             compute = num.compute_dtype(b.dtype)
-            new = b.astype(compute) + u.astype(compute)
+            new = _saturating_sum(b, u, compute)
             rounded = round_to_dtype(new, p.dtype, uniform_noise(key, p.shape) if stochastic_rounding else None)
             return rounded.astype(compute) - p.astype(compute), new if b.dtype != p.dtype else None
 
@@ -256,4 +301,4 @@ def low_precision_params(
         master = treedef.unflatten([m for _, m in results]) if master_weights else state.master
         return new_updates, LowPrecisionParamsState(num.safe_increment(state.count), master, inner_state)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

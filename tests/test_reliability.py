@@ -264,3 +264,126 @@ def test_fuzz_every_public_transform(params, name, x, poison):
         bad = jax.tree_util.tree_map(lambda g: jnp.full_like(g, jnp.nan), grads)
         updates, state = update(bad, state, params)
         assert jax.tree_util.tree_structure(updates) == jax.tree_util.tree_structure(grads)
+
+
+# ----------------------------------------------------------------------------- the README's chains
+
+
+def _readme_chains(fused: bool) -> dict[str, optax.GradientTransformation]:
+    """(a) adamw, (b) guarded clipping + adamw, (c) the README's full mixed-precision chain."""
+    return {
+        "adamw": aw.adamw(1e-3, fused=fused),
+        "skip-clip-adamw": aw.skip_nonfinite(optax.chain(aw.clip_by_global_norm(1.0),
+                                                         aw.adamw(1e-3, fused=fused))),
+        "readme": optax.chain(
+            aw.loss_scaling(2.0**15),
+            aw.skip_nonfinite(aw.accumulate_gradients(4, inner=optax.chain(
+                aw.clip_by_global_norm(1.0),
+                aw.adamw(1e-3, mask=aw.exclude_from_weight_decay(["bias", "norm"]), fused=fused)))),
+            aw.param_ema(0.999, accumulation_steps=4)),
+    }
+
+
+CHAIN_CASES = [(name, fused) for fused in (False, True) for name in _readme_chains(False)]
+
+
+def _run(optimizer, params, grads_stream, *, value=None):
+    """Jitted steps through ``aw.apply_updates``; the (params, state) after every step."""
+    step = jax.jit(optimizer.update)
+    state, out = optimizer.init(params), []
+    for grads in grads_stream:
+        updates, state = step(grads, state, params)
+        params = jax.jit(aw.apply_updates)(params, updates)
+        out.append((params, state))
+    return out
+
+
+def _all_finite(tree) -> bool:
+    return all(np.all(np.isfinite(np.asarray(x, np.float32)))
+               for x in jax.tree_util.tree_leaves(tree)
+               if jnp.issubdtype(jnp.result_type(x), jnp.inexact))
+
+
+@st.composite
+def _any_magnitude_trees(draw):
+    """Parameter trees (names the README's mask matches among them, 1-3 leaves, scalar to
+    4096-element shapes) in float32/bfloat16/float16, and 4 steps of finite gradients of every
+    magnitude their dtype holds: ``±10^e``, ``e`` uniform over 1e-45 … 3e38 (float16: 6e-8 …
+    65504)."""
+    names = draw(st.lists(st.sampled_from(["w", "bias", "norm", "head"]),
+                          min_size=1, max_size=3, unique=True))
+    seed = draw(st.integers(0, 2**16))
+    params, specs = {}, {}
+    for name in names:
+        shape = draw(st.sampled_from([(), (3,), (2, 5), (4096,)]))
+        dtype = draw(st.sampled_from([jnp.float32, jnp.bfloat16, jnp.float16]))
+        params[name] = jnp.asarray(np.random.default_rng(seed).normal(size=shape), dtype)
+        specs[name] = (shape, dtype)
+    rng = np.random.default_rng(seed + 1)
+
+    def gradient(shape, dtype):
+        info = jnp.finfo(dtype)
+        low, high = np.log10(float(info.smallest_subnormal)), np.log10(float(info.max))
+        values = rng.choice([-1.0, 1.0], size=shape) * 10.0 ** rng.uniform(low, high, size=shape)
+        values = np.clip(values, -float(info.max), float(info.max))
+        return jnp.asarray(values.astype(np.float32), dtype)
+
+    stream = [{n: gradient(*specs[n]) for n in names} for _ in range(4)]
+    return params, stream
+
+
+@pytest.mark.parametrize("name, fused", CHAIN_CASES,
+                         ids=[f"{n}-{'fused' if f else 'unfused'}" for n, f in CHAIN_CASES])
+@settings(max_examples=10)
+@given(case=_any_magnitude_trees())
+def test_readme_chains_stay_finite_on_finite_gradients_of_any_magnitude(name, fused, case):
+    """Finite in, finite out: every step's params and state, on both paths. The sums of squares
+    of these gradients overflow float32 (1e20² = 1e40): clipping scales its norm, Adam clamps
+    before squaring, low-precision storage saturates."""
+    params, stream = case
+    for step, (new_params, state) in enumerate(_run(_readme_chains(fused)[name], params, stream)):
+        assert _all_finite(new_params), (step, new_params)
+        assert _all_finite(state), (step, state)
+    if name != "adamw":  # nothing was finite-in, non-finite-out: no step skipped
+        assert aw.skipped_steps(state) == (0, 0)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+@pytest.mark.parametrize("grads", [{"w": jnp.full((64, 64), 1e20)}, {"w": jnp.full((1000,), 6e17)}],
+                         ids=["every-element-1e20", "1000-elements-6e17"])
+def test_issue_cases_sum_of_squares_overflow_inside_the_guarded_chain(fused, grads):
+    """The reported failure: the global norm's float32 sum of squares overflows; the step was NaN
+    everywhere and the guard counted nothing. Now: clipped to norm 1, one finite Adam step."""
+    params = jax.tree_util.tree_map(jnp.ones_like, grads)
+    for name in ("skip-clip-adamw", "readme"):
+        stream = [grads] * 4
+        (new_params, state), = _run(_readme_chains(fused)[name], params, stream)[-1:]
+        assert _all_finite(new_params) and _all_finite(state)
+        assert aw.skipped_steps(state) == (0, 0)
+        moved = np.asarray(params["w"]) - np.asarray(new_params["w"])
+        assert np.all(moved > 0) and np.all(moved < 1.1e-3 * len(stream))  # lr 1e-3 per step
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_skipped_step_leaves_params_and_guarded_state_bit_identical(fused, bad):
+    """A NaN/Inf element on the third of four steps. (b): params and the whole guarded state bit
+    for bit, the step counted. (c): params and everything inside skip_nonfinite (accumulator,
+    moments, counters) bit for bit; the loss scale halves (its rule), and param_ema, which the
+    README places after the guard, still averages the unchanged params."""
+    params = {"w": jnp.linspace(-1, 1, 4096, dtype=jnp.float16), "bias": jnp.ones(3)}
+    finite = [jax.tree_util.tree_map(lambda p, i=i: jnp.cos(p * (i + 1)).astype(p.dtype), params)
+              for i in range(4)]
+    poisoned = list(finite)
+    poisoned[2] = dict(finite[2], w=finite[2]["w"].at[17].set(bad))
+    for name in ("skip-clip-adamw", "readme"):
+        runs = _run(_readme_chains(fused)[name], params, poisoned)
+        (before_params, before), (after_params, after) = runs[1], runs[2]
+        jax.tree_util.tree_map(np.testing.assert_array_equal, after_params, before_params)
+        guard = lambda state: state if name != "readme" else state[1]  # noqa: E731
+        jax.tree_util.tree_map(np.testing.assert_array_equal, guard(after).inner_state,
+                               guard(before).inner_state)
+        assert aw.skipped_steps(after) == (1, 1)
+        if name == "readme":
+            assert float(aw.current_loss_scale(after)) == float(aw.current_loss_scale(before)) / 2
+        assert _all_finite(runs[-1][0]) and aw.skipped_steps(runs[-1][1]) == (0, 1)
