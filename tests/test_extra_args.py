@@ -24,8 +24,7 @@ def _plateau_chain() -> optax.GradientTransformation:
     return optax.chain(aw.adamw(1e-2), aw.reduce_on_plateau(factor=0.5, patience=0))
 
 
-# name -> (build, the extra arguments the transform needs). The lead adds the transforms of the
-# other modules (clip_*, loss_scaling, skip_nonfinite, low_precision_params) to this table.
+# name -> (build, the extra arguments the transform needs): every public transformation.
 TRANSFORMS: list[tuple[str, Callable[[], optax.GradientTransformation], tuple[str, ...]]] = [
     ("scale_by_adam", lambda: aw.scale_by_adam(), ()),
     ("scale_by_adam_amsgrad_nesterov", lambda: aw.scale_by_adam(amsgrad=True, nesterov=True), ()),
@@ -48,6 +47,19 @@ TRANSFORMS: list[tuple[str, Callable[[], optax.GradientTransformation], tuple[st
     ("accumulate_gradients", lambda: aw.accumulate_gradients(2, inner=aw.adamw(1e-2)), ()),
     ("accumulate_gradients_mean", lambda: aw.accumulate_gradients(2), ()),
     ("param_ema", lambda: aw.param_ema(0.9, overwrite_every=3), ()),
+    ("clip_by_value", lambda: aw.clip_by_value(0.5), ()),
+    ("clip_by_norm", lambda: aw.clip_by_norm(0.5), ()),
+    ("clip_by_global_norm", lambda: aw.clip_by_global_norm(0.5), ()),
+    ("loss_scaling", lambda: aw.loss_scaling(8.0), ()),
+    ("loss_scaling_inner_plateau", lambda: aw.loss_scaling(8.0, inner=_plateau_chain()),
+     ("value",)),
+    ("skip_nonfinite", lambda: aw.skip_nonfinite(aw.adamw(1e-2)), ()),
+    ("skip_nonfinite_plateau", lambda: aw.skip_nonfinite(_plateau_chain(), 2), ("value",)),
+    ("low_precision_params", lambda: aw.low_precision_params(
+        _plateau_chain(), master_weights=True), ("value",)),
+    ("adamw_stochastic_rounding", lambda: aw.adamw(1e-2, stochastic_rounding=True), ()),
+    ("clip_then_fused_adamw", lambda: optax.chain(
+        aw.clip_by_global_norm(1.0), aw.adamw(1e-2, fused=True)), ()),
     ("reduce_on_plateau", lambda: aw.reduce_on_plateau(factor=0.5, patience=0), ("value",)),
     ("adamw_then_plateau", _plateau_chain, ("value",)),
     ("accumulate_around_plateau", lambda: aw.accumulate_gradients(2, inner=_plateau_chain()),
