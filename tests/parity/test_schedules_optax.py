@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import adamw_jax as aw
+import reference as ref
 
 S = aw.schedules
 EPS32 = float(np.finfo(np.float32).eps)
@@ -219,3 +220,137 @@ def test_x64_int64_steps_match_optax_in_float64(name):
     if theirs is not None:
         finite = np.isfinite(theirs)
         assert_matches(ours[finite], theirs[finite], eps=eps64)
+
+
+# --- random valid arguments ----------------------------------------------------------------------
+
+# Schedule values: 0, or of a size whose products stay normal (XLA flushes subnormals to 0 on CPU).
+values = st.floats(-2.0, 2.0).map(lambda x: 0.0 if abs(x) < 1e-30 else x)
+magnitudes = st.floats(1e-6, 2.0)
+lengths = st.integers(-3, 2000) | st.sampled_from([0, 1, INT32_MAX])  # optax overflows beyond int32
+begins = st.integers(-3, 500) | st.sampled_from([INT32_MAX - 1])
+extra_steps = st.lists(st.integers(int(np.iinfo(np.int32).min), INT32_MAX), max_size=8)
+
+
+def hypothesis_steps(lengths: list[int], extra: list[int]) -> np.ndarray:
+    """A spread of steps, each length's edges (T - 1, T, T + 1) and random int32 counts."""
+    edges = [t + d for t in lengths for d in (-1, 0, 1) if 0 <= t + d <= INT32_MAX]
+    return np.array(sorted(set(range(0, 2100, 13)) | set(edges) | {INT32_MAX} | set(extra)))
+
+
+def assert_like_optax(case: Callable[[ModuleType], optax.Schedule], steps: np.ndarray, extra: float = 0.0) -> None:
+    """At steps >= 0 optax's values (see assert_matches; where optax's fractional power of a
+    rounded-negative 1 - τ/T is NaN, ours must still be finite); at steps < 0 ours at step 0."""
+    steps = np.concatenate([[0, -1, -2**31], steps]).astype(np.int32)
+    ours = jitted(build(case, S), steps)
+    assert np.isfinite(ours).all()
+    np.testing.assert_array_equal(ours[steps < 0], ours[0])
+    theirs = jitted(build(case, optax), np.maximum(steps, 0))
+    finite = np.isfinite(theirs)
+    assert_matches(ours[finite], theirs[finite], extra=extra)
+
+
+@given(init=values, end=values, power=st.floats(0.5, 4.0), steps=lengths, begin=begins, extra=extra_steps,
+       kind=st.sampled_from(["polynomial", "linear", "warmup_constant"]))
+def test_polynomial_family_matches_optax(init, end, power, steps, begin, extra, kind):
+    if kind == "linear":
+        power = 1.0
+    if kind == "warmup_constant":
+        case, begin = (lambda lib: lib.warmup_constant_schedule(init, end, steps)), 0
+    else:
+        case = lambda lib: lib.polynomial_schedule(init, end, power, steps, begin)  # noqa: E731
+    # optax's 1 - τ/T carries the absolute error of τ/T (≤ 2⁻²⁵ below 1), which the power
+    # amplifies by P·f^(P-1) ≤ P·T^(1-P) at the last step before the end (f = 1/T) when P < 1.
+    # Ours, (T - τ)/T, is exact to ½ ulp relative, so this is optax's share of the difference.
+    lengths_in_range = min(max(steps, 1), 2**24)
+    conditioning = abs(init - end) * power * max(1.0, float(lengths_in_range) ** (1 - power)) * 2.0**-25
+    assert_like_optax(case, hypothesis_steps([steps, begin, begin + steps], extra), extra=2 * conditioning)
+
+
+@given(init=magnitudes, steps=lengths, rate=st.floats(0.0, 2.0) | st.sampled_from([0.0, 1.0]), begin=begins,
+       staircase=st.booleans(), end=st.none() | magnitudes, warmup=st.none() | st.integers(0, 300),
+       extra=extra_steps)
+def test_exponential_family_matches_optax(init, steps, rate, begin, staircase, end, warmup, extra):
+    if rate > 1 and end is None:
+        end = 2.0  # unbounded growth overflows float32 (to inf on both sides) within the int32 range
+    if warmup is None:
+        case = lambda lib: lib.exponential_decay(init, steps, rate, begin, staircase, end)  # noqa: E731
+    else:
+        case = lambda lib: lib.warmup_exponential_decay_schedule(  # noqa: E731
+            0.0, init, warmup, steps, rate, begin, staircase, end)
+    # Both compute rate^p from the same float32 p, so they agree to a rounding or two. With
+    # staircase, optax floors a float32 quotient that XLA forms as (t - B)·(1/T): at an exact
+    # multiple t - B = k·T it can fall just below k, one interval short (exponential_decay(1.0,
+    # 355, 2.0, staircase=True) is 1.0 at step 355 under jit), and beyond 2²⁴ the count itself is
+    # rounded. Ours divides exactly in integers: those steps are checked against the float64
+    # formula instead.
+    shown = hypothesis_steps([steps, begin, begin + steps, (warmup or 0) + begin + steps], extra)
+    if staircase and steps > 0 and rate > 0:
+        delay = shown - (warmup or 0) - max(begin, 0)
+        exact = (np.abs(shown) >= 2**24) | ((delay > 0) & (delay % steps == 0))
+        ours = jitted(build(case, S), shown[exact])
+        expected = [ref.exponential(int(t) - (warmup or 0), init, steps, rate, max(begin, 0), True, end)
+                    if int(t) >= (warmup or 0) else float(build(case, S)(int(t))) for t in shown[exact]]
+        # A few roundings of rate^k (relative), and float32's smallest normal number (absolute):
+        # XLA on CPU flushes subnormal results to 0.
+        np.testing.assert_allclose(ours, expected, rtol=4 * EPS32, atol=float(np.finfo(np.float32).tiny))
+        shown = shown[~exact]
+    assert_like_optax(case, shown)
+
+
+@given(init=values, steps=st.integers(1, 3000) | st.sampled_from([1, INT32_MAX, BIG]), alpha=st.floats(0.0, 1.0),
+       exponent=st.floats(0.5, 4.0) | st.just(1.0), extra=extra_steps)
+def test_cosine_decay_matches_optax(init, steps, alpha, exponent, extra):
+    case = lambda lib: lib.cosine_decay_schedule(init, steps, alpha, exponent)  # noqa: E731
+    assert_like_optax(case, hypothesis_steps([steps], extra))
+
+
+@given(init=values, peak=values | st.just(0.0), end=values, warmup=st.integers(0, 300),
+       cosine=st.integers(1, 3000) | st.just(BIG), exponent=st.floats(0.5, 4.0) | st.just(1.0), extra=extra_steps)
+def test_warmup_cosine_decay_matches_optax(init, peak, end, warmup, cosine, exponent, extra):
+    case = lambda lib: lib.warmup_cosine_decay_schedule(init, peak, warmup, warmup + cosine, end, exponent)  # noqa: E731
+    # optax forms α = end/peak and scales (1 - α)·c + α by the peak: for |end| ≫ |peak| the sum
+    # cancels down from |α|, so its rounding is that of |end|·(1 + |α|·… ) ≤ 4 ulps of |end|,
+    # inside the bound of the largest value, save for the ill-conditioned |end/peak| ≫ 1:
+    ratio = abs(end / peak) if peak else 0.0
+    assert_like_optax(case, hypothesis_steps([warmup, warmup + cosine], extra),
+                      extra=4 * EPS32 * abs(end) * ratio)
+
+
+tables = st.dictionaries(st.integers(0, 600), st.floats(0.0, 3.0), max_size=4)
+
+
+@given(init=values, table=tables, kind=st.sampled_from(["constant", "linear", "cosine"]), extra=extra_steps)
+def test_piecewise_schedules_match_optax(init, table, kind, extra):
+    if kind == "constant":
+        case = lambda lib: lib.piecewise_constant_schedule(init, table)  # noqa: E731
+    else:
+        case = lambda lib: lib.piecewise_interpolate_schedule(kind, init, table)  # noqa: E731
+    assert_like_optax(case, hypothesis_steps(list(table), extra))
+
+
+@given(steps=st.integers(1, 1000), peak=magnitudes, pct=st.lists(st.floats(0.0, 1.0), min_size=2, max_size=2),
+       div=st.floats(1.0, 100.0), final_div=st.floats(1.0, 1e4), linear=st.booleans(), extra=extra_steps)
+def test_onecycle_schedules_match_optax(steps, peak, pct, div, final_div, linear, extra):
+    start, final = sorted(pct)
+    if linear:
+        case = lambda lib: lib.linear_onecycle_schedule(steps, peak, start, final, div, final_div)  # noqa: E731
+    else:
+        case = lambda lib: lib.cosine_onecycle_schedule(steps, peak, start, div, final_div)  # noqa: E731
+    assert_like_optax(case, hypothesis_steps([int(start * steps), int(final * steps), steps], extra))
+
+
+cycles = st.fixed_dictionaries(
+    dict(init_value=values, peak_value=magnitudes, warmup_steps=st.integers(0, 50), decay_steps=st.integers(50, 300)),
+    optional=dict(end_value=st.floats(0.0, 1e-3), exponent=st.floats(0.5, 2.0)))
+
+
+@given(kwargs=st.lists(cycles, min_size=1, max_size=4), boundaries=st.lists(st.integers(0, 400), min_size=3,
+                                                                           max_size=3), extra=extra_steps)
+def test_sgdr_and_join_match_optax(kwargs, boundaries, extra):
+    sgdr = lambda lib: lib.sgdr_schedule(kwargs)  # noqa: E731
+    ends = np.cumsum([k["decay_steps"] for k in kwargs]).tolist()
+    assert_like_optax(sgdr, hypothesis_steps(ends, extra))
+    boundaries = sorted(boundaries)[:len(kwargs) - 1]
+    join = lambda lib: lib.join_schedules([lib.warmup_cosine_decay_schedule(**k) for k in kwargs], boundaries)  # noqa: E731
+    assert_like_optax(join, hypothesis_steps(boundaries, extra))
