@@ -62,10 +62,12 @@ def check_value(
     number = _real_number(name, value)
     if number is None:
         return None
-    interval = f"({low:g}, {high:g}]" if positive else f"[{low:g}, {high:g}]"
     inside = math.isfinite(number) and low <= number <= high and not (positive and number <= low)
     if not inside:
-        what = "a finite number" + ("" if math.isinf(low) and math.isinf(high) else f" in {interval}")
+        if math.isinf(high):
+            what = "a finite number" + ("" if math.isinf(low) else f" {'>' if positive else '>='} {low:g}")
+        else:
+            what = f"a finite number in {'(' if positive else '['}{low:g}, {high:g}]"
         raise ValueError(f"{name} must be {what}, got {number!r}.{' ' + hint if hint else ''}")
     return number
 

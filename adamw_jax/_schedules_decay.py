@@ -27,8 +27,15 @@ def constant_schedule(value: float) -> optax.Schedule:
     return lambda count: args.result(value, args.as_count(count))
 
 
+def blend(start: Any, end: Any, weight: jax.Array) -> jax.Array:
+    """``w·start + (1 - w)·end``: ``(start - end)·w + end`` in a form that is exactly ``start``
+    at ``w = 1`` and ``end`` at ``w = 0`` (a warmup from 0 starts at 0, not at -1e-11)."""
+    return weight * start + (1 - weight) * end
+
+
 def polynomial_curve(init_value: Any, end_value: Any, power: Any, steps: int, begin: int) -> optax.Schedule:
-    """``(I - E)·((T - τ)/T)^power + E``, ``τ = min(max(t - B, 0), T)``, for checked arguments;
+    """``(I - E)·((T - τ)/T)^power + E``, ``τ = min(max(t - B, 0), T)``, for checked arguments
+    (formed by ``blend``);
     ``I`` throughout when ``T <= 0``."""
     if steps <= 0:
         return lambda count: args.result(init_value, args.as_count(count))
@@ -38,7 +45,7 @@ def polynomial_curve(init_value: Any, end_value: Any, power: Any, steps: int, be
         # (T - τ)/T rather than 1 - τ/T: exactly 0 at the end, and full relative precision
         # near it, where 1 - τ/T keeps only the absolute precision of τ/T.
         remaining = (float(steps) - args.elapsed(t, begin, steps)) / float(steps)
-        return args.result((init_value - end_value) * remaining**power + end_value, t)
+        return args.result(blend(init_value, end_value, remaining**power), t)
 
     return schedule
 
@@ -200,7 +207,7 @@ def cosine_curve(init_value: Any, end_value: Any, exponent: Any, begin: int, ste
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         t = args.as_count(count)
         cosine = 0.5 * (1 + jnp.cos(math.pi * args.elapsed(t, begin, steps) / float(steps)))
-        return args.result((init_value - end_value) * cosine**exponent + end_value, t)
+        return args.result(blend(init_value, end_value, cosine**exponent), t)
 
     return schedule
 

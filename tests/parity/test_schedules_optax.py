@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
 
 import adamw_jax as aw
-import reference as ref
 
 S = aw.schedules
 EPS32 = float(np.finfo(np.float32).eps)
@@ -308,7 +308,9 @@ def test_cosine_decay_matches_optax(init, steps, alpha, exponent, extra):
 @given(init=values, peak=values | st.just(0.0), end=values, warmup=st.integers(0, 300),
        cosine=st.integers(1, 3000) | st.just(BIG), exponent=st.floats(0.5, 4.0) | st.just(1.0), extra=extra_steps)
 def test_warmup_cosine_decay_matches_optax(init, peak, end, warmup, cosine, exponent, extra):
-    case = lambda lib: lib.warmup_cosine_decay_schedule(init, peak, warmup, warmup + cosine, end, exponent)  # noqa: E731
+    def case(lib: ModuleType) -> optax.Schedule:
+        return lib.warmup_cosine_decay_schedule(init, peak, warmup, warmup + cosine, end, exponent)
+
     # optax forms α = end/peak and scales (1 - α)·c + α by the peak: for |end| ≫ |peak| the sum
     # cancels down from |α|, so its rounding is that of |end|·(1 + |α|·… ) ≤ 4 ulps of |end|,
     # inside the bound of the largest value, save for the ill-conditioned |end/peak| ≫ 1:
@@ -352,5 +354,7 @@ def test_sgdr_and_join_match_optax(kwargs, boundaries, extra):
     ends = np.cumsum([k["decay_steps"] for k in kwargs]).tolist()
     assert_like_optax(sgdr, hypothesis_steps(ends, extra))
     boundaries = sorted(boundaries)[:len(kwargs) - 1]
-    join = lambda lib: lib.join_schedules([lib.warmup_cosine_decay_schedule(**k) for k in kwargs], boundaries)  # noqa: E731
+    def join(lib: ModuleType) -> optax.Schedule:
+        return lib.join_schedules([lib.warmup_cosine_decay_schedule(**k) for k in kwargs], boundaries)
+
     assert_like_optax(join, hypothesis_steps(boundaries, extra))
