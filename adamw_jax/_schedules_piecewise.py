@@ -20,8 +20,9 @@ def join_schedules(schedules: Sequence[optax.Schedule], boundaries: Sequence[int
     """Run ``schedules[0]`` until ``boundaries[0]``, then ``schedules[1]`` restarted at 0, and
     so on: ``η_t = schedules[i](t - boundaries[i-1])`` for ``boundaries[i-1] <= t < boundaries[i]``.
 
-    Unlike optax, which zips the two lists, there must be exactly one boundary fewer than
-    schedules, and the boundaries must be non-decreasing steps ``>= 0``.
+    A negative step is step 0 (so ``boundaries[0] = 0`` never runs ``schedules[0]``; optax runs
+    it at negative steps). Unlike optax, which zips the two lists, there must be exactly one
+    boundary fewer than schedules, and the boundaries must be non-decreasing steps ``>= 0``.
     """
     schedules, boundaries = list(schedules), list(boundaries)
     for index, schedule in enumerate(schedules):
