@@ -196,6 +196,16 @@ def elapsed(count: jax.Array, begin: int, length: int) -> jax.Array:
                                                              min(length, largest))))
 
 
+def fractions(count: jax.Array, begin: int, length: int) -> tuple[jax.Array, jax.Array]:
+    """``(τ/L, (L - τ)/L)`` for ``τ = elapsed(count, begin, length)``, each exactly 0 or 1 at
+    the ends of the phase (XLA divides by a constant ``L`` as ``x·(1/L)``, which can miss 1 by
+    an ulp), and each within about an ulp (relative) in between."""
+    tau, steps = elapsed(count, begin, length), float(length)
+    done = jnp.where(tau >= steps, 1.0, tau / steps).astype(tau.dtype)
+    left = jnp.where(tau <= 0, 1.0, (steps - tau) / steps).astype(tau.dtype)
+    return done, left
+
+
 def completed_intervals(count: jax.Array, size: int) -> jax.Array:
     """``floor(t / size)`` as a float, exact in integer arithmetic for integer counts."""
     if _integer_max(count) is None:

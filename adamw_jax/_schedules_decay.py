@@ -27,25 +27,23 @@ def constant_schedule(value: float) -> optax.Schedule:
     return lambda count: args.result(value, args.as_count(count))
 
 
-def blend(start: Any, end: Any, weight: jax.Array) -> jax.Array:
-    """``w·start + (1 - w)·end``: ``(start - end)·w + end`` in a form that is exactly ``start``
-    at ``w = 1`` and ``end`` at ``w = 0`` (a warmup from 0 starts at 0, not at -1e-11)."""
-    return weight * start + (1 - weight) * end
-
-
 def polynomial_curve(init_value: Any, end_value: Any, power: Any, steps: int, begin: int) -> optax.Schedule:
-    """``(I - E)·((T - τ)/T)^power + E``, ``τ = min(max(t - B, 0), T)``, for checked arguments
-    (formed by ``blend``);
-    ``I`` throughout when ``T <= 0``."""
+    """``(I - E)·((T - τ)/T)^P + E``, ``τ = min(max(t - B, 0), T)``, for checked arguments;
+    ``I`` throughout when ``T <= 0``.
+
+    For ``P = 1`` formed as ``I + (E - I)·τ/T``, exactly ``I`` at the start and with full
+    relative precision through a warmup from 0; otherwise as ``(I - E)·((T - τ)/T)^P + E``,
+    exactly ``E`` at the end, where optax's ``1 - τ/T`` keeps only the absolute precision of
+    ``τ/T`` (and a fractional power of its rounding below 0 is NaN).
+    """
     if steps <= 0:
         return lambda count: args.result(init_value, args.as_count(count))
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         t = args.as_count(count)
-        # (T - τ)/T rather than 1 - τ/T: exactly 0 at the end, and full relative precision
-        # near it, where 1 - τ/T keeps only the absolute precision of τ/T.
-        remaining = (float(steps) - args.elapsed(t, begin, steps)) / float(steps)
-        return args.result(blend(init_value, end_value, remaining**power), t)
+        done, left = args.fractions(t, begin, steps)
+        linear = init_value + (end_value - init_value) * done
+        return args.result(jnp.where(power == 1, linear, (init_value - end_value) * left**power + end_value), t)
 
     return schedule
 
@@ -202,12 +200,13 @@ def inverse_sqrt_schedule(peak_value: float, warmup_steps: int) -> optax.Schedul
 
 
 def cosine_curve(init_value: Any, end_value: Any, exponent: Any, begin: int, steps: int) -> optax.Schedule:
-    """``E + (I - E)·(½(1 + cos(π·τ/T)))^exponent``, ``τ = min(max(t - B, 0), T)``, ``T >= 1``."""
+    """``E + (I - E)·w``, ``w = (½(1 + cos(π·τ/T)))^exponent``, ``τ = min(max(t - B, 0), T)``,
+    ``T >= 1``: exactly ``E`` from the end of the phase on."""
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         t = args.as_count(count)
-        cosine = 0.5 * (1 + jnp.cos(math.pi * args.elapsed(t, begin, steps) / float(steps)))
-        return args.result(blend(init_value, end_value, cosine**exponent), t)
+        cosine = 0.5 * (1 + jnp.cos(math.pi * args.fractions(t, begin, steps)[0]))
+        return args.result((init_value - end_value) * cosine**exponent + end_value, t)
 
     return schedule
 

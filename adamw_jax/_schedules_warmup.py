@@ -136,7 +136,7 @@ def warmup_stable_decay_schedule(
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         t = args.as_count(count)
         warm = init_value + (peak_value - init_value) * args.elapsed(t, 0, warmup_steps) / max(warmup_steps, 1)
-        fraction = args.elapsed(t, warmup_steps + stable_steps, decay_steps) / float(decay_steps)
+        fraction = args.fractions(t, warmup_steps + stable_steps, decay_steps)[0]
         decayed = end_value + (peak_value - end_value) * _cooldown(decay_shape, fraction)
         return args.result(jnp.where(args.before(t, warmup_steps), warm, decayed), t)
 
