@@ -28,6 +28,7 @@ def warmup_constant_schedule(init_value: float, peak_value: float, warmup_steps:
 
 
 def _check_warmup(warmup_steps: Any) -> int:
+    """A warmup length: a whole number of steps ``>= 0`` (0: no warmup)."""
     return args.check_steps("warmup_steps", warmup_steps, low=0)
 
 
@@ -90,7 +91,7 @@ def warmup_exponential_decay_schedule(
     decay_rate, transition_begin, staircase, end_value)`` counted from the end of the warmup
     (its degenerate cases included: ``transition_steps <= 0`` or ``decay_rate = 0`` hold the
     peak). Unlike optax, ``warmup_steps`` must be ``>= 0``."""
-    args.check_values(init_value=init_value)
+    args.check_values(init_value=init_value, peak_value=peak_value)
     warmup_steps = _check_warmup(warmup_steps)
     return join_schedules(
         [polynomial_curve(init_value, peak_value, 1.0, warmup_steps, 0),

@@ -258,6 +258,7 @@ BAD_ARGUMENTS = [
     (lambda: S.warmup_constant_schedule(0.0, INF, 10), ValueError, "peak_value"),
     (lambda: S.warmup_exponential_decay_schedule(0.0, 1.0, -3, 10, 0.5), ValueError, "warmup_steps must be >= 0"),
     (lambda: S.warmup_exponential_decay_schedule(0.0, 1.0, 3, 10, -0.5), ValueError, "decay_rate"),
+    (lambda: S.warmup_exponential_decay_schedule(0.0, NAN, 3, 10, 0.5), ValueError, "peak_value"),
     (lambda: S.piecewise_constant_schedule(1.0, {10: -0.1}), ValueError, r"boundaries_and_scales\[10\] .* >= 0"),
     (lambda: S.piecewise_constant_schedule(1.0, {10: INF}), ValueError, r"boundaries_and_scales\[10\]"),
     (lambda: S.piecewise_constant_schedule(1.0, {10: NAN}), ValueError, r"boundaries_and_scales\[10\]"),
