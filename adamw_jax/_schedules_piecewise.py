@@ -4,7 +4,7 @@ values, and the one-cycle policy (Smith & Topin 2017) built from them."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,10 @@ INTERPOLATE_TYPES = ("linear", "cosine")
 def join_schedules(schedules: Sequence[optax.Schedule], boundaries: Sequence[int]) -> optax.Schedule:
     """Run ``schedules[0]`` until ``boundaries[0]``, then ``schedules[1]`` restarted at 0, and
     so on: ``η_t = schedules[i](t - boundaries[i-1])`` for ``boundaries[i-1] <= t < boundaries[i]``.
+
+    A negative step is step 0 (so ``boundaries[0] = 0`` never runs ``schedules[0]``; optax runs
+    it at negative steps). Unlike optax, which zips the two lists, there must be exactly one
+    boundary fewer than schedules, and the boundaries must be non-decreasing steps ``>= 0``.
     """
     schedules, boundaries = list(schedules), list(boundaries)
     for index, schedule in enumerate(schedules):
@@ -29,53 +33,62 @@ def join_schedules(schedules: Sequence[optax.Schedule], boundaries: Sequence[int
             f"join_schedules needs one boundary fewer than schedules: got {len(schedules)} schedules "
             f"and boundaries={boundaries!r}."
         )
-    for index, boundary in enumerate(boundaries):
-        args.check_steps(f"boundaries[{index}]", boundary)
+    boundaries = [args.check_steps(f"boundaries[{index}]", boundary) for index, boundary in enumerate(boundaries)]
     if boundaries != sorted(boundaries):
         raise ValueError(f"boundaries must be non-decreasing, got {boundaries!r}.")
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        count = args.as_count(count)
-        value = args.result(schedules[0](count), count)
+        t = args.as_count(count)
+        value = args.result(schedules[0](t), t)
         for boundary, later in zip(boundaries, schedules[1:]):
-            value = jnp.where(count < boundary, value, args.result(later(count - boundary), count))
+            if not args.reaches(t, boundary):
+                break
+            value = jnp.where(args.before(t, boundary), value, args.result(later(args.shifted(t, boundary)), t))
         return value
 
     return schedule
 
 
 def _sorted_boundaries(
-    boundaries_and_scales: dict[int, float] | None,
+    boundaries_and_scales: Mapping[int, float] | None,
 ) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The boundaries (whole steps ``>= 0``) in order, and their scales (finite, ``>= 0``)."""
     if boundaries_and_scales is None:
         return (), ()
-    if not isinstance(boundaries_and_scales, dict):
+    if not isinstance(boundaries_and_scales, Mapping):
         raise TypeError(
             "boundaries_and_scales must be a dict {step: scale}, e.g. {100: 0.1, 200: 0.1}, got "
             f"{boundaries_and_scales!r}."
         )
+    items = []
     for step, scale in boundaries_and_scales.items():
-        args.check_steps(f"boundaries_and_scales key {step!r}", step)
-        check.check_range(f"boundaries_and_scales[{step}]", scale, low=0.0,
-                          hint="Scales multiply the value and must be >= 0.")
-    items = sorted(boundaries_and_scales.items())
+        boundary = args.check_steps(f"boundaries_and_scales key {step!r}", step)
+        args.check_value(f"boundaries_and_scales[{step!r}]", scale, low=0.0,
+                         hint="Scales multiply the value and must be finite and >= 0.")
+        items.append((boundary, scale))
+    items.sort(key=lambda item: item[0])
     return tuple(step for step, _ in items), tuple(scale for _, scale in items)
 
 
 def piecewise_constant_schedule(
-    init_value: float, boundaries_and_scales: dict[int, float] | None = None
+    init_value: float, boundaries_and_scales: Mapping[int, float] | None = None
 ) -> optax.Schedule:
     """``η_t = init_value · ∏ {scale_b : b <= t}``: the value is multiplied by ``scale_b`` from
     step ``b`` on (torch ``MultiStepLR(milestones, gamma)`` is ``{m: gamma for m in milestones}``).
+
+    Boundaries may lie beyond the int32 range (never reached by int32 counts). Unlike optax, they
+    must be whole steps ``>= 0`` and the scales finite (optax gives NaN before an inf scale).
     """
     args.check_values(init_value=init_value)
     boundaries, scales = _sorted_boundaries(boundaries_and_scales)
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        count = args.as_count(count)
-        value = args.result(init_value, count)
+        t = args.as_count(count)
+        value = args.result(init_value, t)
         for boundary, scale in zip(boundaries, scales):
-            value = jnp.where(count < boundary, value, value * scale)
+            if not args.reaches(t, boundary):
+                break
+            value = jnp.where(args.before(t, boundary), value, value * scale)
         return value
 
     return schedule
@@ -88,12 +101,15 @@ def _interpolate(interpolate_type: str, start: float, end: float, fraction: jax.
 
 
 def piecewise_interpolate_schedule(
-    interpolate_type: str, init_value: float, boundaries_and_scales: dict[int, float] | None = None
+    interpolate_type: str, init_value: float, boundaries_and_scales: Mapping[int, float] | None = None
 ) -> optax.Schedule:
     """Interpolated (``"linear"`` or ``"cosine"``) between the values ``v_0 = init_value``,
     ``v_i = v_{i-1}·scale_i`` placed at step 0 and at each boundary ``b_i``; ``v_last`` after
     the last boundary. Cosine: ``v_i + (v_{i-1} - v_i)·½(1 + cos(π·f))``, ``f`` the fraction of
     the segment done.
+
+    Unlike optax, which gives 0 at a negative step, a negative step has the step-0 value; the
+    boundaries must be whole steps ``>= 0`` and the scales finite and ``>= 0``.
     """
     check.check_choice("interpolate_type", interpolate_type, INTERPOLATE_TYPES)
     args.check_values(init_value=init_value)
@@ -104,26 +120,31 @@ def piecewise_interpolate_schedule(
     starts = (0,) + boundaries
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        count = args.as_count(count)
-        value = args.result(values[-1], count)
+        t = args.as_count(count)
+        value = args.result(values[-1], t)
         for i in reversed(range(len(boundaries))):
+            if not args.reaches(t, starts[i]):
+                continue
             length = max(starts[i + 1] - starts[i], 1)
-            fraction = args.elapsed(count, starts[i], length) / length
+            fraction = args.elapsed(t, starts[i], length) / float(length)
             inside = _interpolate(interpolate_type, values[i], values[i + 1], fraction)
-            value = jnp.where(count < starts[i + 1], args.result(inside, count), value)
+            value = jnp.where(args.before(t, starts[i + 1]), args.result(inside, t), value)
         return value
 
     return schedule
 
 
 def _check_onecycle(transition_steps: int, peak_value: float, pct_start: float, div_factor: float,
-                    final_div_factor: float) -> None:
-    args.check_steps("transition_steps", transition_steps, positive=True)
+                    final_div_factor: float) -> int:
+    """The arguments both one-cycle schedules share; returns ``transition_steps`` as an int."""
+    steps = args.check_steps("transition_steps", transition_steps, low=1)
     args.check_values(peak_value=peak_value)
     args.check_fraction("pct_start", pct_start, hint="It is the fraction of the steps spent warming up.")
-    check.check_positive("div_factor", div_factor, hint="The schedule starts at peak_value / div_factor.")
-    check.check_positive("final_div_factor", final_div_factor,
-                        hint="The schedule ends at peak_value / (div_factor · final_div_factor).")
+    args.check_value("div_factor", div_factor, low=0.0, positive=True,
+                     hint="The schedule starts at peak_value / div_factor.")
+    args.check_value("final_div_factor", final_div_factor, low=0.0, positive=True,
+                     hint="The schedule ends at peak_value / (div_factor · final_div_factor).")
+    return steps
 
 
 def linear_onecycle_schedule(
@@ -135,19 +156,26 @@ def linear_onecycle_schedule(
     final_div_factor: float = 1e4,
 ) -> optax.Schedule:
     """Three linear phases: ``peak/div`` up to ``peak`` at step ``⌊pct_start·T⌋``, back down to
-    ``peak/div`` at ``⌊pct_final·T⌋``, then to ``peak/(div·final_div)`` at ``T``.
+    ``peak/div`` at ``⌊pct_final·T⌋``, then to ``peak/(div·final_div)`` at ``T``: optax's
+    ``piecewise_interpolate_schedule("linear", peak/div, {⌊pct_start·T⌋: div,
+    ⌊pct_final·T⌋: 1/div, T: 1/final_div})``, whose later entries replace earlier ones at the
+    same step (short schedules), as in optax.
 
-    torch ``OneCycleLR(anneal_strategy="linear", three_phase=True, total_steps=T + 1)`` when
-    ``pct_start·(T + 1)`` is a whole number and ``⌊pct_final·T⌋ = 2·pct_start·(T + 1) - 2``.
+    Unlike optax, ``pct_start <= pct_final`` must be fractions in [0, 1] and the factors finite
+    and ``> 0``. torch ``OneCycleLR(anneal_strategy="linear", three_phase=True,
+    total_steps=T + 1)`` when ``pct_start·(T + 1)`` is a whole number and
+    ``⌊pct_final·T⌋ = 2·pct_start·(T + 1) - 2``.
     """
-    _check_onecycle(transition_steps, peak_value, pct_start, div_factor, final_div_factor)
-    args.check_fraction("pct_final", pct_final)
+    steps = _check_onecycle(transition_steps, peak_value, pct_start, div_factor, final_div_factor)
+    args.check_fraction("pct_final", pct_final, hint="It is the fraction of the steps at which the value is "
+                        "back at peak_value / div_factor.")
     if pct_final < pct_start:
-        raise ValueError(f"pct_final ({pct_final}) must be >= pct_start ({pct_start}).")
+        raise ValueError(f"pct_final ({pct_final}) must be >= pct_start ({pct_start}): the value goes up "
+                         "until pct_start, then down until pct_final.")
     return piecewise_interpolate_schedule("linear", peak_value / div_factor, {
-        int(pct_start * transition_steps): div_factor,
-        int(pct_final * transition_steps): 1.0 / div_factor,
-        transition_steps: 1.0 / final_div_factor,
+        int(pct_start * steps): div_factor,
+        int(pct_final * steps): 1.0 / div_factor,
+        steps: 1.0 / final_div_factor,
     })
 
 
@@ -159,13 +187,16 @@ def cosine_onecycle_schedule(
     final_div_factor: float = 1e4,
 ) -> optax.Schedule:
     """Cosine from ``peak/div`` up to ``peak`` at step ``⌊pct_start·T⌋``, then cosine down to
-    ``peak/(div·final_div)`` at ``T``.
+    ``peak/(div·final_div)`` at ``T``: optax's ``piecewise_interpolate_schedule("cosine",
+    peak/div, {⌊pct_start·T⌋: div, T: 1/(div·final_div)})`` (the second entry replaces the first
+    when ``⌊pct_start·T⌋ = T``, as in optax).
 
-    torch ``OneCycleLR(total_steps=T + 1)`` (its default ``anneal_strategy="cos"``) when
+    Unlike optax, ``pct_start`` must be in [0, 1] and the factors finite and ``> 0``. torch
+    ``OneCycleLR(total_steps=T + 1)`` (its default ``anneal_strategy="cos"``) when
     ``pct_start·(T + 1)`` is a whole number.
     """
-    _check_onecycle(transition_steps, peak_value, pct_start, div_factor, final_div_factor)
+    steps = _check_onecycle(transition_steps, peak_value, pct_start, div_factor, final_div_factor)
     return piecewise_interpolate_schedule("cosine", peak_value / div_factor, {
-        int(pct_start * transition_steps): div_factor,
-        transition_steps: 1.0 / (div_factor * final_div_factor),
+        int(pct_start * steps): div_factor,
+        steps: 1.0 / (div_factor * final_div_factor),
     })

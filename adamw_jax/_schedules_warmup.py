@@ -13,15 +13,23 @@ import optax
 
 from adamw_jax import _schedule_arguments as args
 from adamw_jax import _validation as check
-from adamw_jax._schedules_decay import exponential_decay, linear_schedule
+from adamw_jax._schedules_decay import checked_polynomial, cosine_curve, exponential_decay, polynomial_curve
 from adamw_jax._schedules_piecewise import join_schedules
 
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
 
 
 def warmup_constant_schedule(init_value: float, peak_value: float, warmup_steps: int) -> optax.Schedule:
-    """Linear from ``init_value`` to ``peak_value`` over ``warmup_steps``, then ``peak_value``."""
-    return linear_schedule(init_value, peak_value, warmup_steps)
+    """Linear from ``init_value`` to ``peak_value`` over ``warmup_steps``, then ``peak_value``:
+    ``linear_schedule(init_value, peak_value, warmup_steps)``. As in optax, ``warmup_steps <= 0``
+    holds ``init_value`` at every step (a ``UserWarning`` says so when ``peak_value`` differs)."""
+    return checked_polynomial("warmup_constant_schedule", init_value, peak_value, 1.0, warmup_steps, 0,
+                              steps_name="warmup_steps", end_name="peak_value")
+
+
+def _check_warmup(warmup_steps: Any) -> int:
+    """A warmup length: a whole number of steps ``>= 0`` (0: no warmup)."""
+    return args.check_steps("warmup_steps", warmup_steps, low=0)
 
 
 def warmup_cosine_decay_schedule(
@@ -39,27 +47,34 @@ def warmup_cosine_decay_schedule(
         w <= t:     η_t = end + (peak - end)·(½(1 + cos(π·min(t - w, T)/T)))^exponent,
                     T = decay_steps - w
 
+    As in optax, ``peak_value = 0`` decays from 0 to 0 whatever ``end_value`` (optax's cosine
+    is ``peak·(1 - α)·c + peak·α`` with ``α = end/peak``, set to 0 when ``peak = 0``); a
+    ``UserWarning`` says so when ``end_value != 0``. Unlike optax, ``decay_steps = warmup_steps``
+    is accepted (``end_value`` right after the warmup), ``exponent`` must be ``> 0``, the counts
+    ``>= 0`` and every value finite.
+
     Keras ``CosineDecay(init, D, alpha, warmup_target=peak, warmup_steps=w)`` is
     ``decay_steps = w + D``, ``end_value = alpha·peak``.
     """
-    args.check_values(init_value=init_value, peak_value=peak_value, end_value=end_value, exponent=exponent)
-    args.check_steps("warmup_steps", warmup_steps)
-    args.check_steps("decay_steps", decay_steps)
+    args.check_values(init_value=init_value)
+    peak, end = args.check_value("peak_value", peak_value), args.check_value("end_value", end_value)
+    args.check_value("exponent", exponent, low=0.0, positive=True, hint="1 is the plain cosine.")
+    warmup_steps = _check_warmup(warmup_steps)
+    decay_steps = args.check_steps("decay_steps", decay_steps)
     if decay_steps < warmup_steps:
         raise ValueError(
             f"decay_steps ({decay_steps}) counts the warmup and must be >= warmup_steps ({warmup_steps})."
         )
-    cosine_steps = max(decay_steps - warmup_steps, 1)
-
-    def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        t = args.as_float(args.as_count(count))
-        warm = init_value + (peak_value - init_value) * t / max(warmup_steps, 1)
-        progress = args.elapsed(count, warmup_steps, cosine_steps) / cosine_steps
-        cosine = (0.5 * (1 + jnp.cos(math.pi * progress))) ** exponent
-        decayed = end_value + (peak_value - end_value) * cosine
-        return args.result(jnp.where(t < warmup_steps, warm, decayed), count)
-
-    return schedule
+    if peak == 0 and end not in (0.0, None):
+        args.warn(f"warmup_cosine_decay_schedule: peak_value=0 decays to 0, not to end_value={end_value!r}, "
+                  "as in optax (whose cosine is scaled by the peak). Pass a peak_value != 0, or "
+                  "end_value=0 to silence this warning.")
+        end_value = 0.0
+    return join_schedules(
+        [polynomial_curve(init_value, peak_value, 1.0, warmup_steps, 0),
+         cosine_curve(peak_value, end_value, exponent, 0, max(decay_steps - warmup_steps, 1))],
+        [warmup_steps],
+    )
 
 
 def warmup_exponential_decay_schedule(
@@ -73,9 +88,13 @@ def warmup_exponential_decay_schedule(
     end_value: float | None = None,
 ) -> optax.Schedule:
     """Linear warmup to ``peak_value``, then ``exponential_decay(peak_value, transition_steps,
-    decay_rate, transition_begin, staircase, end_value)`` counted from the end of the warmup."""
+    decay_rate, transition_begin, staircase, end_value)`` counted from the end of the warmup
+    (its degenerate cases included: ``transition_steps <= 0`` or ``decay_rate = 0`` hold the
+    peak). Unlike optax, ``warmup_steps`` must be ``>= 0``."""
+    args.check_values(init_value=init_value, peak_value=peak_value)
+    warmup_steps = _check_warmup(warmup_steps)
     return join_schedules(
-        [linear_schedule(init_value, peak_value, warmup_steps),
+        [polynomial_curve(init_value, peak_value, 1.0, warmup_steps, 0),
          exponential_decay(peak_value, transition_steps, decay_rate, transition_begin, staircase, end_value)],
         [warmup_steps],
     )
@@ -110,17 +129,17 @@ def warmup_stable_decay_schedule(
     (``"1-sqrt"``, Hägele et al.'s best cooldown).
     """
     args.check_values(peak_value=peak_value, init_value=init_value, end_value=end_value)
-    args.check_steps("warmup_steps", warmup_steps)
-    args.check_steps("stable_steps", stable_steps)
-    args.check_steps("decay_steps", decay_steps, positive=True)
+    warmup_steps = _check_warmup(warmup_steps)
+    stable_steps = args.check_steps("stable_steps", stable_steps)
+    decay_steps = args.check_steps("decay_steps", decay_steps, low=1)
     check.check_choice("decay_shape", decay_shape, DECAY_SHAPES)
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        t = args.as_float(args.as_count(count))
-        warm = init_value + (peak_value - init_value) * t / max(warmup_steps, 1)
-        fraction = args.elapsed(count, warmup_steps + stable_steps, decay_steps) / decay_steps
+        t = args.as_count(count)
+        warm = init_value + (peak_value - init_value) * args.elapsed(t, 0, warmup_steps) / max(warmup_steps, 1)
+        fraction = args.fractions(t, warmup_steps + stable_steps, decay_steps)[0]
         decayed = end_value + (peak_value - end_value) * _cooldown(decay_shape, fraction)
-        return args.result(jnp.where(t < warmup_steps, warm, decayed), count)
+        return args.result(jnp.where(args.before(t, warmup_steps), warm, decayed), t)
 
     return schedule
 
@@ -142,5 +161,6 @@ def sgdr_schedule(cosine_kwargs: Iterable[dict[str, Any]]) -> optax.Schedule:
                 f"cosine_kwargs[{index}] must be a dict of warmup_cosine_decay_schedule arguments "
                 f"with decay_steps (the cycle length), got {kwargs!r}."
             )
-        boundaries.append((boundaries[-1] if boundaries else 0) + kwargs["decay_steps"])
+        length = args.check_steps(f"cosine_kwargs[{index}]['decay_steps']", kwargs["decay_steps"])
+        boundaries.append((boundaries[-1] if boundaries else 0) + length)
     return join_schedules([warmup_cosine_decay_schedule(**kwargs) for kwargs in cycles], boundaries[:-1])

@@ -1,9 +1,22 @@
 """Learning-rate (and weight-decay, beta) schedules: pure functions ``step -> value``.
 
-Every schedule takes the 0-based step count (a Python int or an integer array, traced or not),
-returns a float32 array (float64 under x64) of the count's shape, and is safe under
-``jax.jit`` and ``jax.vmap``. Where optax has a schedule, the name, the arguments and the
-values are optax's; arguments are checked when the schedule is built.
+Every schedule takes the 0-based step count ``t`` (a Python or NumPy int or float, or an integer
+or float array: int32, int64 under x64, traced or not), returns a float32 array (float64 under
+x64) of the count's shape, and is safe under ``jax.jit`` and ``jax.vmap``. A negative count is
+read as 0, so a schedule's value at a negative step is its value at step 0. Lengths and
+boundaries may exceed the int32 range, and a concrete count beyond it (a Python ``10**10``) is
+taken as a float.
+
+Where optax has a schedule (the 14 of ``optax.schedules``), the name, the arguments and the
+values are optax's, its degenerate cases included: a transition of ``<= 0`` steps, or
+``decay_rate = 0``, holds ``init_value``; a negative ``transition_begin`` is read as 0; a zero
+``peak_value`` decays to 0 (each with a ``UserWarning`` where it hides what the arguments ask
+for). Arguments are checked when the schedule is built, each error naming the argument: values
+finite, fractions (``alpha``, ``pct_*``) in [0, 1], powers, exponents and factors ``> 0``, step
+counts whole numbers ``>= 0``, switches ``bool``. Where optax accepts more, each schedule's
+docstring says so. Where optax's float32 arithmetic rounds out of the curve (a NaN from a
+fractional power of a rounded-negative ``1 - τ/T``, a staircase one interval short at an exact
+multiple of ``T``), ours computes the exact curve.
 
 Peers, side by side (``T`` a number of steps, ``lr`` the initial value):
 

@@ -4,17 +4,18 @@ jitted and vmapped; argument checks; plot_schedule."""
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
 
 import adamw_jax as aw
-import reference as ref
 
 S = aw.schedules
 STEPS = 400
@@ -141,11 +142,38 @@ def test_staircase_steps_are_exact_at_huge_counts():
     assert float(S.inverse_time_decay_schedule(1.0, 1.0, last, staircase=True)(jnp.int32(last - 1))) == 1.0
 
 
-def test_zero_length_warmup_starts_at_the_peak():
-    """optax keeps init_value forever here (a silent zero learning rate); we jump to the peak."""
-    np.testing.assert_array_equal(S.warmup_constant_schedule(0.0, 1e-3, 0)(jnp.arange(3)), np.float32(1e-3))
-    assert float(S.linear_schedule(1.0, 2.0, 0, transition_begin=5)(4)) == 1.0
-    assert float(S.linear_schedule(1.0, 2.0, 0, transition_begin=5)(5)) == 2.0
+@pytest.mark.parametrize("build, words", [
+    (lambda: S.warmup_constant_schedule(0.0, 1e-3, 0), "warmup_steps=0 .* holds init_value=0.0"),
+    (lambda: S.linear_schedule(1.0, 2.0, -1), "transition_steps=-1"),
+    (lambda: S.linear_schedule(1.0, 1.0, -1), "transition_steps=-1"),
+    (lambda: S.polynomial_schedule(1.0, 0.0, 2.0, 0), "transition_steps=0 .* never reaches end_value=0.0"),
+    (lambda: S.polynomial_schedule(1.0, 0.0, 1.0, 10, transition_begin=-3), "transition_begin=-3 .* read as 0"),
+    (lambda: S.exponential_decay(1.0, 0, 0.5), "transition_steps=0 disables the decay"),
+    (lambda: S.exponential_decay(1.0, 10, 0.0), "decay_rate=0 disables the decay"),
+    (lambda: S.exponential_decay(1.0, 10, 0.5, transition_begin=-1), "transition_begin=-1"),
+    (lambda: S.warmup_exponential_decay_schedule(0.0, 1.0, 5, -2, 0.5), "transition_steps=-2"),
+    (lambda: S.warmup_cosine_decay_schedule(0.0, 0.0, 10, 100, 0.1), "peak_value=0 decays to 0"),
+])
+def test_optax_degenerate_cases_are_kept_with_a_warning(build, words):
+    """optax's meaning of these arguments is kept (tests/parity/test_schedules_optax.py proves
+    the values); a UserWarning names the argument, what it does and how to get what was meant."""
+    with pytest.warns(UserWarning, match=words):
+        build()
+
+
+@pytest.mark.parametrize("build", [
+    lambda: S.linear_schedule(0.5, 0.5, 0),
+    lambda: S.warmup_constant_schedule(1e-3, 1e-3, 0),
+    lambda: S.warmup_cosine_decay_schedule(0.0, 1.0, 0, 100),
+    lambda: S.warmup_cosine_decay_schedule(0.0, 0.0, 10, 100),
+    lambda: S.warmup_exponential_decay_schedule(0.0, 1.0, 0, 10, 0.5),
+    lambda: S.sgdr_schedule([dict(init_value=1.0, peak_value=1.0, warmup_steps=0, decay_steps=10)] * 2),
+    lambda: S.exponential_decay(1.0, 10, 1.0),
+])
+def test_zero_steps_that_change_nothing_do_not_warn(build):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build()
 
 
 @given(init=st.floats(1e-6, 1.0), end=st.floats(0.0, 1e-3), power=st.floats(0.25, 4.0),
@@ -189,41 +217,173 @@ def test_warmup_stable_decay_property(peak, warmup, stable, decay, shape):
     assert float(schedule(warmup + stable + decay)) == 0.0
 
 
-@pytest.mark.parametrize(
-    "build, error, words",
-    [
-        (lambda: S.constant_schedule("1e-3"), TypeError, "value"),
-        (lambda: S.linear_schedule(1.0, 0.0, -1), ValueError, "transition_steps"),
-        (lambda: S.linear_schedule(1.0, 0.0, 10.5), TypeError, "transition_steps"),
-        (lambda: S.polynomial_schedule(1.0, 0.0, 1.0, 10, transition_begin=-3), ValueError, "transition_begin"),
-        (lambda: S.exponential_decay(1.0, 0, 0.5), ValueError, "transition_steps"),
-        (lambda: S.exponential_decay(1.0, 10, 0.0), ValueError, "decay_rate"),
-        (lambda: S.cosine_decay_schedule(1.0, 0), ValueError, "decay_steps"),
-        (lambda: S.warmup_cosine_decay_schedule(0.0, 1.0, 100, 50), ValueError, "decay_steps"),
-        (lambda: S.piecewise_constant_schedule(1.0, {10: -0.1}), ValueError, "boundaries_and_scales"),
-        (lambda: S.piecewise_constant_schedule(1.0, [(10, 0.1)]), TypeError, "boundaries_and_scales"),
-        (lambda: S.piecewise_interpolate_schedule("cubic", 1.0, {10: 0.1}), ValueError, "interpolate_type"),
-        (lambda: S.cosine_onecycle_schedule(0, 1.0), ValueError, "transition_steps"),
-        (lambda: S.cosine_onecycle_schedule(100, 1.0, pct_start=1.5), ValueError, "pct_start"),
-        (lambda: S.linear_onecycle_schedule(100, 1.0, 0.5, 0.3), ValueError, "pct_final"),
-        (lambda: S.linear_onecycle_schedule(100, 1.0, div_factor=0.0), ValueError, "div_factor"),
-        (lambda: S.join_schedules([S.constant_schedule(1.0)], [10]), ValueError, "boundar"),
-        (lambda: S.join_schedules([S.constant_schedule(1.0), 0.5], [10]), TypeError, "schedules"),
-        (lambda: S.join_schedules([S.constant_schedule(1.0)] * 3, [20, 10]), ValueError, "non-decreasing"),
-        (lambda: S.sgdr_schedule([dict(init_value=1.0, peak_value=1.0, warmup_steps=0)]), ValueError,
-         "decay_steps"),
-        (lambda: S.sgdr_schedule([]), ValueError, "cosine_kwargs"),
-        (lambda: S.step_decay_schedule(1.0, 0.1, 0), ValueError, "step_size"),
-        (lambda: S.step_decay_schedule(1.0, -0.1, 10), ValueError, "decay_rate"),
-        (lambda: S.inverse_time_decay_schedule(1.0, 0.5, 0), ValueError, "decay_steps"),
-        (lambda: S.inverse_sqrt_schedule(1.0, 0), ValueError, "warmup_steps"),
-        (lambda: S.warmup_stable_decay_schedule(1.0, 10, 10, 10, decay_shape="exp"), ValueError, "decay_shape"),
-        (lambda: S.warmup_stable_decay_schedule(1.0, 10, -1, 10), ValueError, "stable_steps"),
-    ],
-)
+NAN, INF = float("nan"), float("inf")
+EPS32 = float(np.finfo(np.float32).eps)
+WARMUP_COSINE = dict(init_value=0.0, peak_value=1.0, warmup_steps=10, decay_steps=100)
+
+# (build, error, words the message must hold: the argument's name, and where it helps the fix)
+BAD_ARGUMENTS = [
+    (lambda: S.constant_schedule("1e-3"), TypeError, "value must be a real number"),
+    (lambda: S.constant_schedule(NAN), ValueError, "value must be a finite number, got nan"),
+    (lambda: S.constant_schedule(INF), ValueError, "value must be a finite number"),
+    (lambda: S.constant_schedule(jnp.ones(2)), TypeError, "value must be a real number .* shape"),
+    (lambda: S.constant_schedule([1e-3]), TypeError, "value .* Pass one scalar"),
+    (lambda: S.constant_schedule(True), TypeError, "value must be a real number"),
+    (lambda: S.linear_schedule(NAN, 0.0, 10), ValueError, "init_value must be a finite"),
+    (lambda: S.linear_schedule(1.0, -INF, 10), ValueError, "end_value must be a finite"),
+    (lambda: S.linear_schedule(1.0, 0.0, 10.5), TypeError, r"transition_steps must be a whole number .* int\(10.5\)"),
+    (lambda: S.linear_schedule(1.0, 0.0, "10"), TypeError, "transition_steps"),
+    (lambda: S.linear_schedule(1.0, 0.0, True), TypeError, "transition_steps must be a concrete int"),
+    (lambda: S.polynomial_schedule(1.0, 0.0, -1.0, 10), ValueError, "power must be a finite number > 0"),
+    (lambda: S.polynomial_schedule(1.0, 0.0, 0.0, 10), ValueError, "power .* power <= 0"),
+    (lambda: S.polynomial_schedule(1.0, 0.0, NAN, 10), ValueError, "power"),
+    (lambda: S.polynomial_schedule(1.0, 0.0, 1.0, 10, transition_begin=2.5), TypeError, "transition_begin"),
+    (lambda: S.exponential_decay(1.0, 10, -0.5), ValueError, "decay_rate must be a finite number >= 0"),
+    (lambda: S.exponential_decay(1.0, 10, INF), ValueError, "decay_rate"),
+    (lambda: S.exponential_decay(1.0, 10, 0.5, staircase="no"), TypeError, "staircase must be True or False"),
+    (lambda: S.exponential_decay(1.0, 10, 0.5, end_value=NAN), ValueError, "end_value"),
+    (lambda: S.exponential_decay(INF, 10, 0.5), ValueError, "init_value"),
+    (lambda: S.cosine_decay_schedule(1.0, 0), ValueError, "decay_steps must be >= 1"),
+    (lambda: S.cosine_decay_schedule(1.0, -5), ValueError, "decay_steps"),
+    (lambda: S.cosine_decay_schedule(1.0, 100, alpha=-0.1), ValueError, r"alpha must be a finite number in \[0, 1\]"),
+    (lambda: S.cosine_decay_schedule(1.0, 100, alpha=1.5), ValueError, "alpha .* fraction of init_value"),
+    (lambda: S.cosine_decay_schedule(1.0, 100, exponent=0.0), ValueError, "exponent"),
+    (lambda: S.cosine_decay_schedule(1.0, 100, exponent=-1.0), ValueError, "exponent"),
+    (lambda: S.cosine_decay_schedule(NAN, 100), ValueError, "init_value"),
+    (lambda: S.warmup_cosine_decay_schedule(0.0, 1.0, 100, 50), ValueError, "decay_steps .* >= warmup_steps"),
+    (lambda: S.warmup_cosine_decay_schedule(0.0, 1.0, -1, 50), ValueError, "warmup_steps must be >= 0"),
+    (lambda: S.warmup_cosine_decay_schedule(0.0, NAN, 10, 50), ValueError, "peak_value"),
+    (lambda: S.warmup_cosine_decay_schedule(0.0, 1.0, 10, 50, INF), ValueError, "end_value"),
+    (lambda: S.warmup_cosine_decay_schedule(0.0, 1.0, 10, 50, exponent=-2.0), ValueError, "exponent"),
+    (lambda: S.warmup_constant_schedule(0.0, INF, 10), ValueError, "peak_value"),
+    (lambda: S.warmup_exponential_decay_schedule(0.0, 1.0, -3, 10, 0.5), ValueError, "warmup_steps must be >= 0"),
+    (lambda: S.warmup_exponential_decay_schedule(0.0, 1.0, 3, 10, -0.5), ValueError, "decay_rate"),
+    (lambda: S.warmup_exponential_decay_schedule(0.0, NAN, 3, 10, 0.5), ValueError, "peak_value"),
+    (lambda: S.piecewise_constant_schedule(1.0, {10: -0.1}), ValueError, r"boundaries_and_scales\[10\] .* >= 0"),
+    (lambda: S.piecewise_constant_schedule(1.0, {10: INF}), ValueError, r"boundaries_and_scales\[10\]"),
+    (lambda: S.piecewise_constant_schedule(1.0, {10: NAN}), ValueError, r"boundaries_and_scales\[10\]"),
+    (lambda: S.piecewise_constant_schedule(1.0, {-1: 0.5}), ValueError, "boundaries_and_scales key -1 must be >= 0"),
+    (lambda: S.piecewise_constant_schedule(1.0, {2.5: 0.5}), TypeError, "boundaries_and_scales key 2.5"),
+    (lambda: S.piecewise_constant_schedule(1.0, [(10, 0.1)]), TypeError, "boundaries_and_scales must be a dict"),
+    (lambda: S.piecewise_constant_schedule(NAN, {10: 0.1}), ValueError, "init_value"),
+    (lambda: S.piecewise_interpolate_schedule("cubic", 1.0, {10: 0.1}), ValueError, "interpolate_type"),
+    (lambda: S.piecewise_interpolate_schedule("linear", 1.0, {10: -2.0}), ValueError, "boundaries_and_scales"),
+    (lambda: S.cosine_onecycle_schedule(0, 1.0), ValueError, "transition_steps must be >= 1"),
+    (lambda: S.cosine_onecycle_schedule(100, NAN), ValueError, "peak_value"),
+    (lambda: S.cosine_onecycle_schedule(100, 1.0, pct_start=1.5), ValueError, "pct_start .* warming up"),
+    (lambda: S.cosine_onecycle_schedule(100, 1.0, pct_start=-0.1), ValueError, "pct_start"),
+    (lambda: S.cosine_onecycle_schedule(100, 1.0, div_factor=INF), ValueError, "div_factor"),
+    (lambda: S.cosine_onecycle_schedule(100, 1.0, final_div_factor=-1.0), ValueError, "final_div_factor"),
+    (lambda: S.linear_onecycle_schedule(100, 1.0, 0.5, 0.3), ValueError, "pct_final .* >= pct_start"),
+    (lambda: S.linear_onecycle_schedule(100, 1.0, 0.3, 1.2), ValueError, "pct_final"),
+    (lambda: S.linear_onecycle_schedule(100, 1.0, div_factor=0.0), ValueError, "div_factor .* > 0"),
+    (lambda: S.join_schedules([S.constant_schedule(1.0)], [10]), ValueError, "one boundary fewer"),
+    (lambda: S.join_schedules([S.constant_schedule(1.0), 0.5], [10]), TypeError, r"schedules\[1\]"),
+    (lambda: S.join_schedules([S.constant_schedule(1.0)] * 3, [20, 10]), ValueError, "non-decreasing"),
+    (lambda: S.join_schedules([S.constant_schedule(1.0)] * 2, [-1]), ValueError, r"boundaries\[0\] must be >= 0"),
+    (lambda: S.join_schedules([S.constant_schedule(1.0)] * 2, [1.5]), TypeError, r"boundaries\[0\]"),
+    (lambda: S.sgdr_schedule([dict(init_value=1.0, peak_value=1.0, warmup_steps=0)]), ValueError, "decay_steps"),
+    (lambda: S.sgdr_schedule([dict(WARMUP_COSINE, decay_steps=10.5)]), TypeError,
+     r"cosine_kwargs\[0\]\['decay_steps'\]"),
+    (lambda: S.sgdr_schedule([dict(WARMUP_COSINE, exponent=0.0)]), ValueError, "exponent"),
+    (lambda: S.sgdr_schedule([]), ValueError, "cosine_kwargs"),
+    (lambda: S.step_decay_schedule(1.0, 0.1, 0), ValueError, "step_size must be >= 1"),
+    (lambda: S.step_decay_schedule(1.0, -0.1, 10), ValueError, "decay_rate .* divides the value by 10"),
+    (lambda: S.step_decay_schedule(1.0, INF, 10), ValueError, "decay_rate"),
+    (lambda: S.step_decay_schedule(NAN, 0.1, 10), ValueError, "init_value"),
+    (lambda: S.inverse_time_decay_schedule(1.0, 0.5, 0), ValueError, "decay_steps"),
+    (lambda: S.inverse_time_decay_schedule(1.0, NAN, 10), ValueError, "decay_rate"),
+    (lambda: S.inverse_time_decay_schedule(1.0, 0.5, 10, staircase="yes"), TypeError, "staircase"),
+    (lambda: S.inverse_sqrt_schedule(1.0, 0), ValueError, "warmup_steps must be >= 1"),
+    (lambda: S.inverse_sqrt_schedule(INF, 10), ValueError, "peak_value"),
+    (lambda: S.warmup_stable_decay_schedule(1.0, 10, 10, 10, decay_shape="exp"), ValueError, "decay_shape"),
+    (lambda: S.warmup_stable_decay_schedule(1.0, 10, -1, 10), ValueError, "stable_steps must be >= 0"),
+    (lambda: S.warmup_stable_decay_schedule(1.0, -1, 10, 10), ValueError, "warmup_steps"),
+    (lambda: S.warmup_stable_decay_schedule(1.0, 10, 10, 0), ValueError, "decay_steps must be >= 1"),
+    (lambda: S.warmup_stable_decay_schedule(NAN, 10, 10, 10), ValueError, "peak_value"),
+    (lambda: S.warmup_stable_decay_schedule(1.0, 10, 10, 10, end_value=INF), ValueError, "end_value"),
+]
+
+
+@pytest.mark.parametrize("build, error, words", BAD_ARGUMENTS)
 def test_bad_arguments_are_named_when_built(build, error, words):
     with pytest.raises(error, match=words):
         build()
+
+
+def test_every_schedule_has_bad_argument_cases():
+    """Each public schedule is covered by the table above."""
+    import inspect
+
+    covered = {name for name in S.__all__ if any(f"S.{name}(" in inspect.getsource(case[0]) for case in BAD_ARGUMENTS)}
+    assert covered == set(S.__all__) - {"Schedule", "plot_schedule"}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_negative_steps_give_the_step_zero_value(name):
+    """Negative steps (an off-by-one in a loop, a count started at -1) are step 0: before,
+    step_decay_schedule(-5) was ten times its peak (0.1 ** floor(-5 / 90) = 10)."""
+    schedule = CASES[name][0]
+    negative = jnp.array([-1, -5, -90, -1000, np.iinfo(np.int32).min], jnp.int32)
+    np.testing.assert_array_equal(jax.jit(jax.vmap(schedule))(negative), jax.jit(schedule)(0))
+    at_zero = float(schedule(0))
+    assert float(schedule(-5)) == at_zero and float(schedule(-2.5)) == at_zero
+    assert float(schedule(-(10**12))) == at_zero
+
+
+def test_low_precision_and_traced_values_are_accepted():
+    """optax takes a value of any float dtype and traced values (built inside jit): so do we."""
+    np.testing.assert_array_equal(S.constant_schedule(jnp.bfloat16(0.3))(jnp.arange(2)), np.float32(jnp.bfloat16(0.3)))
+    assert float(S.cosine_decay_schedule(np.float16(0.5), 10)(0)) == 0.5
+
+    def built_inside_jit(peak, end):
+        return (S.warmup_cosine_decay_schedule(0.0, peak, 10, 100, end)(jnp.arange(120)),
+                S.exponential_decay(peak, 10, 0.5, end_value=end)(jnp.arange(120)),
+                S.polynomial_schedule(peak, end, 2.0, 50)(jnp.arange(120)))
+
+    traced = jax.jit(built_inside_jit)(jnp.float32(1e-3), jnp.float32(1e-5))
+    for ours, concrete in zip(traced, built_inside_jit(1e-3, 1e-5)):
+        # Traced, the values are float32 operands inside one XLA computation; concrete, Python
+        # floats folded eagerly: a few roundings apart, 4 ulps of each value or of the peak.
+        np.testing.assert_allclose(ours, concrete, rtol=4 * EPS32, atol=4 * EPS32 * 1e-3)
+
+
+def test_integral_float_step_arguments_are_whole_steps():
+    """optax takes decay_steps=100.0 (a length computed as epochs * steps_per_epoch * 1.0)."""
+    np.testing.assert_array_equal(S.cosine_decay_schedule(1.0, 100.0)(jnp.arange(120)),
+                                  S.cosine_decay_schedule(1.0, 100)(jnp.arange(120)))
+    np.testing.assert_array_equal(S.piecewise_constant_schedule(1.0, {np.int64(5): 0.5, 10.0: 0.5})(jnp.arange(12)),
+                                  S.piecewise_constant_schedule(1.0, {5: 0.5, 10: 0.5})(jnp.arange(12)))
+
+
+def test_lengths_and_counts_beyond_int32():
+    """Lengths beyond int32 (which optax's polynomial and piecewise schedules overflow on) against
+    the float64 formula; int32 counts never reach them, Python ints and int64 counts do."""
+    big = 10**10
+    steps = jnp.array([0, 10**6, 2**31 - 1], jnp.int32)
+    np.testing.assert_allclose(jax.jit(S.polynomial_schedule(1.0, 0.0, 2.0, big))(steps),
+                               [ref.polynomial(int(t), 1.0, 0.0, 2.0, big) for t in steps], rtol=1e-6)
+    np.testing.assert_array_equal(jax.jit(S.piecewise_constant_schedule(1.0, {big: 0.1}))(steps), 1.0)
+    np.testing.assert_allclose(jax.jit(S.cosine_decay_schedule(1.0, decay_steps=big))(steps),
+                               [ref.cosine(int(t), 1.0, big) for t in steps], rtol=1e-6)
+    assert float(S.cosine_decay_schedule(1.0, decay_steps=big)(big)) == 0.0
+    assert float(S.piecewise_constant_schedule(1.0, {big: 0.1})(big)) == pytest.approx(0.1)
+    assert float(S.step_decay_schedule(1.0, 0.5, big)(big + 1)) == 0.5
+    with jax.enable_x64(True):
+        counts = jnp.array([big - 1, big, 2 * big], jnp.int64)
+        np.testing.assert_array_equal(jax.jit(S.step_decay_schedule(1.0, 0.5, big))(counts), [1.0, 0.5, 0.25])
+        np.testing.assert_array_equal(jax.jit(S.join_schedules([S.constant_schedule(1.0), S.constant_schedule(2.0)],
+                                                               [big]))(counts), [1.0, 2.0, 2.0])
+
+
+def test_staircase_is_exact_at_every_multiple():
+    """(t - B) // T in integers: at t - B = k·T the k-th decay applies (optax's float quotient
+    under jit can be an interval short, e.g. T = 355)."""
+    for steps in (3, 7, 355, 1000):
+        schedule = jax.jit(jax.vmap(S.exponential_decay(1.0, steps, 2.0, 4, staircase=True)))
+        counts = 4 + steps * jnp.arange(1, 6)
+        np.testing.assert_array_equal(schedule(counts), 2.0 ** np.arange(1, 6))
+        np.testing.assert_array_equal(schedule(counts - 1), 2.0 ** np.arange(0, 5))
 
 
 def test_plot_schedule_writes_one_png_with_every_curve(tmp_path):
