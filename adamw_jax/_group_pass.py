@@ -17,7 +17,7 @@ import numpy as np
 
 from adamw_jax import _numerics as num
 from adamw_jax import lowbit, native
-from adamw_jax._flat_layout import LeafSlot, pack_slots
+from adamw_jax._flat_layout import LeafSlot, explicit_sharding, pack_slots
 
 
 class StepScalars(NamedTuple):
@@ -91,16 +91,24 @@ def xla_group_pass(
     buffers; the leaves are packed into their layout for one elementwise pass and the update is
     sliced back per leaf. ``params`` may be None when neither decayed nor written."""
     shape, dtype = moments[0].shape, num.compute_dtype(slots[0].dtype)
+    # A leaf alone in its buffer (of its shape) is used as it is: no ravel, no slice, so a leaf
+    # sharded along Explicit mesh axes keeps its sharding through the pass.
+    alone = len(slots) == 1 and slots[0].shape == shape
 
     def pack(leaves: list[jax.Array], as_dtype: Any) -> jax.Array:
+        if alone:
+            return jnp.asarray(leaves[0]).astype(as_dtype)
         return jnp.reshape(pack_slots(leaves, slots, math.prod(shape), as_dtype), shape)
 
     decayed = pack(params, slots[0].dtype) if o.decayed else None
     v_max = moments[2] if o.amsgrad else None
     update, m, v, v_max = elementwise_pass(pack(grads, dtype), moments[0], moments[1], v_max,
                                            decayed, scalars, o)
-    flat = jnp.ravel(update)
-    outputs = [jnp.reshape(flat[s.offset:s.offset + s.size], s.shape) for s in slots]
+    if alone:
+        outputs = [update]
+    else:
+        flat = jnp.ravel(update)
+        outputs = [jnp.reshape(flat[s.offset:s.offset + s.size], s.shape) for s in slots]
     if o.write_params:
         outputs = [lowbit.add_and_round(p, u, p.dtype, None) for p, u in zip(params, outputs)]
     return outputs, (m, v) + ((v_max,) if o.amsgrad else ())
@@ -144,10 +152,12 @@ def native_group_pass(
 def runs_natively(dtype: np.dtype, grads: list[jax.Array], stored: list[Any],
                   stochastic_rounding: bool) -> bool:
     """Whether a group is what the native kernel computes: float32 parameters and gradients,
-    moments stored as plain float32 arrays, or all as bfloat16 rounded to nearest."""
+    moments stored as plain float32 arrays, or all as bfloat16 rounded to nearest, none split
+    along Explicit mesh axes (a custom call has no sharding rule)."""
     float32 = np.dtype(np.float32)
     moment_dtypes = {np.dtype(x.dtype) for x in stored if isinstance(x, jax.Array)}
     plain = len(moment_dtypes) == 1 and all(isinstance(x, jax.Array) for x in stored)
+    unsplit = all(explicit_sharding(x) is None for x in [*grads, *stored])
     return (dtype == float32 and all(np.dtype(jnp.result_type(g)) == float32 for g in grads)
-            and plain and (moment_dtypes == {float32} or (
+            and plain and unsplit and (moment_dtypes == {float32} or (
                 moment_dtypes == {np.dtype(jnp.bfloat16)} and not stochastic_rounding)))

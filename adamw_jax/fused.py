@@ -59,7 +59,7 @@ import optax
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
 from adamw_jax import _group_pass, lowbit, native
-from adamw_jax._flat_layout import FlatLayout, layout_of
+from adamw_jax._flat_layout import FlatLayout, explicit_sharding, layout_of
 from adamw_jax._group_pass import StepScalars
 from adamw_jax._masking import Mask, resolve_mask
 from adamw_jax.moments import scale_by_adam
@@ -142,8 +142,9 @@ def fused_adam_family(
     def init_fn(params: optax.Params) -> FusedAdamState:
         check.check_parameter_leaves(params)
         layout = layout_for(params)
-        nu = _zero_moments(nu_storage, layout)
-        return FusedAdamState(num.zero_count(), _zero_moments(mu_storage, layout), nu,
+        zeros = _zero_buffers(layout, layout.treedef.flatten_up_to(params))
+        nu = _zero_moments(nu_storage, layout, zeros)
+        return FusedAdamState(num.zero_count(), _zero_moments(mu_storage, layout, zeros), nu,
                               nu if amsgrad else None)
 
     def fused_step(
@@ -250,14 +251,29 @@ def _layout_builder(
     return layout_for
 
 
-def _zero_moments(storage: lowbit.MomentStorage, layout: FlatLayout) -> tuple[Any, ...]:
-    """One zero moment buffer per group, stored as ``storage`` says; a group of leaves that the
-    unfused path keeps in float32 (under 4096 elements each) keeps float32 here too."""
+def _zero_moments(
+    storage: lowbit.MomentStorage, layout: FlatLayout, zeros: tuple[jax.Array, ...]
+) -> tuple[Any, ...]:
+    """One zero moment buffer per group (``zeros``, see ``_zero_buffers``), stored as
+    ``storage`` says; a group of leaves that the unfused path keeps in float32 (under 4096
+    elements each) keeps float32 here too."""
     small = dataclasses.replace(storage, dtype=jnp.float32) if storage.uses_blocks else storage
-    return tuple(
-        (storage if key[3] else small).init(jnp.zeros(shape, dtype))
-        for key, shape, dtype in zip(layout.group_keys, _buffer_shapes(layout), layout.group_dtypes)
-    )
+    return tuple((storage if key[3] else small).init(buffer)
+                 for key, buffer in zip(layout.group_keys, zeros))
+
+
+def _zero_buffers(layout: FlatLayout, leaves: list[Any]) -> tuple[jax.Array, ...]:
+    """Per group, zeros of the buffer's shape and the group's dtype. A leaf split along Explicit
+    mesh axes that has the buffer to itself gives its sharding to them (its moments are then
+    split as the leaf is, as the unfused path's are); other buffers are replicated."""
+    zeros = []
+    for group, (members, shape) in enumerate(zip(layout.leaf_groups(), _buffer_shapes(layout))):
+        dtype = layout.group_dtypes[group]
+        leaf = leaves[members[0]] if len(members) == 1 else None
+        split = leaf is not None and layout.slots[members[0]].shape == shape and (
+            explicit_sharding(leaf) is not None)
+        zeros.append(jnp.zeros_like(leaf, dtype) if split else jnp.zeros(shape, dtype))
+    return tuple(zeros)
 
 
 def _buffer_shapes(layout: FlatLayout) -> tuple[tuple[int, ...], ...]:

@@ -9,6 +9,9 @@ or ``jax.device_put``. No state type is named: the state is walked from its root
   when ``param_shardings`` carries shapes) or empty (``optax.MaskedNode``, ``None``). Each of
   its arrays gets its parameter's sharding: moments, EMAs, accumulators, in any chain,
   ``optax.masked`` or ``optax.inject_hyperparams`` wrapper;
+* an array whose type is split along Explicit mesh axes (JAX's sharding in types: an abstract
+  state from ``jax.eval_shape`` or a state on such a mesh, e.g. the moment buffer the fused
+  optimizer keeps in a large leaf's own shape and sharding) keeps that sharding;
 * every other array (step counters, injected hyperparameters, loss scales, flat or blockwise
   buffers of other shapes) is replicated.
 
@@ -97,6 +100,18 @@ def _check_zero_axes(zero_axis: ZeroAxis, mesh: Mesh) -> tuple[str, ...]:
     return axes
 
 
+def _typed_sharding(leaf: Any, mesh: Mesh) -> NamedSharding | None:
+    """``leaf``'s sharding on ``mesh`` when its spec names Explicit axes of its mesh (then it is
+    part of the leaf's type and jit keeps it), else None."""
+    sharding = getattr(leaf, "sharding", None)
+    if not isinstance(sharding, NamedSharding):
+        return None
+    explicit = set(sharding.mesh.abstract_mesh.explicit_axes)
+    if not any(set(_spec_axes(entry)) & explicit for entry in sharding.spec):
+        return None
+    return NamedSharding(mesh, sharding.spec, memory_kind=sharding.memory_kind)
+
+
 def _fits(shape: tuple[int, ...], layout: _ParamLayout) -> bool:
     """Whether an array of ``shape`` can carry the parameter's sharding as its mirror."""
     if layout.shape is not None:
@@ -181,7 +196,7 @@ def state_shardings(
                 for piece, layout in zip(pieces, layouts)
             ])
         if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(node)):
-            return place(replicated, node)
+            return place(_typed_sharding(node, mesh) or replicated, node)
         children, node_def = jax.tree_util.tree_flatten(node, is_leaf=lambda child: child is not node)
         return node_def.unflatten([shard(child) for child in children])
 
