@@ -8,7 +8,7 @@
 // Per element, with the scalars formed by adamw_jax.fused (same order of operations, float32):
 //   g ← clamp(±g, ±G)          m ← b1·m + (1-b1)·g          v ← b2·v + (1-b2)·g²
 //   v̄ ← max(v̄, v) (AMSGrad)   n ← scale·m  or  nesterov_m·m + nesterov_g·g
-//   d ← sqrt(v̄·inv_c2 + eps_root) + eps      r ← n/d, or sign(n) where d = 0
+//   d ← sqrt(v̄·inv_c2 + eps_root) + eps      r ← n/d, or sign(n) where d = 0 (NaN stays NaN)
 //   u ← -step_size·r  (- decay·θ where decayed)        out ← u, or θ + u (write_params)
 //
 // The moments are stored as float32, or as bfloat16 (rounded to nearest even, as XLA converts;
@@ -100,15 +100,18 @@ inline void Loop(int64_t begin, int64_t end, const float* s, float sign,
     Store(m, i, m_new);  // the step itself uses the unrounded float32 moments
     Store(v, i, v_new);
     float second = v_new;
-    if (kAmsgrad) {
-      second = std::max(Load(v_max, i), v_new);
+    if (kAmsgrad) {  // jnp.maximum: a NaN on either side is the result
+      const float old = Load(v_max, i);
+      second = (old < v_new || std::isnan(v_new)) ? v_new : old;
       Store(v_max, i, second);
     }
     const float n = kNesterov ? nest_m * m_new + nest_g * g : scale * m_new;
     const float d = std::sqrt(second * inv_c2 + eps_root) + eps;
-    const float sign_n = n > 0.0f ? 1.0f : (n < 0.0f ? -1.0f : 0.0f);
-    const float q = n / (d > 0.0f ? d : 1.0f);
-    float u = neg_step * (d > 0.0f ? q : sign_n);
+    // adam_ratio: n/d, or sign(n) where d is 0 (sign(±0) = ±0, sign(NaN) = NaN); a NaN d
+    // (from a NaN gradient) gives NaN, as in the XLA pass.
+    const float sign_n = n > 0.0f ? 1.0f : (n < 0.0f ? -1.0f : n);
+    const float q = n / (d == 0.0f ? 1.0f : d);
+    float u = neg_step * (d == 0.0f ? sign_n : q);
     // Writing θ, `out` holds it already (aliased, or copied in): read it there, not in `param`.
     const float theta = kWriteParams ? out[i] : (kDecayed ? param[i] : 0.0f);
     if (kDecayed) u = u - decay * theta;
