@@ -160,6 +160,7 @@ def fused_adam_family(
         scalars = scalars_at(state.count)
         count = num.safe_increment(state.count)
         grads = layout.treedef.flatten_up_to(updates)
+        _check_gradient_shapes(layout, grads, params)
         param_leaves = (layout.treedef.flatten_up_to(params) if params is not None
                         else [None] * len(grads))
         like = tuple(jax.ShapeDtypeStruct(s, num.compute_dtype(d))
@@ -307,6 +308,20 @@ def _check_state_fits(layout: FlatLayout, state: FusedAdamState, amsgrad: bool) 
         raise ValueError(
             f"this optimizer has amsgrad={amsgrad} but the state was made with "
             f"amsgrad={not amsgrad}: call init with the optimizer you update with.")
+
+
+def _check_gradient_shapes(layout: FlatLayout, grads: list[Any], params: Any) -> None:
+    """Each gradient has its parameter's shape (the layout's), or a ValueError names the leaf.
+
+    Gradients of another dtype are accepted, as on the unfused path: they are read in the
+    compute dtype and the update is rounded to the parameter's."""
+    for index, (grad, slot) in enumerate(zip(grads, layout.slots)):
+        if tuple(np.shape(grad)) != slot.shape:
+            path = jax.tree_util.tree_flatten_with_path(params)[0][index][0]
+            raise ValueError(
+                f"the gradient at {jax.tree_util.keystr(path)} has shape {tuple(np.shape(grad))} "
+                f"but the parameter there has shape {slot.shape}: pass the gradients of the "
+                "parameters you update (jax.grad with respect to them), leaf for leaf.")
 
 
 def _scalars_builder(

@@ -489,3 +489,24 @@ def test_fused_step_on_explicit_and_auto_meshes_equals_one_device(axis_type, spe
             assert sharding.is_equivalent_to(NamedSharding(mesh, expected_specs[x.shape]), x.ndim)
         sharded = fused_steps(param_sh, state_sh, door)
     assert max_abs_error([sharded], [expected]) <= compiler_tolerance(expected, len(FUSED_GRADS))
+
+
+def test_param_shardings_of_other_parameters_are_named_instead_of_replicating():
+    """A sharding tree missing a parameter, with an extra one, or nested otherwise: the moments
+    would all be replicated; the error names where the state and the tree differ."""
+    mesh, param_sh, _, _ = layout("mesh_2d")
+    state = OPTIMIZER.init(as_float32(PARAMS))
+    missing = {k: v for k, v in param_sh.items() if k != "odd"}
+    with pytest.raises(ValueError, match=r"\[0\]\.mu is keyed like the parameters.*only in the "
+                                         r"state: \['odd'\]; only in param_shardings: \[\]"):
+        state_shardings(state, missing)
+    with pytest.raises(ValueError, match=r"only in param_shardings: \['extra'\]"):
+        state_shardings(state, {**param_sh, "extra": param_sh["w1"]})
+    nested = {**param_sh, "w1": {"kernel": param_sh["w1"]}}
+    with pytest.raises(ValueError, match=r"does not have their tree structure \(the state has"):
+        state_shardings(state, nested)
+    # A state with no mapping keyed like the parameters is no mismatch: the fused state's flat
+    # buffers are replicated (and a tree of the parameters' structure with other shapes, a
+    # factored moment, is placed as test_shapes_are_matched_exactly... says).
+    fused = aw.adamw(1e-2, fused=True).init(as_float32(PARAMS))
+    assert {s.spec for s in jax.tree.leaves(state_shardings(fused, param_sh))} == {P()}
