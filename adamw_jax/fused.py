@@ -173,11 +173,18 @@ def fused_adam_family(
             # Natively unless the kernel would materialize a large update: XLA fuses u into
             # the caller's θ + u, a fresh buffer of a large leaf costs its page faults.
             stored = [moment[group] for moment in _stored_moments(state)]
-            natively = run_natively and (write_params or layout.group_keys[group][2] < 0) and (
-                _group_pass.runs_natively(layout.group_dtypes[group], [grads[i] for i in members],
-                                          stored, options["stochastic_rounding"]))
-            if natively:  # the kernel reads and writes the stored moments itself
+            natively = run_natively and _group_pass.runs_natively(
+                layout.group_dtypes[group], [grads[i] for i in members], stored,
+                options["stochastic_rounding"])
+            # The kernel reads and writes the stored moments itself. It writes θ + u, or the u of
+            # small leaves; a large leaf's u would be a fresh buffer (its page faults cost more
+            # than the pass), so there the kernel writes the float32 moments only and XLA forms
+            # u from them, fused into the caller's θ + u.
+            small = layout.group_keys[group][2] < 0
+            if natively and (write_params or small):
                 group_pass, moments = _group_pass.native_group_pass, tuple(stored)
+            elif natively and np.dtype(stored[0].dtype) == np.float32:
+                group_pass, moments = _group_pass.native_moments_group_pass, tuple(stored)
             else:
                 group_pass = _group_pass.xla_group_pass
                 moments = tuple(storage.decode(x, like[group])
@@ -190,7 +197,8 @@ def fused_adam_family(
                                          decayed=layout.group_keys[group][1],
                                          write_params=write_params))
             for i, out in zip(members, leaf_out):
-                outputs[i] = out.astype(param_leaves[i].dtype if write_params else grads[i].dtype)
+                dtype = param_leaves[i].dtype if write_params else jnp.result_type(grads[i])
+                outputs[i] = out if out.dtype == dtype else out.astype(dtype)
             new_moments.append(group_moments)
         mu, nu, *nu_max = zip(*new_moments) if new_moments else ((), (), ())
         return layout.treedef.unflatten(outputs), FusedAdamState(
