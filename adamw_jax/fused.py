@@ -34,8 +34,9 @@ over them (28 bytes per parameter) and writes each leaf's output directly. Its r
 the XLA pass's only by float32 rounding (XLA contracts ``b·m + c·g`` into a fused multiply-add,
 the kernel rounds every operation), and ``jax.grad``/``jax.vmap`` go through it.
 
-Two ways to run a step: ``update`` returns ``u`` as every optax transformation does (a large
-leaf then keeps the XLA pass, whose ``u`` XLA fuses into the caller's ``θ + u``), and ``step``
+Two ways to run a step: ``update`` returns ``u`` as every optax transformation does (for a
+large leaf the kernel then writes only the moments and XLA forms ``u`` from them, fused into the
+caller's ``θ + u``: 36 bytes per parameter, and no fresh buffer for ``u``), and ``step``
 (``FusedTransformation.step``, called by ``adamw_jax.update_and_apply``) returns ``θ + u``: the
 kernel then writes θ, m and v in place, the whole AdamW step in one pass. With many small leaves
 (thousands), flat parameters (``adamw_jax.flat``) also remove the per-array cost of a jitted
