@@ -8,7 +8,7 @@
 // Per element, with the scalars formed by adamw_jax.fused (same order of operations, float32):
 //   g ← clamp(±g, ±G)          m ← b1·m + (1-b1)·g          v ← b2·v + (1-b2)·g²
 //   v̄ ← max(v̄, v) (AMSGrad)   n ← scale·m  or  nesterov_m·m + nesterov_g·g
-//   d ← sqrt(v̄·inv_c2 + eps_root) + eps      r ← n/d, or sign(n) where d = 0
+//   d ← sqrt(v̄·inv_c2 + eps_root) + eps      r ← n/d, or sign(n) where d = 0 (NaN stays NaN)
 //   u ← -step_size·r  (- decay·θ where decayed)        out ← u, or θ + u (write_params)
 //
 // The moments are stored as float32, or as bfloat16 (rounded to nearest even, as XLA converts;
@@ -16,7 +16,7 @@
 //
 // Operands: scalars f32[12], the group's moment buffers m, v (and v̄), then the group's leaves:
 // k parameters (when read) and k gradients. Results: m, v (v̄), then k outputs shaped as the
-// leaves. Attribute `offsets[i]` is leaf i's first element in the moment buffers; elements of
+// leaves (none with `moments_only`: the moments alone, for XLA to form u from them). Attribute `offsets[i]` is leaf i's first element in the moment buffers; elements of
 // the moment buffers that no leaf covers (padding) are left as they are (the buffers alias).
 //
 // Threads: the leaves are cut into chunks of at most 64K elements, claimed from an atomic
@@ -100,20 +100,52 @@ inline void Loop(int64_t begin, int64_t end, const float* s, float sign,
     Store(m, i, m_new);  // the step itself uses the unrounded float32 moments
     Store(v, i, v_new);
     float second = v_new;
-    if (kAmsgrad) {
-      second = std::max(Load(v_max, i), v_new);
+    if (kAmsgrad) {  // jnp.maximum: a NaN on either side is the result
+      const float old = Load(v_max, i);
+      second = (old < v_new || std::isnan(v_new)) ? v_new : old;
       Store(v_max, i, second);
     }
     const float n = kNesterov ? nest_m * m_new + nest_g * g : scale * m_new;
     const float d = std::sqrt(second * inv_c2 + eps_root) + eps;
-    const float sign_n = n > 0.0f ? 1.0f : (n < 0.0f ? -1.0f : 0.0f);
-    const float q = n / (d > 0.0f ? d : 1.0f);
-    float u = neg_step * (d > 0.0f ? q : sign_n);
+    // adam_ratio: n/d, or sign(n) where d is 0 (sign(±0) = ±0, sign(NaN) = NaN); a NaN d
+    // (from a NaN gradient) gives NaN, as in the XLA pass.
+    const float sign_n = n > 0.0f ? 1.0f : (n < 0.0f ? -1.0f : n);
+    const float q = n / (d == 0.0f ? 1.0f : d);
+    float u = neg_step * (d == 0.0f ? sign_n : q);
     // Writing θ, `out` holds it already (aliased, or copied in): read it there, not in `param`.
     const float theta = kWriteParams ? out[i] : (kDecayed ? param[i] : 0.0f);
     if (kDecayed) u = u - decay * theta;
     out[i] = kWriteParams ? theta + u : u;
   }
+}
+
+// The moments alone (`moments_only`): read g, m, v, write m, v (v̄), 20 bytes per parameter.
+// The caller computes u from the new moments in XLA, fused into its θ + u: no buffer for u.
+template <typename Moment, bool kAmsgrad>
+inline void MomentLoop(int64_t begin, int64_t end, const float* s, float sign,
+                       const float* __restrict grad, Moment* __restrict m, Moment* __restrict v,
+                       Moment* __restrict v_max) {
+  const float limit = std::sqrt(std::numeric_limits<float>::max()) / 2.0f;
+  const float b1 = s[kB1], c1 = s[kOneMinusB1], b2 = s[kB2], c2 = s[kOneMinusB2];
+  for (int64_t i = begin; i < end; ++i) {
+    const float g = std::min(std::max(sign * grad[i], -limit), limit);
+    const float v_new = b2 * Load(v, i) + c2 * (g * g);
+    Store(m, i, b1 * Load(m, i) + c1 * g);
+    Store(v, i, v_new);
+    if (kAmsgrad) {
+      const float old = Load(v_max, i);
+      Store(v_max, i, (old < v_new || std::isnan(v_new)) ? v_new : old);
+    }
+  }
+}
+
+template <typename Moment, bool kAmsgrad>
+void RunMomentChunk(const Chunk& chunk, const Segment& seg, const float* s, float sign, void* m,
+                    void* v, void* v_max) {
+  MomentLoop<Moment, kAmsgrad>(
+      chunk.begin, chunk.end, s, sign, seg.grad, static_cast<Moment*>(m) + seg.offset,
+      static_cast<Moment*>(v) + seg.offset,
+      kAmsgrad ? static_cast<Moment*>(v_max) + seg.offset : nullptr);
 }
 
 template <typename Moment, bool kAmsgrad, bool kNesterov, bool kDecayed, bool kWriteParams>
@@ -136,6 +168,11 @@ ChunkFn Select(const bool* flags) {
     return *flags ? Select<Moment, kFlags..., true>(flags + 1)
                   : Select<Moment, kFlags..., false>(flags + 1);
   }
+}
+
+template <typename Moment>
+ChunkFn SelectMoments(bool amsgrad) {
+  return amsgrad ? RunMomentChunk<Moment, true> : RunMomentChunk<Moment, false>;
 }
 
 // Work shared by the calling thread and the pool's threads. Held by shared_ptr: a pool task
@@ -169,15 +206,19 @@ constexpr int64_t kChunkElements = 1 << 16;  // 256 KiB of each stream: in L2 wh
 // Checks the operands and lays the call's work out in chunks.
 ffi::Error Prepare(Work& work, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
                    ffi::RemainingRets rets, ffi::Span<const int64_t> offsets, bool amsgrad,
-                   bool nesterov, bool maximize, bool decayed, bool write_params) {
+                   bool nesterov, bool maximize, bool decayed, bool write_params,
+                   bool moments_only) {
   if (scalars.element_count() != kNumScalars) {
     return ffi::Error::InvalidArgument("adamw_jax step: expected 12 scalars");
+  }
+  if (moments_only && (decayed || write_params)) {
+    return ffi::Error::InvalidArgument("adamw_jax step: moments_only reads no parameters");
   }
   const int64_t leaves = static_cast<int64_t>(offsets.size());
   const int64_t moments = amsgrad ? 3 : 2;
   const bool reads_params = decayed || write_params;
   if (static_cast<int64_t>(args.size()) != moments + (reads_params ? 2 : 1) * leaves ||
-      static_cast<int64_t>(rets.size()) != moments + leaves) {
+      static_cast<int64_t>(rets.size()) != moments + (moments_only ? 0 : leaves)) {
     return ffi::Error::InvalidArgument("adamw_jax step: operand count does not match offsets");
   }
   work.scalars = scalars.typed_data();
@@ -203,21 +244,30 @@ ffi::Error Prepare(Work& work, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs
     }
   }
   const bool flags[4] = {amsgrad, nesterov, decayed, write_params};
-  work.run = moment_type == ffi::DataType::BF16 ? Select<Bf16>(flags) : Select<float>(flags);
+  const bool bf16 = moment_type == ffi::DataType::BF16;
+  work.run = moments_only ? (bf16 ? SelectMoments<Bf16>(amsgrad) : SelectMoments<float>(amsgrad))
+                          : (bf16 ? Select<Bf16>(flags) : Select<float>(flags));
   work.m = buffers[0];
   work.v = buffers[1];
   work.v_max = amsgrad ? buffers[2] : nullptr;
   const int64_t grads_at = moments + (reads_params ? leaves : 0);
   for (int64_t i = 0; i < leaves; ++i) {
     auto grad = args.get<ffi::AnyBuffer>(grads_at + i);
-    auto out = rets.get<ffi::AnyBuffer>(moments + i);
-    if (!grad.has_value() || !out.has_value()) return ffi::Error::Internal("bad leaf buffer");
-    if (grad->element_type() != ffi::F32 || (*out)->element_type() != ffi::F32) {
+    if (!grad.has_value()) return ffi::Error::Internal("bad leaf buffer");
+    float* out_data = nullptr;
+    if (!moments_only) {
+      auto out = rets.get<ffi::AnyBuffer>(moments + i);
+      if (!out.has_value()) return ffi::Error::Internal("bad leaf buffer");
+      if ((*out)->element_type() != ffi::F32) {
+        return ffi::Error::InvalidArgument("adamw_jax step: leaves must be float32");
+      }
+      out_data = static_cast<float*>((*out)->untyped_data());
+    }
+    if (grad->element_type() != ffi::F32) {
       return ffi::Error::InvalidArgument("adamw_jax step: leaves must be float32");
     }
     Segment seg{offsets[i], static_cast<int64_t>(grad->element_count()),
-                static_cast<const float*>(grad->untyped_data()), nullptr,
-                static_cast<float*>((*out)->untyped_data())};
+                static_cast<const float*>(grad->untyped_data()), nullptr, out_data};
     if (seg.offset < 0 || seg.offset + seg.size > buffer_size) {
       return ffi::Error::InvalidArgument("adamw_jax step: a leaf lies outside the moments");
     }
@@ -243,11 +293,12 @@ ffi::Error Prepare(Work& work, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs
 // the OS has descheduled mid-chunk: its core goes to the process's other threads meanwhile.
 ffi::Future AdamStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
                      ffi::RemainingRets rets, ffi::Span<const int64_t> offsets, bool amsgrad,
-                     bool nesterov, bool maximize, bool decayed, bool write_params) {
+                     bool nesterov, bool maximize, bool decayed, bool write_params,
+                     bool moments_only) {
   auto work = std::make_shared<Work>();
   ffi::Future future(work->finished);
   if (ffi::Error error = Prepare(*work, scalars, args, rets, offsets, amsgrad, nesterov, maximize,
-                                 decayed, write_params);
+                                 decayed, write_params, moments_only);
       error.failure()) {
     work->finished.SetError(std::move(error));
     return future;
@@ -278,4 +329,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamwJaxStep, AdamStep,
                                   .Attr<bool>("nesterov")
                                   .Attr<bool>("maximize")
                                   .Attr<bool>("decayed")
-                                  .Attr<bool>("write_params"));
+                                  .Attr<bool>("write_params")
+                                  .Attr<bool>("moments_only"));

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,11 +94,31 @@ def pack_slots(leaves: Sequence[Any], slots: Sequence[LeafSlot], size: int, dtyp
     for leaf, slot in zip(leaves, slots):
         if slot.offset > end:  # alignment gap before this leaf
             parts.append(jnp.zeros([slot.offset - end], dtype))
-        parts.append(jnp.ravel(jnp.asarray(leaf)).astype(dtype))
+        parts.append(ravel(leaf).astype(dtype))
         end = slot.offset + slot.size
     if end < size or not parts:
         parts.append(jnp.zeros([size - end], dtype))
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
+def explicit_sharding(leaf: Any) -> NamedSharding | None:
+    """The sharding in ``leaf``'s type when it splits it along Explicit mesh axes (JAX's
+    sharding in types), else None (unsharded, or on Auto axes, where XLA places the data)."""
+    if not isinstance(leaf, jax.Array):
+        return None
+    sharding = jax.typeof(leaf).sharding
+    split = isinstance(sharding, NamedSharding) and any(e is not None for e in sharding.spec)
+    return sharding if split else None
+
+
+def ravel(leaf: Any) -> jax.Array:
+    """``leaf`` as a 1-D array. A leaf split along Explicit axes is raveled into a replicated
+    array (JAX cannot infer the sharding of a flattened split dimension); the leaves that share
+    a flat buffer are small, so gathering them is cheap."""
+    sharding = explicit_sharding(leaf)
+    if sharding is None:
+        return jnp.ravel(jnp.asarray(leaf))
+    return jnp.reshape(leaf, (-1,), out_sharding=NamedSharding(sharding.mesh, PartitionSpec()))
 
 
 def _round_up(size: int, multiple: int) -> int:

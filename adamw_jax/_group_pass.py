@@ -17,7 +17,7 @@ import numpy as np
 
 from adamw_jax import _numerics as num
 from adamw_jax import lowbit, native
-from adamw_jax._flat_layout import LeafSlot, pack_slots
+from adamw_jax._flat_layout import LeafSlot, explicit_sharding, pack_slots
 
 
 class StepScalars(NamedTuple):
@@ -54,6 +54,31 @@ aliased operands (one call over 2000 leaves compiles in 46 s; 128 per call in 1.
 of 128 leaves is still long enough that its launch cost does not show."""
 
 
+def clamped_gradient(g: jax.Array, o: GroupOptions) -> jax.Array:
+    """``clamp(±g)``: negated to maximize, clamped so that nothing overflows."""
+    return num.limit_magnitude(-g if o.maximize else g)
+
+
+def moment_pass(
+    g: jax.Array, m: jax.Array, v: jax.Array, v_max: jax.Array | None, s: StepScalars
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """The new ``(m, v, v_max)`` from the clamped gradient ``g``."""
+    m = s.b1 * m + s.one_minus_b1 * g
+    v = s.b2 * v + s.one_minus_b2 * num.squared_magnitude(g)
+    return m, v, None if v_max is None else jnp.maximum(v_max, v)
+
+
+def update_from_moments(
+    g: jax.Array, m: jax.Array, second: jax.Array, p: jax.Array | None, s: StepScalars,
+    o: GroupOptions,
+) -> jax.Array:
+    """``u`` from the clamped gradient, the new ``m`` and second moment (``v`` or ``v̄``)."""
+    numerator = s.nesterov_m * m + s.nesterov_g * g if o.nesterov else s.moment_scale * m
+    denominator = jnp.sqrt(second * s.inverse_c2 + s.eps_root) + s.eps
+    update = -s.step_size * num.adam_ratio(numerator, denominator)
+    return update - s.decay * p if o.decayed else update
+
+
 def elementwise_pass(
     g: jax.Array,
     m: jax.Array,
@@ -64,18 +89,9 @@ def elementwise_pass(
     o: GroupOptions,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
     """One elementwise pass over a group's flat buffers: ``(update, m, v, v_max)``."""
-    g = num.limit_magnitude(-g if o.maximize else g)
-    m = s.b1 * m + s.one_minus_b1 * g
-    v = s.b2 * v + s.one_minus_b2 * num.squared_magnitude(g)
-    if v_max is not None:
-        v_max = jnp.maximum(v_max, v)
-    second = v if v_max is None else v_max
-    numerator = s.nesterov_m * m + s.nesterov_g * g if o.nesterov else s.moment_scale * m
-    denominator = jnp.sqrt(second * s.inverse_c2 + s.eps_root) + s.eps
-    update = -s.step_size * num.adam_ratio(numerator, denominator)
-    if o.decayed:
-        update = update - s.decay * p
-    return update, m, v, v_max
+    g = clamped_gradient(g, o)
+    m, v, v_max = moment_pass(g, m, v, v_max, s)
+    return update_from_moments(g, m, v if v_max is None else v_max, p, s, o), m, v, v_max
 
 
 def xla_group_pass(
@@ -91,16 +107,24 @@ def xla_group_pass(
     buffers; the leaves are packed into their layout for one elementwise pass and the update is
     sliced back per leaf. ``params`` may be None when neither decayed nor written."""
     shape, dtype = moments[0].shape, num.compute_dtype(slots[0].dtype)
+    # A leaf alone in its buffer (of its shape) is used as it is: no ravel, no slice, so a leaf
+    # sharded along Explicit mesh axes keeps its sharding through the pass.
+    alone = len(slots) == 1 and slots[0].shape == shape
 
     def pack(leaves: list[jax.Array], as_dtype: Any) -> jax.Array:
+        if alone:
+            return jnp.asarray(leaves[0]).astype(as_dtype)
         return jnp.reshape(pack_slots(leaves, slots, math.prod(shape), as_dtype), shape)
 
     decayed = pack(params, slots[0].dtype) if o.decayed else None
     v_max = moments[2] if o.amsgrad else None
     update, m, v, v_max = elementwise_pass(pack(grads, dtype), moments[0], moments[1], v_max,
                                            decayed, scalars, o)
-    flat = jnp.ravel(update)
-    outputs = [jnp.reshape(flat[s.offset:s.offset + s.size], s.shape) for s in slots]
+    if alone:
+        outputs = [update]
+    else:
+        flat = jnp.ravel(update)
+        outputs = [jnp.reshape(flat[s.offset:s.offset + s.size], s.shape) for s in slots]
     if o.write_params:
         outputs = [lowbit.add_and_round(p, u, p.dtype, None) for p, u in zip(params, outputs)]
     return outputs, (m, v) + ((v_max,) if o.amsgrad else ())
@@ -141,13 +165,64 @@ def native_group_pass(
     return kernel(scalars, moments, params if reads_params else None, grads)
 
 
+def native_moments_group_pass(
+    scalars: StepScalars,
+    moments: tuple[jax.Array, ...],
+    params: list[jax.Array] | None,
+    grads: list[jax.Array],
+    slots: list[LeafSlot],
+    o: GroupOptions,
+) -> tuple[list[jax.Array], tuple[jax.Array, ...]]:
+    """``update``'s pass (``u`` per leaf, not written over θ) in two parts: the kernel writes
+    the new float32 moments in place (reads g, m, v; 20 bytes per parameter), then XLA forms
+    each leaf's ``u`` from them (reads m, v, θ), an elementwise loop that XLA fuses into the
+    caller's ``θ + u``: 36 bytes per parameter in all and no buffer for ``u`` (a fresh one costs
+    its page faults every step). The arguments and results of ``xla_group_pass``."""
+    offsets = np.array([slot.offset for slot in slots], np.int64)
+    shape = moments[0].shape
+    alone = len(slots) == 1 and slots[0].shape == shape
+
+    def xla(scalars, moments, grads):
+        g = clamped_gradient(jnp.reshape(pack_slots(grads, slots, math.prod(shape), jnp.float32),
+                                         shape), o)
+        m, v, v_max = moment_pass(g, moments[0], moments[1], moments[2] if o.amsgrad else None,
+                                  scalars)
+        return (m, v) + ((v_max,) if o.amsgrad else ())
+
+    @jax.custom_jvp
+    def kernel(scalars, moments, grads):
+        vector = jnp.stack([jnp.asarray(x, jnp.float32) for x in scalars])
+        options = o._replace(decayed=False, write_params=False)._asdict()
+        for start in range(0, len(grads), LEAVES_PER_CALL):
+            part = slice(start, start + LEAVES_PER_CALL)
+            _, moments = native.adam_step(vector, moments, [], grads[part], offsets[part],
+                                          moments_only=True, **options)
+        return moments
+
+    kernel.defjvp(lambda primals, tangents: jax.jvp(xla, primals, tangents))
+    new = kernel(scalars, moments, grads)
+    second = new[2] if o.amsgrad else new[1]
+
+    def leaf(x: jax.Array, slot: LeafSlot) -> jax.Array:
+        return x if alone else jnp.reshape(jnp.ravel(x)[slot.offset:slot.offset + slot.size],
+                                           slot.shape)
+
+    outputs = [
+        update_from_moments(clamped_gradient(jnp.asarray(g, jnp.float32), o), leaf(new[0], slot),
+                            leaf(second, slot), params[i] if o.decayed else None, scalars, o)
+        for i, (g, slot) in enumerate(zip(grads, slots))]
+    return outputs, new
+
+
 def runs_natively(dtype: np.dtype, grads: list[jax.Array], stored: list[Any],
                   stochastic_rounding: bool) -> bool:
     """Whether a group is what the native kernel computes: float32 parameters and gradients,
-    moments stored as plain float32 arrays, or all as bfloat16 rounded to nearest."""
+    moments stored as plain float32 arrays, or all as bfloat16 rounded to nearest, none split
+    along Explicit mesh axes (a custom call has no sharding rule)."""
     float32 = np.dtype(np.float32)
     moment_dtypes = {np.dtype(x.dtype) for x in stored if isinstance(x, jax.Array)}
     plain = len(moment_dtypes) == 1 and all(isinstance(x, jax.Array) for x in stored)
+    unsplit = all(explicit_sharding(x) is None for x in [*grads, *stored])
     return (dtype == float32 and all(np.dtype(jnp.result_type(g)) == float32 for g in grads)
-            and plain and (moment_dtypes == {float32} or (
+            and plain and unsplit and (moment_dtypes == {float32} or (
                 moment_dtypes == {np.dtype(jnp.bfloat16)} and not stochastic_rounding)))

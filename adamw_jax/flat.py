@@ -66,6 +66,13 @@ def unflatten(layout: FlatLayout, buffers: tuple[jax.Array, ...]) -> Any:
             f"buffers has {len(buffers)} arrays but the layout has {layout.num_groups} groups; "
             "pass the tuple returned by flatten (or an update of it)."
         )
+    for group, (buffer, size) in enumerate(zip(buffers, layout.group_sizes)):
+        if tuple(np.shape(buffer)) != (size,):
+            raise ValueError(
+                f"buffers[{group}] has shape {tuple(np.shape(buffer))} but the layout's buffer "
+                f"{group} holds ({size},) elements (its leaves and padding); pass the buffers "
+                "returned by flatten with this layout (or an update of them), not another "
+                "model's or a resized copy.")
     return layout.unpack(buffers)
 
 

@@ -34,8 +34,9 @@ over them (28 bytes per parameter) and writes each leaf's output directly. Its r
 the XLA pass's only by float32 rounding (XLA contracts ``b·m + c·g`` into a fused multiply-add,
 the kernel rounds every operation), and ``jax.grad``/``jax.vmap`` go through it.
 
-Two ways to run a step: ``update`` returns ``u`` as every optax transformation does (a large
-leaf then keeps the XLA pass, whose ``u`` XLA fuses into the caller's ``θ + u``), and ``step``
+Two ways to run a step: ``update`` returns ``u`` as every optax transformation does (for a
+large leaf the kernel then writes only the moments and XLA forms ``u`` from them, fused into the
+caller's ``θ + u``: 36 bytes per parameter, and no fresh buffer for ``u``), and ``step``
 (``FusedTransformation.step``, called by ``adamw_jax.update_and_apply``) returns ``θ + u``: the
 kernel then writes θ, m and v in place, the whole AdamW step in one pass. With many small leaves
 (thousands), flat parameters (``adamw_jax.flat``) also remove the per-array cost of a jitted
@@ -59,7 +60,7 @@ import optax
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
 from adamw_jax import _group_pass, lowbit, native
-from adamw_jax._flat_layout import FlatLayout, layout_of
+from adamw_jax._flat_layout import FlatLayout, explicit_sharding, layout_of
 from adamw_jax._group_pass import StepScalars
 from adamw_jax._masking import Mask, resolve_mask
 from adamw_jax.moments import scale_by_adam
@@ -142,8 +143,9 @@ def fused_adam_family(
     def init_fn(params: optax.Params) -> FusedAdamState:
         check.check_parameter_leaves(params)
         layout = layout_for(params)
-        nu = _zero_moments(nu_storage, layout)
-        return FusedAdamState(num.zero_count(), _zero_moments(mu_storage, layout), nu,
+        zeros = _zero_buffers(layout, layout.treedef.flatten_up_to(params))
+        nu = _zero_moments(nu_storage, layout, zeros)
+        return FusedAdamState(num.zero_count(), _zero_moments(mu_storage, layout, zeros), nu,
                               nu if amsgrad else None)
 
     def fused_step(
@@ -159,6 +161,7 @@ def fused_adam_family(
         scalars = scalars_at(state.count)
         count = num.safe_increment(state.count)
         grads = layout.treedef.flatten_up_to(updates)
+        _check_gradient_shapes(layout, grads, params)
         param_leaves = (layout.treedef.flatten_up_to(params) if params is not None
                         else [None] * len(grads))
         like = tuple(jax.ShapeDtypeStruct(s, num.compute_dtype(d))
@@ -171,11 +174,18 @@ def fused_adam_family(
             # Natively unless the kernel would materialize a large update: XLA fuses u into
             # the caller's θ + u, a fresh buffer of a large leaf costs its page faults.
             stored = [moment[group] for moment in _stored_moments(state)]
-            natively = run_natively and (write_params or layout.group_keys[group][2] < 0) and (
-                _group_pass.runs_natively(layout.group_dtypes[group], [grads[i] for i in members],
-                                          stored, options["stochastic_rounding"]))
-            if natively:  # the kernel reads and writes the stored moments itself
+            natively = run_natively and _group_pass.runs_natively(
+                layout.group_dtypes[group], [grads[i] for i in members], stored,
+                options["stochastic_rounding"])
+            # The kernel reads and writes the stored moments itself. It writes θ + u, or the u of
+            # small leaves; a large leaf's u would be a fresh buffer (its page faults cost more
+            # than the pass), so there the kernel writes the float32 moments only and XLA forms
+            # u from them, fused into the caller's θ + u.
+            small = layout.group_keys[group][2] < 0
+            if natively and (write_params or small):
                 group_pass, moments = _group_pass.native_group_pass, tuple(stored)
+            elif natively and np.dtype(stored[0].dtype) == np.float32:
+                group_pass, moments = _group_pass.native_moments_group_pass, tuple(stored)
             else:
                 group_pass = _group_pass.xla_group_pass
                 moments = tuple(storage.decode(x, like[group])
@@ -188,7 +198,8 @@ def fused_adam_family(
                                          decayed=layout.group_keys[group][1],
                                          write_params=write_params))
             for i, out in zip(members, leaf_out):
-                outputs[i] = out.astype(param_leaves[i].dtype if write_params else grads[i].dtype)
+                dtype = param_leaves[i].dtype if write_params else jnp.result_type(grads[i])
+                outputs[i] = out if out.dtype == dtype else out.astype(dtype)
             new_moments.append(group_moments)
         mu, nu, *nu_max = zip(*new_moments) if new_moments else ((), (), ())
         return layout.treedef.unflatten(outputs), FusedAdamState(
@@ -250,14 +261,29 @@ def _layout_builder(
     return layout_for
 
 
-def _zero_moments(storage: lowbit.MomentStorage, layout: FlatLayout) -> tuple[Any, ...]:
-    """One zero moment buffer per group, stored as ``storage`` says; a group of leaves that the
-    unfused path keeps in float32 (under 4096 elements each) keeps float32 here too."""
+def _zero_moments(
+    storage: lowbit.MomentStorage, layout: FlatLayout, zeros: tuple[jax.Array, ...]
+) -> tuple[Any, ...]:
+    """One zero moment buffer per group (``zeros``, see ``_zero_buffers``), stored as
+    ``storage`` says; a group of leaves that the unfused path keeps in float32 (under 4096
+    elements each) keeps float32 here too."""
     small = dataclasses.replace(storage, dtype=jnp.float32) if storage.uses_blocks else storage
-    return tuple(
-        (storage if key[3] else small).init(jnp.zeros(shape, dtype))
-        for key, shape, dtype in zip(layout.group_keys, _buffer_shapes(layout), layout.group_dtypes)
-    )
+    return tuple((storage if key[3] else small).init(buffer)
+                 for key, buffer in zip(layout.group_keys, zeros))
+
+
+def _zero_buffers(layout: FlatLayout, leaves: list[Any]) -> tuple[jax.Array, ...]:
+    """Per group, zeros of the buffer's shape and the group's dtype. A leaf split along Explicit
+    mesh axes that has the buffer to itself gives its sharding to them (its moments are then
+    split as the leaf is, as the unfused path's are); other buffers are replicated."""
+    zeros = []
+    for group, (members, shape) in enumerate(zip(layout.leaf_groups(), _buffer_shapes(layout))):
+        dtype = layout.group_dtypes[group]
+        leaf = leaves[members[0]] if len(members) == 1 else None
+        split = leaf is not None and layout.slots[members[0]].shape == shape and (
+            explicit_sharding(leaf) is not None)
+        zeros.append(jnp.zeros_like(leaf, dtype) if split else jnp.zeros(shape, dtype))
+    return tuple(zeros)
 
 
 def _buffer_shapes(layout: FlatLayout) -> tuple[tuple[int, ...], ...]:
@@ -291,6 +317,20 @@ def _check_state_fits(layout: FlatLayout, state: FusedAdamState, amsgrad: bool) 
         raise ValueError(
             f"this optimizer has amsgrad={amsgrad} but the state was made with "
             f"amsgrad={not amsgrad}: call init with the optimizer you update with.")
+
+
+def _check_gradient_shapes(layout: FlatLayout, grads: list[Any], params: Any) -> None:
+    """Each gradient has its parameter's shape (the layout's), or a ValueError names the leaf.
+
+    Gradients of another dtype are accepted, as on the unfused path: they are read in the
+    compute dtype and the update is rounded to the parameter's."""
+    for index, (grad, slot) in enumerate(zip(grads, layout.slots)):
+        if tuple(np.shape(grad)) != slot.shape:
+            path = jax.tree_util.tree_flatten_with_path(params)[0][index][0]
+            raise ValueError(
+                f"the gradient at {jax.tree_util.keystr(path)} has shape {tuple(np.shape(grad))} "
+                f"but the parameter there has shape {slot.shape}: pass the gradients of the "
+                "parameters you update (jax.grad with respect to them), leaf for leaf.")
 
 
 def _scalars_builder(

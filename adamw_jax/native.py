@@ -185,6 +185,7 @@ def adam_step(
     maximize: bool,
     decayed: bool,
     write_params: bool,
+    moments_only: bool = False,
 ) -> tuple[list[jax.Array], tuple[jax.Array, ...]]:
     """One group's step by the kernel: ``(outputs, moments)`` as ``adamw_jax.fused``'s XLA pass.
 
@@ -192,12 +193,15 @@ def adam_step(
     ``(m, v, v̄)`` buffers, all float32 or all bfloat16, updated in place (aliased); ``params``:
     the leaves' parameters when decayed or written, else empty; ``grads``: the leaves' float32
     gradients, leaf ``i`` starting at element ``offsets[i]`` of the moments. ``outputs``: per
-    leaf ``u``, or ``θ + u`` written over ``θ`` with ``write_params``.
+    leaf ``u``, or ``θ + u`` written over ``θ`` with ``write_params``; none with
+    ``moments_only`` (the new moments alone: 20 bytes per parameter, neither decayed nor
+    written).
     """
     if not available():
         raise NativeKernelError(f"the native kernel is unavailable: {_register()}")
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in moments]
-    shapes += [jax.ShapeDtypeStruct(g.shape, np.float32) for g in grads]
+    if not moments_only:
+        shapes += [jax.ShapeDtypeStruct(g.shape, np.float32) for g in grads]
     aliases = {1 + i: i for i in range(len(moments))}
     if write_params:
         aliases.update({1 + len(moments) + j: len(moments) + j for j in range(len(params))})
@@ -205,5 +209,5 @@ def adam_step(
                             vmap_method="sequential")
     results = call(_visible_cost(scalars), *moments, *params, *grads, offsets=offsets,
                    amsgrad=amsgrad, nesterov=nesterov, maximize=maximize, decayed=decayed,
-                   write_params=write_params)
+                   write_params=write_params, moments_only=moments_only)
     return list(results[len(moments):]), tuple(results[:len(moments)])

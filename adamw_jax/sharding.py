@@ -9,8 +9,16 @@ or ``jax.device_put``. No state type is named: the state is walked from its root
   when ``param_shardings`` carries shapes) or empty (``optax.MaskedNode``, ``None``). Each of
   its arrays gets its parameter's sharding: moments, EMAs, accumulators, in any chain,
   ``optax.masked`` or ``optax.inject_hyperparams`` wrapper;
+* an array whose type is split along Explicit mesh axes (JAX's sharding in types: an abstract
+  state from ``jax.eval_shape`` or a state on such a mesh, e.g. the moment buffer the fused
+  optimizer keeps in a large leaf's own shape and sharding) keeps that sharding;
 * every other array (step counters, injected hyperparameters, loss scales, flat or blockwise
   buffers of other shapes) is replicated.
+
+A mapping in the state keyed like the parameters (some keys shared) but of another tree
+structure, when nothing in the state mirrors the parameters, means ``param_shardings`` belongs
+to other parameters: a ValueError names where and which keys differ, instead of replicating
+every moment.
 
 ZeRO-1 (``zero_axis="data"``): each array is additionally split along the mesh axis
 ``zero_axis`` (or several axes, given as a tuple), on its first dimension ``d`` with
@@ -25,7 +33,7 @@ state and XLA inserts the all-gather of the update (the collectives ZeRO-1 needs
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -97,6 +105,18 @@ def _check_zero_axes(zero_axis: ZeroAxis, mesh: Mesh) -> tuple[str, ...]:
     return axes
 
 
+def _typed_sharding(leaf: Any, mesh: Mesh) -> NamedSharding | None:
+    """``leaf``'s sharding on ``mesh`` when its spec names Explicit axes of its mesh (then it is
+    part of the leaf's type and jit keeps it), else None."""
+    sharding = getattr(leaf, "sharding", None)
+    if not isinstance(sharding, NamedSharding):
+        return None
+    explicit = set(sharding.mesh.abstract_mesh.explicit_axes)
+    if not any(set(_spec_axes(entry)) & explicit for entry in sharding.spec):
+        return None
+    return NamedSharding(mesh, sharding.spec, memory_kind=sharding.memory_kind)
+
+
 def _fits(shape: tuple[int, ...], layout: _ParamLayout) -> bool:
     """Whether an array of ``shape`` can carry the parameter's sharding as its mirror."""
     if layout.shape is not None:
@@ -160,10 +180,9 @@ def state_shardings(
 
     def mirrored_pieces(node: Any) -> list[Any] | None:
         """The pieces of ``node`` under each parameter, if ``node`` mirrors the parameters."""
-        try:
-            pieces = params_def.flatten_up_to(node)
-        except (ValueError, TypeError):
+        if not _has_structure(params_def, node):
             return None
+        pieces = params_def.flatten_up_to(node)
         for piece, layout in zip(pieces, layouts):
             if not jax.tree_util.tree_leaves(piece):
                 continue
@@ -171,18 +190,60 @@ def state_shardings(
                 return None
         return pieces
 
-    def shard(node: Any) -> Any:
+    mirrored: list[bool] = []
+    mismatched: list[tuple[Any, Any]] = []  # (path, node): keyed like the parameters, not mirroring
+
+    def shard(node: Any, path: tuple[Any, ...]) -> Any:
         if not jax.tree_util.tree_leaves(node):
             return node
         pieces = mirrored_pieces(node)
         if pieces is not None:
+            mirrored.append(True)
             return params_def.unflatten([
                 place(layout.sharding, piece) if jax.tree_util.tree_leaves(piece) else piece
                 for piece, layout in zip(pieces, layouts)
             ])
         if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(node)):
-            return place(replicated, node)
-        children, node_def = jax.tree_util.tree_flatten(node, is_leaf=lambda child: child is not node)
-        return node_def.unflatten([shard(child) for child in children])
+            return place(_typed_sharding(node, mesh) or replicated, node)
+        if _shares_keys(node, param_shardings) and not _has_structure(params_def, node):
+            mismatched.append((path, node))
+        children = jax.tree_util.tree_flatten_with_path(
+            node, is_leaf=lambda child: child is not node)[0]
+        node_def = jax.tree_util.tree_structure(node, is_leaf=lambda child: child is not node)
+        return node_def.unflatten([shard(child, path + key) for key, child in children])
 
-    return shard(opt_state_or_abstract)
+    result = shard(opt_state_or_abstract, ())
+    if mismatched and not mirrored:
+        _raise_mismatch(*mismatched[0], param_shardings)
+    return result
+
+
+def _has_structure(params_def: Any, node: Any) -> bool:
+    """Whether the parameters' tree structure is a prefix of ``node``'s (whatever the shapes
+    under it: a factored second moment mirrors the parameters with other shapes)."""
+    try:
+        params_def.flatten_up_to(node)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _shares_keys(node: Any, param_shardings: Any) -> bool:
+    """Whether ``node`` is a mapping keyed like the parameters' (a moment tree, say)."""
+    return (isinstance(node, Mapping) and isinstance(param_shardings, Mapping)
+            and bool(set(node) & set(param_shardings)))
+
+
+def _raise_mismatch(path: tuple[Any, ...], node: Any, param_shardings: Any) -> None:
+    where = jax.tree_util.keystr(path) or "the state"
+    only_state = sorted(map(str, set(node) - set(param_shardings)))
+    only_params = sorted(map(str, set(param_shardings) - set(node)))
+    detail = (f"keys only in the state: {only_state}; only in param_shardings: {only_params}"
+              if only_state or only_params else
+              f"the state has {jax.tree_util.tree_structure(node)}, param_shardings "
+              f"{jax.tree_util.tree_structure(param_shardings)}")
+    raise ValueError(
+        f"param_shardings does not match the state: {where} is keyed like the parameters but "
+        f"does not have their tree structure ({detail}), and no part of the state does, so "
+        "every array would be replicated. Pass the shardings of the parameters the state was "
+        "initialised with (the same tree).")

@@ -115,6 +115,9 @@ def test_bad_arguments_are_named():
     buffers, layout = flat.flatten(params)
     with pytest.raises(ValueError, match="flatten"):
         flat.unflatten(layout, buffers + buffers)
+    for resized in (jnp.ones(4), jnp.ones(2), jnp.ones((3, 1))):  # longer, shorter, not flat
+        with pytest.raises(ValueError, match=r"buffers\[0\] has shape .* holds \(3,\) elements"):
+            flat.unflatten(layout, (resized,))
     with pytest.raises(ValueError, match="mask"):
         flat.decay_mask(layout)
     with pytest.raises(ValueError, match="mask"):

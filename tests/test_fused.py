@@ -4,6 +4,8 @@ moments in a few flat buffers."""
 
 from __future__ import annotations
 
+import functools
+import re
 import subprocess
 import sys
 
@@ -213,6 +215,44 @@ def test_state_of_other_parameters_is_a_clear_error():
     state = optimizer.init({"w": jnp.ones(3)})
     with pytest.raises(ValueError, match="init with parameters"):
         optimizer.update({"w": jnp.ones(4)}, state, {"w": jnp.ones(4)})
+
+
+@pytest.mark.parametrize("native_setting", ["0", "1"])
+@pytest.mark.parametrize("leaf, shape", [("small", (2, 4)), ("small", (9,)),
+                                         ("large", (256, 257)), ("large", (65536,))])
+def test_gradients_of_other_shapes_are_named_at_trace_time(leaf, shape, native_setting,
+                                                           monkeypatch):
+    """A gradient whose shape is not its parameter's (same size or not, in a packed or an own
+    buffer, kernel or XLA pass): a ValueError naming the leaf path while tracing, on both doors,
+    instead of an FFI aliasing error or a broadcast failure."""
+    monkeypatch.setenv(aw.native.ENVIRONMENT_VARIABLE, native_setting)
+    params = {"layer": {"small": jnp.ones(8), "large": jnp.ones((256, 256))}}
+    grads = {"layer": {**params["layer"], leaf: jnp.ones(shape)}}
+    optimizer = aw.adamw(1e-3, fused=True)
+    state = optimizer.init(params)
+    message = (rf"gradient at \['layer'\]\['{leaf}'\] has shape {re.escape(str(shape))} but the "
+               rf"parameter there has shape {re.escape(str(params['layer'][leaf].shape))}: pass "
+               "the gradients of the parameters")
+    for door in (optimizer.update, functools.partial(aw.update_and_apply, optimizer)):
+        with pytest.raises(ValueError, match=message):
+            jax.eval_shape(door, grads, state, params)
+
+
+def test_gradients_of_another_dtype_step_as_on_the_unfused_path():
+    """float32 gradients of bfloat16 parameters and bfloat16 ones of float32 parameters are
+    read in float32 and rounded to the parameter's dtype, as unfused: the same parameters."""
+    params = {"w": jnp.linspace(-1, 1, 8, dtype=jnp.bfloat16), "b": jnp.linspace(0, 1, 3)}
+    grads = {"w": jnp.linspace(1, 2, 8), "b": jnp.linspace(-1, 0, 3, dtype=jnp.bfloat16)}
+    results = []
+    for fused in (False, True):
+        optimizer = aw.adamw(1e-2, fused=fused)
+        updates, _ = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
+        results.append(optax.apply_updates(params, updates))
+    for key in params:
+        assert results[1][key].dtype == params[key].dtype
+        # one float32 rounding of the update apart (see test_one_step_matches_unfused_for_any_tree)
+        np.testing.assert_allclose(np.asarray(results[1][key], np.float32),
+                                   np.asarray(results[0][key], np.float32), rtol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -162,15 +162,35 @@ def test_many_leaves_mixed_dtypes_and_large_leaves():
         assert p1[key].dtype == params[key].dtype and p1[key].shape == params[key].shape
 
 
-def test_update_uses_the_kernel_for_small_leaves_and_xla_for_large():
-    """``update`` materializes ``u``: for a leaf with a buffer of its own XLA fuses it into
-    ``θ + u`` instead (a fresh large buffer per step costs page faults)."""
-    optimizer = aw.adamw(1e-3, fused=True, weight_decay=1e-2)
-    small = {"a": jnp.ones((4, 4)), "b": jnp.ones((3,))}
-    large = {"w": jnp.ones((512, 256))}
-    for params, expected in ((small, True), (large, False)):
-        assert _uses_kernel(optimizer.update, params, optimizer.init(params), params) == expected
-        assert _uses_kernel(_one_pass(optimizer), params, optimizer.init(params), params)
+@pytest.mark.parametrize("kwargs", [
+    dict(weight_decay=0.1), dict(amsgrad=True, nesterov=True, maximize=True),
+    dict(eps_mode="hat", eps=0.0, weight_decay=0.2, amsgrad=True), dict(b1=0.0, eps=1e-1)])
+def test_update_of_a_large_leaf_writes_the_moments_natively_and_no_update_buffer(kwargs):
+    """``update`` on a leaf with a buffer of its own: the kernel writes the moments, XLA forms
+    ``u`` from them inside the caller's ``θ + u`` (no scratch buffer the size of the leaf, which
+    would cost its page faults every step), with the unfused chain's numbers."""
+    rng = np.random.default_rng(5)
+    params = {"w": jnp.asarray(rng.normal(size=(512, 256)), jnp.float32), "b": jnp.ones(3)}
+    fused, plain = aw.adamw(1e-2, fused=True, **kwargs), aw.adamw(1e-2, **kwargs)
+
+    def two_calls(optimizer):
+        def step(params, state, grads):  # donated arguments in the order of the results
+            updates, state = optimizer.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+        return step
+
+    state, grads = fused.init(params), jax.tree.map(jnp.ones_like, params)
+    assert _uses_kernel(two_calls(fused), params, state, grads)
+    compiled = jax.jit(two_calls(fused), donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < params["w"].nbytes // 8
+    (p1, s1), (p2, s2) = (params, state), (params, plain.init(params))
+    fused_step, plain_step = jax.jit(two_calls(fused)), jax.jit(two_calls(plain))
+    for _ in range(3):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+        p1, s1 = fused_step(p1, s1, grads)
+        p2, s2 = plain_step(p2, s2, grads)
+    for key in params:  # |u| ~ 1e-2 with a few float32 roundings, as in the hypothesis test above
+        np.testing.assert_allclose(p1[key], p2[key], rtol=1e-5, atol=1e-7)
 
 
 def test_one_pass_step_runs_in_place_with_donation():
@@ -301,10 +321,12 @@ def test_fused_optimizer_is_an_optax_transformation_with_a_step():
         optimizer.step(params, aw.adamw(1e-3, fused=True, amsgrad=True).init(params), params)
 
 
-def test_sharded_parameters_keep_their_values_on_eight_devices():
-    """ADAMW_JAX_NATIVE=1 with sharded arrays: GSPMD runs the call on gathered operands (the
-    reason auto mode keeps the XLA pass there); the numbers are the same."""
-    mesh = jax.make_mesh((8,), ("data",))
+@pytest.mark.parametrize("axis_type", [jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit])
+def test_sharded_parameters_keep_their_values_on_eight_devices(axis_type):
+    """ADAMW_JAX_NATIVE=1 with sharded arrays: on Auto axes GSPMD runs the call on gathered
+    operands (the reason auto mode keeps the XLA pass there), arrays split along Explicit axes
+    keep the XLA pass (a custom call has no sharding rule); the numbers are the same."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     params = {"w": jax.device_put(jnp.linspace(-1, 1, 64), sharding)}
     grads = {"w": jax.device_put(jnp.sin(jnp.arange(64.0)), sharding)}
@@ -408,3 +430,63 @@ def test_other_state_formats_keep_the_xla_pass(kwargs):
     params = {"w": jnp.ones((64, 80))}
     optimizer = aw.adamw(1e-3, fused=True, **kwargs)
     assert not _uses_kernel(_one_pass(optimizer), params, optimizer.init(params), params)
+
+
+NONFINITE_SHAPES = {"small": (8,), "other": (3,), "large": (256, 256)}  # large: its own buffer
+NONFINITE_CASES = {  # (which array, value) put at element 5 of "small" and of "large"
+    "nan_gradient": ("grads", np.nan), "inf_gradient": ("grads", np.inf),
+    "negative_inf_gradient": ("grads", -np.inf), "nan_parameter": ("params", np.nan),
+}
+
+
+def _with_nonfinite(tree, value):
+    tree = dict(tree)
+    for key in ("small", "large"):
+        tree[key] = tree[key].reshape(-1).at[5].set(value).reshape(tree[key].shape)
+    return tree
+
+
+def _two_steps(optimizer, door, params, grads, finite_grads):
+    """Params after a step on ``grads`` and one on ``finite_grads`` (jitted), and the moments'
+    NaN count (flat buffers and leaves alike)."""
+    def two_calls(g, s, p):
+        updates, s = optimizer.update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
+    step = jax.jit(two_calls if door == "update" else _one_pass(optimizer))
+    history, state = [], optimizer.init(params)
+    for g in (grads, finite_grads):
+        params, state = step(g, state, params)
+        history.append(jax.device_get(params))
+    return history, sum(int(np.sum(np.isnan(x))) for x in jax.tree.leaves(state))
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("case", sorted(NONFINITE_CASES))
+def test_nonfinite_inputs_have_one_outcome_on_every_path(case, amsgrad, monkeypatch):
+    """A NaN or ±Inf gradient element, or a NaN parameter, in a small (packed) and a large (own
+    buffer) leaf: the unfused chain, the fused update + apply and update_and_apply, with the
+    kernel and with the XLA pass, give NaN at the same elements (in the params after the step
+    and after a finite one, and in the moments), and the same finite values elsewhere."""
+    rng = np.random.default_rng(21)
+    params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in NONFINITE_SHAPES.items()}
+    grads = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in NONFINITE_SHAPES.items()}
+    where, value = NONFINITE_CASES[case]
+    bad_params, bad_grads = (_with_nonfinite(params, value), grads) if where == "params" else (
+        params, _with_nonfinite(grads, value))
+    kwargs = dict(weight_decay=0.1, amsgrad=amsgrad)
+    expected, expected_nans = _two_steps(aw.adamw(1e-2, **kwargs), "update", bad_params,
+                                         bad_grads, grads)
+    assert (expected_nans > 0) == (case == "nan_gradient")  # a NaN θ leaves the moments finite
+    for setting in ("1", "0"):
+        monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, setting)
+        for door in ("update", "update_and_apply"):
+            history, nans = _two_steps(aw.adamw(1e-2, fused=True, **kwargs), door, bad_params,
+                                       bad_grads, grads)
+            assert nans == expected_nans, (setting, door)
+            for got, want in zip(history, expected):
+                for key in NONFINITE_SHAPES:
+                    np.testing.assert_array_equal(np.isnan(got[key]), np.isnan(want[key]))
+                    np.testing.assert_array_equal(np.isinf(got[key]), np.isinf(want[key]))
+                    # float32 rounding of the fused pass (see test_one_pass_step_matches_reference)
+                    np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-7)

@@ -434,3 +434,79 @@ def test_core_transform_under_pmap_data_parallel_equals_one_device(name):
     assert all(max_abs_error([c], [copies[0]]) == 0.0 for c in copies)
     expected = trajectory(optimizer, CORE_PARAMS, mean)
     assert max_abs_error([copies[0]], expected[-1:]) <= float32_tolerance(expected)
+
+
+FUSED_SHAPES = {"big": (512, 128), "w": (16, 32), "b": (32,), "s": (), "odd": (5,)}
+FUSED_PARAMS = make_params(11, FUSED_SHAPES)
+FUSED_GRADS = [as_float32(g) for g in gradient_stream(FUSED_PARAMS, 3, seed=12)]
+FUSED = aw.adamw(1e-2, weight_decay=0.1, amsgrad=True, mask={k: k != "b" for k in FUSED_SHAPES},
+                 fused=True)
+# "big" (2**16 elements) has moment buffers of its own, in its shape; the others share one.
+FUSED_SPECS = {"sharded": {"big": P("data"), "w": P(None, "data"), "b": P("data")},
+               "replicated": {}}
+
+
+def fused_steps(param_sh, state_sh, door: str):
+    """Three jitted, donated steps of FUSED through ``door``: the params and the state."""
+    def two_calls(grads, state, params):
+        updates, state = FUSED.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    step = two_calls if door == "update" else (
+        lambda grads, state, params: aw.update_and_apply(FUSED, grads, state, params))
+    step = jax.jit(step, out_shardings=(param_sh, state_sh), donate_argnums=(1, 2))
+    params = jax.device_put(as_float32(FUSED_PARAMS), param_sh)
+    state = jax.jit(FUSED.init, out_shardings=state_sh)(params)
+    assert_placed(state, state_sh)
+    for grads in FUSED_GRADS:
+        params, state = step(jax.device_put(grads, param_sh), state, params)
+        assert_placed(state, state_sh)
+        assert_placed(params, param_sh)
+    return jax.device_get(params)
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
+@pytest.mark.parametrize("specs", sorted(FUSED_SPECS))
+@pytest.mark.parametrize("door", ["update", "update_and_apply"])
+def test_fused_step_on_explicit_and_auto_meshes_equals_one_device(axis_type, specs, door):
+    """fused=True on an 8-device mesh, Explicit axes (sharding in types) or Auto: a leaf alone in
+    its buffer keeps its sharding through the pass (on Explicit axes, its moments too), packed
+    leaves share a replicated buffer; the state is where state_shardings says, the values those of one device (the pass is
+    elementwise: at most XLA's other fusion choices, compiler_tolerance)."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
+    param_sh = {k: NamedSharding(mesh, FUSED_SPECS[specs].get(k, P())) for k in FUSED_SHAPES}
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.eval_shape(FUSED.init, as_float32(FUSED_PARAMS))
+    expected = fused_steps(jax.tree.map(lambda _: one_device, param_sh),
+                           jax.tree.map(lambda _: one_device, abstract), door)
+    with jax.set_mesh(mesh):  # Explicit axes need it for jit; Auto ones accept it
+        params = jax.device_put(as_float32(FUSED_PARAMS), param_sh)
+        state_sh = state_shardings(jax.eval_shape(FUSED.init, params), param_sh)
+        # Buffers: "big" and "b" (not decayed) alone, in their shapes; "w", "s", "odd" packed.
+        own = {"sharded": P("data"), "replicated": P()}[specs] if axis_type == AxisType.Explicit else P()
+        expected_specs = {(512, 128): own, (32,): own, (518,): P()}
+        for x, sharding in zip(abstract.mu, state_sh.mu):
+            assert sharding.is_equivalent_to(NamedSharding(mesh, expected_specs[x.shape]), x.ndim)
+        sharded = fused_steps(param_sh, state_sh, door)
+    assert max_abs_error([sharded], [expected]) <= compiler_tolerance(expected, len(FUSED_GRADS))
+
+
+def test_param_shardings_of_other_parameters_are_named_instead_of_replicating():
+    """A sharding tree missing a parameter, with an extra one, or nested otherwise: the moments
+    would all be replicated; the error names where the state and the tree differ."""
+    mesh, param_sh, _, _ = layout("mesh_2d")
+    state = OPTIMIZER.init(as_float32(PARAMS))
+    missing = {k: v for k, v in param_sh.items() if k != "odd"}
+    with pytest.raises(ValueError, match=r"\[0\]\.mu is keyed like the parameters.*only in the "
+                                         r"state: \['odd'\]; only in param_shardings: \[\]"):
+        state_shardings(state, missing)
+    with pytest.raises(ValueError, match=r"only in param_shardings: \['extra'\]"):
+        state_shardings(state, {**param_sh, "extra": param_sh["w1"]})
+    nested = {**param_sh, "w1": {"kernel": param_sh["w1"]}}
+    with pytest.raises(ValueError, match=r"does not have their tree structure \(the state has"):
+        state_shardings(state, nested)
+    # A state with no mapping keyed like the parameters is no mismatch: the fused state's flat
+    # buffers are replicated (and a tree of the parameters' structure with other shapes, a
+    # factored moment, is placed as test_shapes_are_matched_exactly... says).
+    fused = aw.adamw(1e-2, fused=True).init(as_float32(PARAMS))
+    assert {s.spec for s in jax.tree.leaves(state_shardings(fused, param_sh))} == {P()}
