@@ -23,14 +23,25 @@ PAGES = sorted(path for path in (ROOT / "docs").rglob("*.md") if "_snippets" not
 FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 SNIPPET = re.compile(r'^--8<-- "([^"]+)"$', re.MULTILINE)
 MULTI_DEVICE = "# 8 devices"
-# The files whose python blocks run: the docs pages. README.md joins them (append
-# ROOT / "README.md") once its blocks are self-contained, as the pages' are.
-FILES = PAGES
+# The files whose python blocks run: the docs pages and the README.
+FILES = [*PAGES, ROOT / "README.md"]
+
+
+def _snippet(reference: str) -> str:
+    """The text pymdownx.snippets puts for ``path`` or ``path:section`` (the lines between the
+    ``--8<-- [start:section]`` and ``--8<-- [end:section]`` markers)."""
+    path, _, section = reference.partition(":")
+    text = (ROOT / path).read_text()
+    if not section:
+        return text
+    start, end = f"--8<-- [start:{section}]", f"--8<-- [end:{section}]"
+    assert start in text and end in text, f"{path} has no section {section!r}"
+    return text.split(start, 1)[1].split("\n", 1)[1].split(end, 1)[0].rsplit("\n", 1)[0]
 
 
 def expand_snippets(text: str) -> str:
-    """``--8<-- "path"`` lines replaced by the file at ``path`` (relative to the repository)."""
-    return SNIPPET.sub(lambda match: (ROOT / match.group(1)).read_text(), text)
+    """``--8<-- "path"`` (or ``"path:section"``) lines replaced by what they include."""
+    return SNIPPET.sub(lambda match: _snippet(match.group(1)), text)
 
 
 def python_blocks(path: Path) -> list[str]:
@@ -47,6 +58,7 @@ BLOCKS = [
 def test_every_page_is_collected():
     """The parametrization sees every page, and the pages have code to run."""
     assert {path.name for path in PAGES} >= {"index.md", "porting.md", "conveniences.md"}
+    assert any(path.name == "README.md" for path, *_ in (b.values for b in BLOCKS))
     assert len(BLOCKS) >= 20
 
 
