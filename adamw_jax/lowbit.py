@@ -230,11 +230,16 @@ def add_and_round(base: jax.Array, update: jax.Array, dtype: Any, key: jax.Array
 
 
 def _saturating_sum(base: jax.Array, update: jax.Array, compute: jnp.dtype) -> jax.Array:
-    """``base + update`` in ``compute``; a sum of two finite values that overflows ``compute``
-    (bfloat16's largest plus itself is inf in float32) is its largest finite value instead."""
-    b, u = base.astype(compute), update.astype(compute)
-    total = b + u
-    overflowed = jnp.isinf(total) & jnp.isfinite(b) & jnp.isfinite(u)
+    """``base + update`` in ``compute``; an infinite sum on a finite ``base`` (two finite values
+    that overflow ``compute``, e.g. bfloat16's largest plus itself in float32, or an infinite
+    update) is the largest finite value of its sign instead; NaN stays NaN.
+
+    The test reads only ``total`` and ``base``: a second use of ``update`` would keep XLA from
+    contracting the multiply that produced it into this add, and the sum would no longer be
+    ``optax.apply_updates``' bit for bit."""
+    b = base.astype(compute)
+    total = b + update.astype(compute)
+    overflowed = jnp.isinf(total) & jnp.isfinite(b)
     return jnp.where(overflowed, jnp.copysign(jnp.finfo(compute).max, total), total)
 
 
