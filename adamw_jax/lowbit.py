@@ -234,13 +234,13 @@ def _saturating_sum(base: jax.Array, update: jax.Array, compute: jnp.dtype) -> j
     that overflow ``compute``, e.g. bfloat16's largest plus itself in float32, or an infinite
     update) is the largest finite value of its sign instead; NaN stays NaN.
 
-    The test reads only ``total`` and ``base``: a second use of ``update`` would keep XLA from
+    The clip reads only ``total`` and ``base``: a second use of ``update`` would keep XLA from
     contracting the multiply that produced it into this add, and the sum would no longer be
-    ``optax.apply_updates``' bit for bit."""
+    ``optax.apply_updates``' bit for bit (and a clip compiles faster than a test for inf)."""
     b = base.astype(compute)
     total = b + update.astype(compute)
-    overflowed = jnp.isinf(total) & jnp.isfinite(b)
-    return jnp.where(overflowed, jnp.copysign(jnp.finfo(compute).max, total), total)
+    largest = jnp.finfo(compute).max
+    return jnp.where(jnp.isfinite(b), jnp.clip(total, -largest, largest), total)
 
 
 def _master_or(master: Any, params: optax.Params) -> optax.Params:

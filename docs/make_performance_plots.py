@@ -61,8 +61,10 @@ TICKS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 def plot_ratios(runs: list[dict], path: Path) -> None:
     """One panel per workload: a bar per contender and run, the bound and the dispatch floors
     (a donated identity step over each contender's arrays) as vertical lines."""
-    workloads = runs[-1]["workloads"]
-    figure, axes = plt.subplots(len(workloads), 1, figsize=(9, 3.4 * len(workloads)), squeeze=False)
+    latest_run = {entry["workload"]: run for run in runs for entry in run["workloads"]}
+    workloads = [entry for run in runs for entry in run["workloads"]
+                 if latest_run[entry["workload"]] is run]  # each workload's latest measurement
+    figure, axes = plt.subplots(len(workloads), 1, figsize=(11, 3.4 * len(workloads)), squeeze=False)
     height = 0.8 / len(runs)
     for axis, entry in zip(axes[:, 0], workloads):
         names = [name for name in contenders(runs, entry["workload"]) if not name.startswith(FLOOR)]
@@ -92,13 +94,13 @@ def plot_ratios(runs: list[dict], path: Path) -> None:
         low = 0.8 * min(
             lines["bound"],
             *(
-                ratios(runs[-1], entry["workload"])[name]
+                ratios(latest_run[entry["workload"]], entry["workload"])[name]
                 for name in names
                 if name in entry["results"]
             ),
         )
         axis.set_xscale("log")
-        axis.set_xlim(low, 1.6 * max(ratios(runs[-1], entry["workload"]).values()))
+        axis.set_xlim(low, 1.6 * max(ratios(latest_run[entry["workload"]], entry["workload"]).values()))
         for label, value in lines.items():
             if value >= low:
                 axis.axvline(
@@ -132,14 +134,18 @@ def plot_ratios(runs: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def plot_bound(run: dict, path: Path) -> None:
-    workloads = run["workloads"]
-    names = [
+def plot_bound(runs: list[dict], path: Path) -> None:
+    """The fraction of the bandwidth bound of each contender, per workload, in the latest run
+    that measured the workload."""
+    latest = {entry["workload"]: (run, entry) for run in runs for entry in run["workloads"]}
+    workloads = [entry for _, entry in latest.values()]
+    names = list(dict.fromkeys(
         name
-        for name in contenders([run], workloads[0]["workload"])
+        for run, entry in latest.values()
+        for name in contenders([run], entry["workload"])
         if not name.startswith("dispatch floor")
-    ]
-    figure, axis = plt.subplots(figsize=(9, 4.5))
+    ))
+    figure, axis = plt.subplots(figsize=(11, 5))
     height = 0.8 / len(workloads)
     for index, entry in enumerate(workloads):
         rows = [row for row, name in enumerate(names) if name in entry["results"]]
@@ -164,13 +170,14 @@ def plot_bound(run: dict, path: Path) -> None:
         ),
     )
     axis.set_xlabel(
-        "% of the bandwidth bound (28 bytes per parameter at the measured triad "
-        f"bandwidth, {run['triad_gb_s']:.1f} GB/s)",
+        "% of the bandwidth bound (28 bytes per parameter at the triad bandwidth the run "
+        "measured first)",
         fontsize=8,
     )
     axis.set_title(
-        f"Run of {run['date'][:16].replace('T', ' ')} on {run['machine']['host']} "
-        f"({run['machine']['cpus']} CPUs)",
+        "Latest run of each workload: "
+        + ", ".join(sorted({f"{run['date'][:16].replace('T', ' ')} on {run['machine']['host']}"
+                            for run, _ in latest.values()})),
         fontsize=10,
     )
     axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8, frameon=False)
@@ -182,7 +189,7 @@ def plot_bound(run: dict, path: Path) -> None:
 def main() -> None:
     runs = load_runs()
     plot_ratios(runs, OUT / "performance_ratios.png")
-    plot_bound(runs[-1], OUT / "performance_bound.png")
+    plot_bound(runs, OUT / "performance_bound.png")
 
 
 if __name__ == "__main__":
