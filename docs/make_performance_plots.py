@@ -129,7 +129,8 @@ def plot_ratios(runs: list[dict], path: Path) -> None:
     figure.legend(
         list(legend.values()), list(legend), loc="lower center", ncol=2, fontsize=8, frameon=False
     )
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    # Room on the left for the contenders' names, between panels for titles and axis labels.
+    figure.subplots_adjust(left=0.25, right=0.97, top=0.96, bottom=0.09, hspace=0.45)
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
