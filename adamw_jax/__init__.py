@@ -18,6 +18,7 @@ from adamw_jax import (
 )
 from adamw_jax.accumulation import AccumulateGradientsState, accumulate_gradients, micro_step_schedule
 from adamw_jax.alias import adam, adamw
+from adamw_jax.cautious import add_cautious_decayed_weights, scale_by_cautious_mask
 from adamw_jax.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
 from adamw_jax.ema import ParamEmaState, ema_params, param_ema
 from adamw_jax.fused import FusedAdamState, FusedTransformation
@@ -67,6 +68,7 @@ __all__ = [
     "accumulation",
     "adam",
     "adamw",
+    "add_cautious_decayed_weights",
     "add_decayed_weights",
     "apply_updates",
     "clip_by_global_norm",
@@ -93,6 +95,7 @@ __all__ = [
     "presets",
     "reduce_on_plateau",
     "scale_by_adam",
+    "scale_by_cautious_mask",
     "scale_by_learning_rate",
     "schedules",
     "set_hyperparams",
