@@ -42,6 +42,7 @@ from adamw_jax.loss_scaling import (
 from adamw_jax.lowbit import BlockwiseArray, LowPrecisionParamsState, low_precision_params
 from adamw_jax.masks import exclude_from_weight_decay
 from adamw_jax.moments import ScaleByAdamState, scale_by_adam
+from adamw_jax.rms_clip import clip_by_update_rms
 from adamw_jax.plateau import ReduceOnPlateauState, reduce_on_plateau
 from adamw_jax.sharding import state_shardings
 from adamw_jax.updates import apply_updates, update_and_apply
@@ -73,6 +74,7 @@ __all__ = [
     "apply_updates",
     "clip_by_global_norm",
     "clip_by_norm",
+    "clip_by_update_rms",
     "clip_by_value",
     "clipping",
     "current_hyperparams",

@@ -39,6 +39,8 @@ TRANSFORMS: list[tuple[str, Callable[[], optax.GradientTransformation], tuple[st
     ("adam", lambda: aw.adam(1e-2), ()),
     ("scale_by_cautious_mask", lambda: aw.scale_by_cautious_mask(aw.scale_by_adam()), ()),
     ("add_cautious_decayed_weights", lambda: aw.add_cautious_decayed_weights(0.1), ()),
+    ("clip_by_update_rms", lambda: aw.clip_by_update_rms(aw.adamw(1e-2), 0.5), ()),
+    ("optimi_stable_adamw", lambda: aw.presets.optimi_stable_adamw(1e-2), ()),
     ("adamw_cautious", lambda: aw.adamw(1e-2, cautious=True, cautious_weight_decay=True), ()),
     ("adam_fused", lambda: aw.adam(1e-2, fused=True), ()),
     ("torch_adamw", lambda: aw.presets.torch_adamw(), ()),
