@@ -41,6 +41,8 @@ TRANSFORMS: list[tuple[str, Callable[[], optax.GradientTransformation], tuple[st
     ("add_cautious_decayed_weights", lambda: aw.add_cautious_decayed_weights(0.1), ()),
     ("clip_by_update_rms", lambda: aw.clip_by_update_rms(aw.adamw(1e-2), 0.5), ()),
     ("optimi_stable_adamw", lambda: aw.presets.optimi_stable_adamw(1e-2), ()),
+    ("adamw_atan2", lambda: aw.adamw(1e-2, eps_mode="atan2"), ()),
+    ("adamw_corrected", lambda: aw.adamw(1e-2, weight_decay_mode="corrected"), ()),
     ("adamw_cautious", lambda: aw.adamw(1e-2, cautious=True, cautious_weight_decay=True), ()),
     ("adam_fused", lambda: aw.adam(1e-2, fused=True), ()),
     ("torch_adamw", lambda: aw.presets.torch_adamw(), ()),
