@@ -17,6 +17,8 @@ from adamw_jax import (
     sharding,
 )
 from adamw_jax.accumulation import AccumulateGradientsState, accumulate_gradients, micro_step_schedule
+from adamw_jax.ademamix import ScaleByAdemamixState, ademamix, scale_by_ademamix
+from adamw_jax.adopt import ScaleByAdoptState, adopt, scale_by_adopt
 from adamw_jax.alias import adam, adamw
 from adamw_jax.cautious import add_cautious_decayed_weights, scale_by_cautious_mask
 from adamw_jax.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
@@ -61,6 +63,8 @@ __all__ = [
     "ParamEmaState",
     "ReduceOnPlateauState",
     "ScaleByAdamState",
+    "ScaleByAdemamixState",
+    "ScaleByAdoptState",
     "ScaleByLearningRateState",
     "SkipNonfiniteState",
     "SkippedSteps",
@@ -69,6 +73,8 @@ __all__ = [
     "accumulation",
     "adam",
     "adamw",
+    "ademamix",
+    "adopt",
     "add_cautious_decayed_weights",
     "add_decayed_weights",
     "apply_updates",
@@ -97,6 +103,8 @@ __all__ = [
     "presets",
     "reduce_on_plateau",
     "scale_by_adam",
+    "scale_by_ademamix",
+    "scale_by_adopt",
     "scale_by_cautious_mask",
     "scale_by_learning_rate",
     "schedules",
