@@ -41,6 +41,7 @@ from adamw_jax.loss_scaling import (
     skip_nonfinite,
     skipped_steps,
 )
+from adamw_jax.loss_spikes import SkipLossSpikesState, skip_loss_spikes, skipped_spikes
 from adamw_jax.lowbit import BlockwiseArray, LowPrecisionParamsState, low_precision_params
 from adamw_jax.masks import exclude_from_weight_decay
 from adamw_jax.moments import ScaleByAdamState, scale_by_adam
@@ -66,6 +67,7 @@ __all__ = [
     "ScaleByAdemamixState",
     "ScaleByAdoptState",
     "ScaleByLearningRateState",
+    "SkipLossSpikesState",
     "SkipNonfiniteState",
     "SkippedSteps",
     "WeightDecayState",
@@ -110,7 +112,9 @@ __all__ = [
     "schedules",
     "set_hyperparams",
     "sharding",
+    "skip_loss_spikes",
     "skip_nonfinite",
+    "skipped_spikes",
     "skipped_steps",
     "state_shardings",
     "update_and_apply",

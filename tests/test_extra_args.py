@@ -48,6 +48,10 @@ TRANSFORMS: list[tuple[str, Callable[[], optax.GradientTransformation], tuple[st
     ("ademamix", lambda: aw.ademamix(1e-2, weight_decay=0.1), ()),
     ("scale_by_ademamix", lambda: aw.scale_by_ademamix(b3=optax.linear_schedule(0.9, 0.99, 3)),
      ()),
+    ("skip_loss_spikes", lambda: aw.skip_loss_spikes(aw.adamw(1e-2), window=2, min_history=2),
+     ("value",)),
+    ("skip_grad_norm_spikes", lambda: aw.skip_loss_spikes(
+        aw.adamw(1e-2), window=2, min_history=2, monitor="grad_norm"), ()),
     ("adamw_cautious", lambda: aw.adamw(1e-2, cautious=True, cautious_weight_decay=True), ()),
     ("adam_fused", lambda: aw.adam(1e-2, fused=True), ()),
     ("torch_adamw", lambda: aw.presets.torch_adamw(), ()),
