@@ -47,6 +47,11 @@ from adamw_jax.masks import exclude_from_weight_decay
 from adamw_jax.moments import ScaleByAdamState, scale_by_adam
 from adamw_jax.rms_clip import clip_by_update_rms
 from adamw_jax.plateau import ReduceOnPlateauState, reduce_on_plateau
+from adamw_jax.schedule_free import (
+    ScheduleFreeAdamWState,
+    schedule_free_adamw,
+    schedule_free_eval_params,
+)
 from adamw_jax.sharding import state_shardings
 from adamw_jax.updates import apply_updates, update_and_apply
 from adamw_jax.weight_decay import WeightDecayState, add_decayed_weights, decoupled_weight_decay
@@ -67,6 +72,7 @@ __all__ = [
     "ScaleByAdemamixState",
     "ScaleByAdoptState",
     "ScaleByLearningRateState",
+    "ScheduleFreeAdamWState",
     "SkipLossSpikesState",
     "SkipNonfiniteState",
     "SkippedSteps",
@@ -109,6 +115,8 @@ __all__ = [
     "scale_by_adopt",
     "scale_by_cautious_mask",
     "scale_by_learning_rate",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
     "schedules",
     "set_hyperparams",
     "sharding",
