@@ -9,6 +9,7 @@ from adamw_jax import (
     ema,
     flat,
     fused,
+    kahan,
     lowbit,
     masks,
     native,
@@ -31,6 +32,7 @@ from adamw_jax.hyperparams import (
     inject_hyperparams,
     set_hyperparams,
 )
+from adamw_jax.kahan import KahanSummationState, kahan_compensation_bytes, kahan_summation
 from adamw_jax.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
 from adamw_jax.loss_scaling import (
     LossScaleState,
@@ -64,6 +66,7 @@ __all__ = [
     "FusedAdamState",
     "FusedTransformation",
     "InjectHyperparamsState",
+    "KahanSummationState",
     "LossScaleState",
     "LowPrecisionParamsState",
     "ParamEmaState",
@@ -101,6 +104,9 @@ __all__ = [
     "flat",
     "fused",
     "inject_hyperparams",
+    "kahan",
+    "kahan_compensation_bytes",
+    "kahan_summation",
     "loss_scaling",
     "low_precision_params",
     "lowbit",

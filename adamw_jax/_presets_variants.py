@@ -25,6 +25,7 @@ def optimi_stable_adamw(
     eps: float = 1e-6,
     decouple_lr: bool = False,
     max_lr: float | None = None,
+    kahan_sum: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """``optimi.StableAdamW`` with optimi's argument names and defaults (math in the module
     docstring): ``adamw(..., rms_clip_threshold=1.0)`` with coupled decay, or decoupled decay
@@ -37,8 +38,14 @@ def optimi_stable_adamw(
       eps: ``ε`` (optimi's 1e-6), also the floor ``ε²`` of ``v̂`` in the RMS.
       decouple_lr: fully decoupled decay ``θ·(1 - (η'_t/η_max)·λ)``.
       max_lr: ``η_max`` for ``decouple_lr`` (default: ``lr``; needed with a schedule).
+      kahan_sum: Kahan-compensated bf16/f16 parameters (``adamw(kahan_summation=True)``);
+        ``None`` (optimi's default) or ``True``: on for low-precision leaves; ``False``: off.
+        optimi compensates the Adam step and rounds its decay ``θ·(1 - η'λ)`` directly; the
+        chain here compensates the step, decay included.
     """
     check.check_bool("decouple_lr", decouple_lr)
+    if kahan_sum is not None:
+        check.check_bool("kahan_sum", kahan_sum)
     if isinstance(betas, (str, bytes)) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}.")
     if max_lr is not None and not decouple_lr:
@@ -47,5 +54,5 @@ def optimi_stable_adamw(
     return adamw(
         lr, b1, b2, eps, weight_decay=weight_decay,
         weight_decay_mode="decoupled" if decouple_lr else "coupled",
-        peak_learning_rate=max_lr, rms_clip_threshold=1.0,
+        peak_learning_rate=max_lr, rms_clip_threshold=1.0, kahan_summation=kahan_sum is not False,
     )

@@ -1,8 +1,8 @@
 """``adamw`` and ``adam``: chains of the building blocks, nothing more.
 
-    adamw = [clip_by_update_rms](chain([negate if maximize],
+    adamw = [kahan_summation]([clip_by_update_rms](chain([negate if maximize],
                   [scale_by_cautious_mask](scale_by_adam), [add_(cautious_)decayed_weights],
-                  scale_by_learning_rate, [decoupled/cautious decay]))
+                  scale_by_learning_rate, [decoupled/cautious decay])))
 
 ``weight_decay_mode="coupled"`` (torch, optax, Keras): ``θ ← θ - η_t·(u + λ·θ)``.
 ``weight_decay_mode="decoupled"`` (Loshchilov & Hutter, Algorithm 2):
@@ -24,6 +24,7 @@ from adamw_jax import _validation as check
 from adamw_jax._masking import Mask
 from adamw_jax.cautious import add_cautious_decayed_weights, scale_by_cautious_mask
 from adamw_jax.fused import FusedTransformation, fused_adam_family
+from adamw_jax.kahan import kahan_summation as kahan_summation_of
 from adamw_jax.learning_rate import scale_by_learning_rate
 from adamw_jax.lowbit import low_precision_params
 from adamw_jax.moments import scale_by_adam
@@ -63,17 +64,19 @@ def _schedule_multiplier(
 
 
 def _check_variants(fused: bool, *, cautious: bool, eps_mode: str,
-                    rms_clip_threshold: float | None, cautious_weight_decay: bool = False) -> None:
+                    rms_clip_threshold: float | None, cautious_weight_decay: bool = False,
+                    kahan_summation: bool = False) -> None:
     """The variant options' checks; ``fused=True`` implements none of them (one pass of plain
     Adam(W)), so asking for one there is a ValueError naming it."""
     check.check_bool("cautious", cautious)
     check.check_bool("cautious_weight_decay", cautious_weight_decay)
+    check.check_bool("kahan_summation", kahan_summation)
     if rms_clip_threshold is not None:
         check.check_positive("rms_clip_threshold", rms_clip_threshold, finite=True,
                              hint="StableAdamW uses 1.0; None turns the clipping off.")
     used = {"cautious=True": cautious, "cautious_weight_decay=True": cautious_weight_decay,
             "rms_clip_threshold": rms_clip_threshold is not None,
-            "eps_mode='atan2'": eps_mode == "atan2"}
+            "eps_mode='atan2'": eps_mode == "atan2", "kahan_summation=True": kahan_summation}
     if fused and any(used.values()):
         raise ValueError(
             f"fused=True does not implement {', '.join(k for k, on in used.items() if on)}: the "
@@ -90,19 +93,27 @@ def _adam_family(
     cautious: bool = False,
     cautious_weight_decay: bool = False,
     rms_clip_threshold: float | None = None,
+    kahan_summation: bool = False,
     **chain_kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
     """``_adam_chain``, wrapped in ``low_precision_params`` for stochastic rounding or master
-    weights of bf16/f16 parameters."""
+    weights of bf16/f16 parameters, or in ``kahan_summation``."""
     _check_variants(chain_kwargs["fused"], cautious=cautious, eps_mode=adam_kwargs["eps_mode"],
                     rms_clip_threshold=rms_clip_threshold,
-                    cautious_weight_decay=cautious_weight_decay)
+                    cautious_weight_decay=cautious_weight_decay, kahan_summation=kahan_summation)
+    if kahan_summation and (stochastic_rounding or master_weights):
+        raise ValueError(
+            "kahan_summation=True is an alternative to stochastic_rounding and master_weights "
+            "(each keeps bf16/f16 parameters learning); choose one."
+        )
     if stochastic_rounding:
         adam_kwargs = dict(adam_kwargs, stochastic_rounding=True)
     optimizer = _adam_chain(learning_rate, adam_kwargs, cautious=cautious, **chain_kwargs)
     if rms_clip_threshold is not None:
         optimizer = clip_by_update_rms(optimizer, rms_clip_threshold, b2=adam_kwargs["b2"],
                                        eps=adam_kwargs["eps"])
+    if kahan_summation:
+        return _with_state_check(kahan_summation_of(optimizer))
     optimizer = _with_state_check(optimizer)
     if stochastic_rounding or master_weights:
         return optax.with_extra_args_support(low_precision_params(
@@ -261,6 +272,7 @@ def adamw(
     cautious: bool = False,
     cautious_weight_decay: bool = False,
     rms_clip_threshold: float | None = None,
+    kahan_summation: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """AdamW (Loshchilov & Hutter 2019) with every option of torch, optax and Keras.
 
@@ -293,6 +305,9 @@ def adamw(
       rms_clip_threshold: StableAdamW's update clipping: each tensor's step (decay included)
         divided by ``max(1, RMS(g²/v̂)/threshold)``; ``None`` (default) off, else finite > 0
         (see ``adamw_jax.rms_clip.clip_by_update_rms``).
+      kahan_summation: Kahan-compensated bf16/f16 parameters (torch-optimi's ``kahan_sum``):
+        a buffer of the parameter dtype (2 bytes per bf16 parameter) keeps what rounding lost
+        (see ``adamw_jax.kahan``); exclusive with ``stochastic_rounding``/``master_weights``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; apply its updates with
@@ -312,7 +327,7 @@ def adamw(
         decay_after_learning_rate=weight_decay_mode == "decoupled", decay_kwargs=decay_kwargs,
         stochastic_rounding=stochastic_rounding, master_weights=master_weights,
         cautious=cautious, cautious_weight_decay=cautious_weight_decay,
-        rms_clip_threshold=rms_clip_threshold,
+        rms_clip_threshold=rms_clip_threshold, kahan_summation=kahan_summation,
     )
 
 
@@ -334,6 +349,7 @@ def adam(
     master_weights: bool = False,
     cautious: bool = False,
     rms_clip_threshold: float | None = None,
+    kahan_summation: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Adam (Kingma & Ba 2015) without weight decay: ``optax.adam``'s positional arguments and
     defaults, the other options keyword-only and as in ``adamw``."""
@@ -345,4 +361,5 @@ def adam(
         _adam_kwargs(b1, b2, eps, eps_root, eps_mode, amsgrad, nesterov, mu_dtype, nu_dtype),
         maximize=maximize, fused=fused, stochastic_rounding=stochastic_rounding,
         master_weights=master_weights, cautious=cautious, rms_clip_threshold=rms_clip_threshold,
+        kahan_summation=kahan_summation,
     )

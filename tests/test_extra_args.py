@@ -53,6 +53,8 @@ TRANSFORMS: list[tuple[str, Callable[[], optax.GradientTransformation], tuple[st
     ("skip_grad_norm_spikes", lambda: aw.skip_loss_spikes(
         aw.adamw(1e-2), window=2, min_history=2, monitor="grad_norm"), ()),
     ("schedule_free_adamw", lambda: aw.schedule_free_adamw(1e-2, 2, weight_decay=0.1), ()),
+    ("kahan_summation", lambda: aw.kahan_summation(aw.adamw(1e-2)), ()),
+    ("adamw_kahan", lambda: aw.adamw(1e-2, kahan_summation=True), ()),
     ("adamw_cautious", lambda: aw.adamw(1e-2, cautious=True, cautious_weight_decay=True), ()),
     ("adam_fused", lambda: aw.adam(1e-2, fused=True), ()),
     ("torch_adamw", lambda: aw.presets.torch_adamw(), ()),
