@@ -16,6 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optimi
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import adamw_jax as aw
 from helpers import float32_tolerance, max_abs_error, trajectory
@@ -118,3 +121,23 @@ def test_arguments_are_checked():
         aw.presets.optimi_stable_adamw(LR, decouple_lr="yes")
     with pytest.raises(ValueError, match="max_lr"):
         aw.presets.optimi_stable_adamw(LR, max_lr=LR)
+
+
+@given(st.integers(1, 20), st.integers(1, 3), st.floats(0.1, 10.0), st.data())
+def test_clip_factor_is_the_formula(size, steps, threshold, data):
+    """Each step of ``clip_by_update_rms(adam)`` is adam's times ``1/max(1, RMS/threshold)``,
+    ``RMS = sqrt(mean(g²/max(v̂, eps²)))`` from the state's ``v``, for any gradients (zeros and
+    sign flips included); the factor is in (0, 1]."""
+    inner = aw.adam(LR)
+    clipped = aw.clip_by_update_rms(inner, threshold, b2=0.999, eps=1e-8)
+    params = jnp.zeros(size)
+    s_inner, s_clipped = inner.init(params), clipped.init(params)
+    for t in range(1, steps + 1):
+        g = data.draw(hnp.arrays(np.float32, size, elements=st.floats(-100, 100, width=32)))
+        u, s_inner = jax.jit(inner.update)(jnp.asarray(g), s_inner)
+        c, s_clipped = jax.jit(clipped.update)(jnp.asarray(g), s_clipped)
+        nu = np.asarray(s_inner[0].nu, np.float64)  # the chain's scale_by_adam state
+        v_hat = nu / (1 - 0.999**t)
+        rms = np.sqrt(np.mean(g.astype(np.float64) ** 2 / np.maximum(v_hat, 1e-16)))
+        factor = 1 / max(1.0, rms / threshold)
+        np.testing.assert_allclose(c, np.asarray(u) * factor, rtol=2e-6, atol=1e-30)
