@@ -93,8 +93,11 @@ def test_accumulates_updates_far_below_an_ulp(fraction, steps, start):
         lambda p: optax.EmptyState(),
         lambda g, s, p=None: (jnp.full_like(g, u, jnp.float32), s))
     optimizer = aw.kahan.kahan_summation(inner)
-    step = jax.jit(lambda p, s: (lambda up, s: (aw.apply_updates(p, up), s))(
-        *optimizer.update(p, s, p)))
+    @jax.jit
+    def step(p, s):
+        updates, s = optimizer.update(p, s, p)
+        return aw.apply_updates(p, updates), s
+
     params, state = theta0, optimizer.init(theta0)
     for _ in range(steps):
         params, state = step(params, state)

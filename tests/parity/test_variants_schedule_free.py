@@ -54,7 +54,7 @@ def _ours(optimizer, dtype=jnp.float32, eval_params=aw.schedule_free_eval_params
     p0 = {k: jnp.asarray(v, dtype) for k, v in PARAMS.items()}
     stacked = {k: jnp.asarray(np.stack([g[k] for g in GRADS]), dtype) for k in PARAMS}
     ys, xs = jax.device_get(jax.jit(run)(p0, stacked))
-    unstack = lambda tree: [{k: np.asarray(tree[k][i], np.float64) for k in PARAMS}  # noqa
+    unstack = lambda tree: [{k: np.asarray(tree[k][i], np.float64) for k in PARAMS}  # noqa: E731
                             for i in range(len(GRADS))]
     return unstack(ys), unstack(xs)
 
