@@ -18,7 +18,13 @@ from adamw_jax import (
     sharding,
 )
 from adamw_jax.accumulation import AccumulateGradientsState, accumulate_gradients, micro_step_schedule
-from adamw_jax.ademamix import ScaleByAdemamixState, ademamix, scale_by_ademamix
+from adamw_jax.ademamix import (
+    ScaleByAdemamixState,
+    ademamix,
+    ademamix_alpha_schedule,
+    ademamix_b3_schedule,
+    scale_by_ademamix,
+)
 from adamw_jax.adopt import ScaleByAdoptState, adopt, scale_by_adopt
 from adamw_jax.alias import adam, adamw
 from adamw_jax.cautious import add_cautious_decayed_weights, scale_by_cautious_mask
@@ -87,6 +93,8 @@ __all__ = [
     "add_cautious_decayed_weights",
     "add_decayed_weights",
     "ademamix",
+    "ademamix_alpha_schedule",
+    "ademamix_b3_schedule",
     "adopt",
     "apply_updates",
     "clip_by_global_norm",

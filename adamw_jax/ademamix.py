@@ -7,6 +7,13 @@ With ``t = count + 1``, ``α_t`` and ``β3_t`` floats or schedules of the 0-base
 
 (the slow EMA ``m2`` is not bias-corrected, as the paper's Algorithm 1). ``ademamix`` chains it
 with coupled weight decay ``u ← u + λ·θ`` and ``-η_t``: ``optax.contrib.ademamix``'s signature.
+
+The paper's warm-ups over ``T`` steps (its ``T_α,β3``), at the 1-based step ``t = count + 1`` as
+its reference code evaluates them, constant after ``T``:
+
+    ademamix_alpha_schedule:  α_t = α · min(t/T, 1)
+    ademamix_b3_schedule:     β3_t = exp(ln β_s · ln β3 / ((1 - t/T)·ln β3 + (t/T)·ln β_s))
+                              (linear in the half-life of β3, from β_s = β1 to β3)
 """
 
 from __future__ import annotations
@@ -94,6 +101,37 @@ def scale_by_ademamix(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def ademamix_alpha_schedule(alpha: float, warmup_steps: int) -> optax.Schedule:
+    """``α_t = α·min((count + 1)/T, 1)``, the paper's linear warm-up of ``α``."""
+    check.check_range("alpha", alpha, low=0.0, finite=True)
+    check.check_positive_int("warmup_steps", warmup_steps)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        step = jnp.asarray(count, num.hyperparameter_dtype()) + 1
+        return num.as_hyperparameter(alpha) * jnp.minimum(step / warmup_steps, 1)
+
+    return schedule
+
+
+def ademamix_b3_schedule(b3: float, warmup_steps: int, b3_start: float = 0.9) -> optax.Schedule:
+    """``β3_t``, the paper's warm-up of ``β3`` from ``b3_start`` (its ``β1``) linear in the
+    half-life ``ln(1/2)/ln β``, reaching ``b3`` at ``count + 1 = T`` (module docstring)."""
+    for name, value in (("b3", b3), ("b3_start", b3_start)):
+        check.check_range(name, value, low=0.0, high=1.0, high_inclusive=False)
+        if check.concrete_float(value) == 0.0:
+            raise ValueError(f"{name} must be > 0 (its half-life is 0).")
+    check.check_positive_int("warmup_steps", warmup_steps)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        fraction = jnp.minimum((jnp.asarray(count, num.hyperparameter_dtype()) + 1)
+                               / warmup_steps, 1)
+        log_start, log_end = jnp.log(num.as_hyperparameter(b3_start)), jnp.log(
+            num.as_hyperparameter(b3))
+        return jnp.exp(log_start * log_end / ((1 - fraction) * log_end + fraction * log_start))
+
+    return schedule
+
+
 def ademamix(
     learning_rate: optax.ScalarOrSchedule,
     b1: float = 0.9,
@@ -107,8 +145,8 @@ def ademamix(
     mask: Mask | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AdEMAMix with coupled weight decay, ``optax.contrib.ademamix``'s signature and defaults
-    (math in the module docstring); ``b3`` and ``alpha`` may be schedules (the paper warms both
-    up over its ``T_α,β3`` steps)."""
+    (math in the module docstring); ``b3`` and ``alpha`` may be schedules: the paper's warm-ups
+    are ``ademamix_b3_schedule`` and ``ademamix_alpha_schedule``."""
     check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True, finite=True,
                       hint="Pass the positive step size, e.g. 1e-3.")
     return optax.chain(

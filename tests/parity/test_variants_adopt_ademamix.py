@@ -111,3 +111,26 @@ def test_arguments_are_checked():
         aw.adopt(LR, nesterov="yes")
     with pytest.raises(TypeError, match="clip_value_fn"):
         aw.adopt(LR, clip_value_fn=0.25)
+
+
+def test_ademamix_warmup_schedules_are_the_papers():
+    """``α_t = α·min(t/T, 1)`` and ``β3_t = exp(ln β1·ln β3 / ((1-t/T)·ln β3 + (t/T)·ln β1))``
+    (t/T capped at 1) at ``t = count + 1``, in float64, to float32 rounding; β3 rises
+    monotonically from near β1 and its half-life ``ln ½/ln β3`` is linear in t."""
+    alpha = aw.ademamix_alpha_schedule(8.0, 50)
+    b3 = aw.ademamix_b3_schedule(0.9999, 50, b3_start=0.9)
+    counts = np.arange(80)
+    fraction = np.minimum((counts + 1) / 50, 1.0)
+    np.testing.assert_allclose(jax.vmap(alpha)(counts), 8.0 * fraction, rtol=1e-6)
+    expected = np.exp(np.log(0.9) * np.log(0.9999)
+                      / ((1 - fraction) * np.log(0.9999) + fraction * np.log(0.9)))
+    ours = np.asarray(jax.vmap(b3)(counts), np.float64)
+    np.testing.assert_allclose(1 - ours, 1 - expected, rtol=2e-3)  # 1-β3 to float32's 1e-7/1e-4
+    half_lives = np.log(0.5) / np.log(expected)
+    np.testing.assert_allclose(np.diff(half_lives[:50]), np.diff(half_lives[:50])[0], rtol=1e-6)
+    assert np.all(np.diff(ours) >= 0) and ours[-1] == np.float32(0.9999)
+    with pytest.raises(ValueError, match="b3"):
+        aw.ademamix_b3_schedule(1.0, 10)
+    with pytest.raises(TypeError, match="warmup_steps"):
+        aw.ademamix_alpha_schedule(5.0, 2.5)
+    trajectory(aw.ademamix(LR, b3=b3, alpha=alpha), PARAMS, GRADS[:5])
