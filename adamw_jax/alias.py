@@ -1,11 +1,14 @@
 """``adamw`` and ``adam``: chains of the building blocks, nothing more.
 
-    adamw = chain([negate if maximize], scale_by_adam, [add_decayed_weights],
-                  scale_by_learning_rate, [decoupled_weight_decay])
+    adamw = [kahan_summation]([clip_by_update_rms](chain([negate if maximize],
+                  [scale_by_cautious_mask](scale_by_adam), [add_(cautious_)decayed_weights],
+                  scale_by_learning_rate, [decoupled/cautious decay])))
 
 ``weight_decay_mode="coupled"`` (torch, optax, Keras): ``θ ← θ - η_t·(u + λ·θ)``.
 ``weight_decay_mode="decoupled"`` (Loshchilov & Hutter, Algorithm 2):
 ``θ ← θ - η_t·u - (η_t/η_peak)·λ·θ``.
+``weight_decay_mode="corrected"`` (AdamC, Defazio 2025; timm's ``corrected_weight_decay``):
+``θ ← θ - η_t·(u + (η_t/η_peak)·λ·θ)``, i.e. the decay is ``λ·η_t²/η_peak``.
 """
 
 from __future__ import annotations
@@ -16,15 +19,19 @@ from typing import Any
 import jax
 import optax
 
+from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
 from adamw_jax._masking import Mask
+from adamw_jax.cautious import add_cautious_decayed_weights, scale_by_cautious_mask
 from adamw_jax.fused import FusedTransformation, fused_adam_family
+from adamw_jax.kahan import kahan_summation as kahan_summation_of
 from adamw_jax.learning_rate import scale_by_learning_rate
 from adamw_jax.lowbit import low_precision_params
 from adamw_jax.moments import scale_by_adam
+from adamw_jax.rms_clip import clip_by_update_rms
 from adamw_jax.weight_decay import add_decayed_weights, decoupled_weight_decay
 
-WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+WEIGHT_DECAY_MODES = ("coupled", "decoupled", "corrected")
 
 
 def _check_learning_rate_and_flags(learning_rate: optax.ScalarOrSchedule, **flags: Any) -> None:
@@ -37,7 +44,7 @@ def _check_learning_rate_and_flags(learning_rate: optax.ScalarOrSchedule, **flag
 
 
 def _schedule_multiplier(
-    learning_rate: optax.ScalarOrSchedule, peak_learning_rate: float | None
+    learning_rate: optax.ScalarOrSchedule, peak_learning_rate: float | None, mode: str
 ) -> optax.Schedule | None:
     """``s_t = η_t / η_peak`` for decoupled decay; ``None`` (``s_t = 1``) for a constant rate."""
     if peak_learning_rate is not None:
@@ -49,11 +56,32 @@ def _schedule_multiplier(
         return lambda count: learning_rate / peak_learning_rate
     if callable(learning_rate):
         raise ValueError(
-            "weight_decay_mode='decoupled' with a learning-rate schedule needs "
+            f"weight_decay_mode={mode!r} with a learning-rate schedule needs "
             "peak_learning_rate=... (the schedule's maximum), since decay is scaled by "
             "learning_rate(t) / peak_learning_rate."
         )
     return None
+
+
+def _check_variants(fused: bool, *, cautious: bool, eps_mode: str,
+                    rms_clip_threshold: float | None, cautious_weight_decay: bool = False,
+                    kahan_summation: bool = False) -> None:
+    """The variant options' checks; ``fused=True`` implements none of them (one pass of plain
+    Adam(W)), so asking for one there is a ValueError naming it."""
+    check.check_bool("cautious", cautious)
+    check.check_bool("cautious_weight_decay", cautious_weight_decay)
+    check.check_bool("kahan_summation", kahan_summation)
+    if rms_clip_threshold is not None:
+        check.check_positive("rms_clip_threshold", rms_clip_threshold, finite=True,
+                             hint="StableAdamW uses 1.0; None turns the clipping off.")
+    used = {"cautious=True": cautious, "cautious_weight_decay=True": cautious_weight_decay,
+            "rms_clip_threshold": rms_clip_threshold is not None,
+            "eps_mode='atan2'": eps_mode == "atan2", "kahan_summation=True": kahan_summation}
+    if fused and any(used.values()):
+        raise ValueError(
+            f"fused=True does not implement {', '.join(k for k, on in used.items() if on)}: the "
+            "one-pass step is plain Adam(W). Use fused=False with this option."
+        )
 
 
 def _adam_family(
@@ -62,13 +90,31 @@ def _adam_family(
     *,
     stochastic_rounding: bool = False,
     master_weights: bool = False,
+    cautious: bool = False,
+    cautious_weight_decay: bool = False,
+    rms_clip_threshold: float | None = None,
+    kahan_summation: bool = False,
     **chain_kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
     """``_adam_chain``, wrapped in ``low_precision_params`` for stochastic rounding or master
-    weights of bf16/f16 parameters."""
+    weights of bf16/f16 parameters, or in ``kahan_summation``."""
+    _check_variants(chain_kwargs["fused"], cautious=cautious, eps_mode=adam_kwargs["eps_mode"],
+                    rms_clip_threshold=rms_clip_threshold,
+                    cautious_weight_decay=cautious_weight_decay, kahan_summation=kahan_summation)
+    if kahan_summation and (stochastic_rounding or master_weights):
+        raise ValueError(
+            "kahan_summation=True is an alternative to stochastic_rounding and master_weights "
+            "(each keeps bf16/f16 parameters learning); choose one."
+        )
     if stochastic_rounding:
         adam_kwargs = dict(adam_kwargs, stochastic_rounding=True)
-    optimizer = _with_state_check(_adam_chain(learning_rate, adam_kwargs, **chain_kwargs))
+    optimizer = _adam_chain(learning_rate, adam_kwargs, cautious=cautious, **chain_kwargs)
+    if rms_clip_threshold is not None:
+        optimizer = clip_by_update_rms(optimizer, rms_clip_threshold, b2=adam_kwargs["b2"],
+                                       eps=adam_kwargs["eps"])
+    if kahan_summation:
+        return _with_state_check(kahan_summation_of(optimizer))
+    optimizer = _with_state_check(optimizer)
     if stochastic_rounding or master_weights:
         return optax.with_extra_args_support(low_precision_params(
             optimizer, master_weights=master_weights, stochastic_rounding=stochastic_rounding))
@@ -138,6 +184,7 @@ def _adam_chain(
     *,
     maximize: bool,
     fused: bool,
+    cautious: bool = False,
     decay: optax.GradientTransformation | None = None,
     decay_after_learning_rate: bool = False,
     decay_kwargs: dict[str, Any] | None = None,
@@ -150,13 +197,56 @@ def _adam_chain(
             decay_after_learning_rate=decay_after_learning_rate, **(decay_kwargs or {}),
         )
     steps = [optax.scale(-1.0)] if maximize else []
-    steps.append(scale_by_adam(**adam_kwargs))
+    adam = scale_by_adam(**adam_kwargs)
+    steps.append(scale_by_cautious_mask(adam) if cautious else adam)
     if decay is not None and not decay_after_learning_rate:
         steps.append(decay)
     steps.append(scale_by_learning_rate(learning_rate))
     if decay is not None and decay_after_learning_rate:
         steps.append(decay)
     return optax.chain(*steps)
+
+
+def _adam_kwargs(b1: Any, b2: Any, eps: Any, eps_root: Any, eps_mode: str, amsgrad: bool,
+                 nesterov: bool, mu_dtype: Any, nu_dtype: Any) -> dict[str, Any]:
+    """``scale_by_adam``'s arguments as ``adamw`` and ``adam`` pass them."""
+    return dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, eps_mode=eps_mode, amsgrad=amsgrad,
+                nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+
+
+def _decay(
+    mode: str, learning_rate: optax.ScalarOrSchedule, weight_decay: optax.ScalarOrSchedule,
+    mask: Mask | None, peak_learning_rate: float | None, *, cautious: bool,
+) -> tuple[dict[str, Any], optax.GradientTransformation]:
+    """The decay box of ``mode`` and the arguments it was built from (the fused step's).
+
+    ``"corrected"`` is the coupled box with ``λ_t·η_t/η_peak`` as its coefficient."""
+    if mode == "coupled" and peak_learning_rate is not None:
+        raise ValueError(
+            "peak_learning_rate is only used with weight_decay_mode='decoupled' or 'corrected'; "
+            "remove it."
+        )
+    if mode == "decoupled":
+        kwargs = dict(weight_decay=weight_decay, mask=mask,
+                      schedule_multiplier=_schedule_multiplier(learning_rate, peak_learning_rate,
+                                                               mode))
+        box = (add_cautious_decayed_weights(**kwargs, after_learning_rate=True) if cautious
+               else decoupled_weight_decay(**kwargs))
+        return kwargs, box
+    if mode == "corrected":
+        check.check_range("weight_decay", weight_decay, low=0.0, allow_schedule=True,
+                          finite=True, hint="Use 0.0 to disable decay.")
+        multiplier = _schedule_multiplier(learning_rate, peak_learning_rate, mode)
+        if multiplier is not None:
+            weight_decay = _times(weight_decay, multiplier)
+    kwargs = dict(weight_decay=weight_decay, mask=mask)
+    return kwargs, (add_cautious_decayed_weights(**kwargs) if cautious
+                    else add_decayed_weights(**kwargs))
+
+
+def _times(value: optax.ScalarOrSchedule, schedule: optax.Schedule) -> optax.Schedule:
+    """The schedule ``count ↦ value(count)·schedule(count)`` (``value`` a float or schedule)."""
+    return lambda count: num.hyperparameter_at(value, count) * schedule(count)
 
 
 def adamw(
@@ -179,6 +269,10 @@ def adamw(
     peak_learning_rate: float | None = None,
     stochastic_rounding: bool = False,
     master_weights: bool = False,
+    cautious: bool = False,
+    cautious_weight_decay: bool = False,
+    rms_clip_threshold: float | None = None,
+    kahan_summation: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """AdamW (Loshchilov & Hutter 2019) with every option of torch, optax and Keras.
 
@@ -191,46 +285,49 @@ def adamw(
       b1, b2, eps, eps_root, eps_mode, amsgrad, nesterov, mu_dtype, nu_dtype: see
         ``scale_by_adam``.
       weight_decay: ``λ``, a float >= 0 or a schedule (default 1e-4, optax's).
-      weight_decay_mode: ``"coupled"`` (``θ -= η_t·λ·θ``: torch, optax, Keras) or
-        ``"decoupled"`` (``θ -= (η_t/η_peak)·λ·θ``: the paper's Algorithm 2).
+      weight_decay_mode: ``"coupled"`` (``θ -= η_t·λ·θ``: torch, optax, Keras),
+        ``"decoupled"`` (``θ -= (η_t/η_peak)·λ·θ``: the paper's Algorithm 2) or
+        ``"corrected"`` (``θ -= (η_t²/η_peak)·λ·θ``: AdamC, timm's ``corrected_weight_decay``).
       mask: which leaves to decay: a tree of bools, a prefix of one, or a callable.
       maximize: ascend instead of descend (the gradient is negated first, as torch).
       fused: use the flat-buffer fused implementation (same numbers, fewer kernels).
-      peak_learning_rate: ``η_peak`` for decoupled decay with a schedule (with a float learning
-        rate, ``η_peak`` is the learning rate and the multiplier is 1).
+      peak_learning_rate: ``η_peak`` for decoupled or corrected decay with a schedule (with a
+        float learning rate, ``η_peak`` is the learning rate and the multiplier is 1).
       stochastic_rounding: round low-precision moments and bf16/f16 parameters stochastically
         (noise from the step count), so updates below half an ulp still count on average.
       master_weights: keep float32 copies of bf16/f16 parameters in the state and round the
         parameters from them (see ``adamw_jax.lowbit.low_precision_params``).
+      cautious: C-AdamW (Liang et al. 2024): drop the coordinates of the Adam direction that
+        disagree in sign with the gradient, rescale by the kept fraction (see
+        ``adamw_jax.cautious.scale_by_cautious_mask``).
+      cautious_weight_decay: decay only where ``θ`` and the update agree in sign (Chen et al.
+        2025; see ``adamw_jax.cautious.add_cautious_decayed_weights``).
+      rms_clip_threshold: StableAdamW's update clipping: each tensor's step (decay included)
+        divided by ``max(1, RMS(g²/v̂)/threshold)``; ``None`` (default) off, else finite > 0
+        (see ``adamw_jax.rms_clip.clip_by_update_rms``).
+      kahan_summation: Kahan-compensated bf16/f16 parameters (torch-optimi's ``kahan_sum``):
+        a buffer of the parameter dtype (2 bytes per bf16 parameter) keeps what rounding lost
+        (see ``adamw_jax.kahan``); exclusive with ``stochastic_rounding``/``master_weights``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; apply its updates with
       ``adamw_jax.apply_updates`` or ``optax.apply_updates``.
     """
     check.check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
+    check.check_bool("cautious_weight_decay", cautious_weight_decay)
     _check_learning_rate_and_flags(learning_rate, maximize=maximize, fused=fused,
                                    stochastic_rounding=stochastic_rounding,
                                    master_weights=master_weights)
-    if weight_decay_mode == "coupled":
-        if peak_learning_rate is not None:
-            raise ValueError(
-                "peak_learning_rate is only used with weight_decay_mode='decoupled'; remove it."
-            )
-        decay_kwargs = dict(weight_decay=weight_decay, mask=mask)
-        decay = add_decayed_weights(**decay_kwargs)
-    else:
-        decay_kwargs = dict(
-            weight_decay=weight_decay, mask=mask,
-            schedule_multiplier=_schedule_multiplier(learning_rate, peak_learning_rate),
-        )
-        decay = decoupled_weight_decay(**decay_kwargs)
+    decay_kwargs, decay = _decay(weight_decay_mode, learning_rate, weight_decay, mask,
+                                 peak_learning_rate, cautious=cautious_weight_decay)
     return _adam_family(
         learning_rate,
-        dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, eps_mode=eps_mode, amsgrad=amsgrad,
-             nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+        _adam_kwargs(b1, b2, eps, eps_root, eps_mode, amsgrad, nesterov, mu_dtype, nu_dtype),
         maximize=maximize, fused=fused, decay=decay,
         decay_after_learning_rate=weight_decay_mode == "decoupled", decay_kwargs=decay_kwargs,
         stochastic_rounding=stochastic_rounding, master_weights=master_weights,
+        cautious=cautious, cautious_weight_decay=cautious_weight_decay,
+        rms_clip_threshold=rms_clip_threshold, kahan_summation=kahan_summation,
     )
 
 
@@ -250,6 +347,9 @@ def adam(
     fused: bool = False,
     stochastic_rounding: bool = False,
     master_weights: bool = False,
+    cautious: bool = False,
+    rms_clip_threshold: float | None = None,
+    kahan_summation: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Adam (Kingma & Ba 2015) without weight decay: ``optax.adam``'s positional arguments and
     defaults, the other options keyword-only and as in ``adamw``."""
@@ -258,8 +358,8 @@ def adam(
                                    master_weights=master_weights)
     return _adam_family(
         learning_rate,
-        dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, eps_mode=eps_mode, amsgrad=amsgrad,
-             nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+        _adam_kwargs(b1, b2, eps, eps_root, eps_mode, amsgrad, nesterov, mu_dtype, nu_dtype),
         maximize=maximize, fused=fused, stochastic_rounding=stochastic_rounding,
-        master_weights=master_weights,
+        master_weights=master_weights, cautious=cautious, rms_clip_threshold=rms_clip_threshold,
+        kahan_summation=kahan_summation,
     )

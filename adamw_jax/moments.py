@@ -9,6 +9,8 @@ With ``t = count + 1`` and the gradient ``g``:
         m̂ = m_t / (1 - β1^t),  v̂ = v_t / (1 - β2^t)
         Nesterov (Dozat 2016, as optax):  m̂ = β1·m_t/(1 - β1^(t+1)) + (1 - β1)·g/(1 - β1^t)
     eps_mode="hat" (Keras, TensorFlow): u = sqrt(1 - β2^t)/(1 - β1^t) · m_t / (sqrt(v_t + eps_root) + eps)
+    eps_mode="atan2" (Everett et al. 2024, adam-atan2-pytorch's AdamAtan2):
+        u = a · atan2(m̂, b · sqrt(v̂)),  a = 1.27, b = 1 (no eps: atan2(0, 0) = 0, |u| <= a·π/2)
 
 The output ``u`` is the descent direction before the learning rate; the chain multiplies it by
 ``-η_t``. Moments are stored in ``mu_dtype`` / ``nu_dtype`` (default: the parameter dtype) and
@@ -28,7 +30,7 @@ from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
 from adamw_jax import lowbit
 
-EPS_MODES = ("adam", "hat")
+EPS_MODES = ("adam", "hat", "atan2")
 
 
 class ScaleByAdamState(NamedTuple):
@@ -120,6 +122,8 @@ def scale_by_adam(
     amsgrad: bool = False,
     nu_dtype: Any = None,
     stochastic_rounding: bool = False,
+    atan2_scale: float = 1.27,
+    atan2_denominator_scale: float = 1.0,
 ) -> optax.GradientTransformationExtraArgs:
     """Rescale gradients by Adam's bias-corrected moment estimates (math in the module docstring).
 
@@ -135,8 +139,11 @@ def scale_by_adam(
       eps_root: added to ``v̂`` inside the square root; > 0 keeps gradients through the update
         finite (meta-learning).
       bias_correction: divide by ``1 - β^t``; ``False`` gives the raw moments.
-      eps_mode: ``"adam"`` (optax, torch) or ``"hat"`` (Keras, TensorFlow: Kingma & Ba's
-        "epsilon hat").
+      eps_mode: ``"adam"`` (optax, torch), ``"hat"`` (Keras, TensorFlow: Kingma & Ba's
+        "epsilon hat") or ``"atan2"`` (Adam-atan2: ``a·atan2(m̂, b·sqrt(v̂))``, ``eps`` and
+        ``eps_root`` unused).
+      atan2_scale, atan2_denominator_scale: ``a`` and ``b`` of ``eps_mode="atan2"`` (finite,
+        > 0; defaults adam-atan2-pytorch's 1.27 and 1).
       amsgrad: use the running maximum of the raw second moment (torch, Keras semantics).
       nesterov: Nesterov momentum (Dozat 2016), as ``optax.nadam``; with ``eps_mode="adam"`` only.
       mu_dtype, nu_dtype: storage of the moments: ``None`` (the parameter dtype), a float dtype
@@ -159,8 +166,13 @@ def scale_by_adam(
                        ("amsgrad", amsgrad), ("stochastic_rounding", stochastic_rounding)):
         check.check_bool(name, flag)
     check.check_choice("eps_mode", eps_mode, EPS_MODES)
-    if nesterov and eps_mode != "adam":
-        raise ValueError("nesterov=True needs eps_mode='adam'; Keras-style 'hat' has no Nesterov form.")
+    if nesterov and eps_mode == "hat":
+        raise ValueError("nesterov=True needs eps_mode='adam' or 'atan2'; Keras-style 'hat' has "
+                         "no Nesterov form.")
+    for name, value in (("atan2_scale", atan2_scale),
+                        ("atan2_denominator_scale", atan2_denominator_scale)):
+        check.check_positive(name, value, finite=True,
+                             hint="The defaults 1.27 and 1.0 are adam-atan2-pytorch's a and b.")
     mu_storage = lowbit.moment_storage(mu_dtype, argument="mu_dtype", second_moment=False,
                                        stochastic_rounding=stochastic_rounding)
     nu_storage = lowbit.moment_storage(nu_dtype, argument="nu_dtype", second_moment=True,
@@ -217,6 +229,10 @@ def scale_by_adam(
                 m_hat = b1_t * m / correction1_next + one_minus_b1 * g / correction1
             else:
                 m_hat = m / correction1
+            if eps_mode == "atan2":
+                b_t = num.as_hyperparameter(atan2_denominator_scale)
+                return num.as_hyperparameter(atan2_scale) * jnp.arctan2(
+                    m_hat, b_t * jnp.sqrt(v / correction2))
             return num.adam_ratio(m_hat, jnp.sqrt(v / correction2 + eps_root_t) + eps_t)
 
         new_updates = jax.tree_util.tree_map(

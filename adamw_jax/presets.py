@@ -8,6 +8,8 @@ Each preset is an ``optax.chain`` of this library's blocks; nothing here adds ma
 * ``keras_adamw``: ``keras.optimizers.AdamW`` (Keras 3) with every base-optimizer option; see its
   docstring for the exact order of Keras' operations.
 
+* ``optimi_stable_adamw``: torch-optimi's ``StableAdamW`` (in ``_presets_variants``).
+
 ``from_torch_state_dict`` / ``to_torch_state_dict`` move a run between torch and adamw_jax.
 """
 
@@ -19,6 +21,7 @@ import optax
 
 from adamw_jax import _validation as check
 from adamw_jax import masks
+from adamw_jax._presets_variants import optimi_stable_adamw
 from adamw_jax.accumulation import accumulate_gradients, micro_step_schedule
 from adamw_jax.alias import adamw
 from adamw_jax.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
@@ -32,6 +35,7 @@ from adamw_jax.weight_decay import add_decayed_weights
 __all__ = [
     "from_torch_state_dict",
     "keras_adamw",
+    "optimi_stable_adamw",
     "to_torch_state_dict",
     "torch_adam",
     "torch_adamw",

@@ -1,0 +1,124 @@
+"""Cautious updates and cautious weight decay: keep only what agrees in sign.
+
+* ``scale_by_cautious_mask(inner)`` (Liang et al. 2024, "Cautious Optimizers", C-AdamW; timm's
+  ``AdamW(caution=True)``): with ``u = inner(g)`` the direction (before the learning rate),
+  per tensor
+
+      φ = 1[u ⊙ g > 0],   u ← u ⊙ φ / max(mean(φ), 1e-3)
+
+  so the coordinates whose update disagrees with the current gradient are dropped and the rest
+  rescaled by the kept fraction (timm's clamp at 1e-3 keeps an all-dropped tensor finite).
+* ``add_cautious_decayed_weights(λ)`` (Chen et al. 2025, "Cautious Weight Decay"): decay only
+  the coordinates where the parameter and the update agree in sign,
+
+      u ← u + λ_t · 1[u ⊙ θ > 0] ⊙ θ       (before the learning rate: θ ← θ - η_t·(u + ...))
+
+  or after the learning rate (``after_learning_rate=True``, decoupled decay) ``u ← u - s_t·λ_t·
+  1[-u ⊙ θ > 0] ⊙ θ``, the sign test on the descent direction ``-u`` there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamw_jax import _numerics as num
+from adamw_jax import _validation as check
+from adamw_jax._masking import Mask, where_masked
+from adamw_jax.weight_decay import WeightDecayState
+
+MIN_KEPT_FRACTION = 1e-3  # timm's clamp of the mask's mean
+
+
+def _cautious(u: jax.Array, g: jax.Array, min_kept_fraction: float) -> jax.Array:
+    """``u ⊙ φ / max(mean(φ), min)`` with ``φ = 1[u ⊙ g > 0]``, in at least float32."""
+    dtype = num.compute_dtype(u.dtype)
+    kept = (u.astype(dtype) * g.astype(dtype) > 0).astype(dtype)
+    fraction = jnp.maximum(jnp.mean(kept), num.as_hyperparameter(min_kept_fraction)) \
+        if kept.size else num.as_hyperparameter(1.0)
+    return (u.astype(dtype) * kept / fraction).astype(u.dtype)
+
+
+def scale_by_cautious_mask(
+    inner: optax.GradientTransformation, *, min_kept_fraction: float = MIN_KEPT_FRACTION
+) -> optax.GradientTransformationExtraArgs:
+    """Zero the coordinates of ``inner``'s output that disagree in sign with the gradient and
+    rescale each tensor by its kept fraction (math in the module docstring).
+
+    Args:
+      inner: the transformation giving the direction ``u`` from the gradient ``g``, e.g.
+        ``scale_by_adam()``; its state is this transformation's state.
+      min_kept_fraction: the floor of the kept fraction, in (0, 1] (timm's 1e-3).
+    """
+    check.check_positive("min_kept_fraction", min_kept_fraction, high=1.0, finite=True,
+                         hint="timm uses 1e-3.")
+    inner = optax.with_extra_args_support(inner)
+
+    def update_fn(
+        updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, optax.OptState]:
+        directions, state = inner.update(updates, state, params, **extra_args)
+        return jax.tree_util.tree_map(
+            lambda u, g: _cautious(u, g, min_kept_fraction), directions, updates), state
+
+    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+
+
+def add_cautious_decayed_weights(
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: Mask | None = None,
+    *,
+    schedule_multiplier: Callable[[jax.Array], jax.Array] | None = None,
+    after_learning_rate: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """Weight decay on the coordinates where ``θ`` and the update agree in sign (math in the
+    module docstring); otherwise ``add_decayed_weights`` (or, with ``after_learning_rate=True``,
+    ``decoupled_weight_decay``), whose state it keeps.
+
+    Args:
+      weight_decay: ``λ``, a float >= 0 or a schedule of the 0-based step.
+      mask: which leaves to decay, as in ``add_decayed_weights``.
+      schedule_multiplier: ``s_t`` of decoupled decay (``None``: 1).
+      after_learning_rate: place the box after ``scale_by_learning_rate`` (decoupled decay).
+    """
+    check.check_range("weight_decay", weight_decay, low=0.0, allow_schedule=True, finite=True,
+                      hint="Use 0.0 to disable decay.")
+    check.check_schedule_or_none("schedule_multiplier", schedule_multiplier)
+    check.check_bool("after_learning_rate", after_learning_rate)
+    sign = -1.0 if after_learning_rate else 1.0
+
+    def init_fn(params: optax.Params) -> WeightDecayState:
+        del params
+        return WeightDecayState(count=num.zero_count())
+
+    def update_fn(
+        updates: optax.Updates, state: WeightDecayState, params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, WeightDecayState]:
+        del extra_args
+        new_state = WeightDecayState(count=num.safe_increment(state.count))
+        if not jax.tree_util.tree_leaves(updates):
+            return updates, new_state
+        if params is None:
+            raise ValueError(
+                "cautious weight decay needs the parameters: call update(updates, state, params)."
+            )
+        c_t = num.hyperparameter_at(weight_decay, state.count)
+        if schedule_multiplier is not None:
+            c_t = c_t * num.hyperparameter_at(schedule_multiplier, state.count)
+
+        def decayed(u: jax.Array, p: jax.Array) -> jax.Array:
+            u32 = u.astype(num.compute_dtype(u.dtype))
+            agree = sign * u32 * p > 0
+            return (u32 + jnp.where(agree, sign * c_t * p, 0)).astype(u.dtype)
+
+        new_updates = where_masked(
+            mask, params, jax.tree_util.tree_map(decayed, updates, params), updates)
+        return new_updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
