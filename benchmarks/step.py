@@ -159,6 +159,10 @@ def build_jax_contenders(shapes, params, grads) -> dict[str, Callable]:
             optax.apply_updates),
         "adamw_jax fused, update_and_apply": lambda: _jax_contender(
             aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(params), grads, None),
+        # The variants the one pass runs (AdamC: corrected decay is a scalar of the step).
+        "adamw_jax fused AdamC, update_and_apply": lambda: _jax_contender(
+            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True, weight_decay_mode="corrected",
+                     peak_learning_rate=lr), _copy(params), grads, None),
         "adamw_jax fused, flat params": lambda: _jax_contender(
             aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(flat_params), flat_grads,
             None),

@@ -38,7 +38,7 @@ def test_quick_run_times_every_contender_and_saves_results(step_module, tmp_path
     assert set(contenders) == {
         "dispatch floor: identity, optax's arrays", "dispatch floor: identity, fused's arrays",
         "optax.adamw", "adamw_jax", "adamw_jax fused", "adamw_jax fused, update_and_apply",
-        "adamw_jax fused, flat params",
+        "adamw_jax fused, flat params", "adamw_jax fused AdamC, update_and_apply",
         "nnx.Optimizer, optax.adamw", "nnx.Optimizer, adamw_jax fused",
         "adamw_jax.flax.Optimizer, fused",
         "torch AdamW fused", "torch AdamW foreach", "keras AdamW"}
