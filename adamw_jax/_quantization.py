@@ -58,32 +58,66 @@ def _round_between(x: jax.Array, low: jax.Array, high: jax.Array, uniform: jax.A
     return fraction >= 0.5 if uniform is None else uniform < fraction
 
 
+def _reciprocal_split(denominator: int) -> tuple[np.float32, np.float32]:
+    """``1/denominator`` as ``high + low`` in float32, ``high`` with 12 significant bits, so
+    ``n·high`` is exact for the code's numerators ``n < 2^12`` and ``n·high + n·low`` rounds
+    once (with or without FMA contraction): the correctly rounded ``n / denominator`` on every
+    numerator the code uses (checked on all of them by the tests), without a division."""
+    reciprocal = 1.0 / denominator
+    unit = 2.0 ** (np.floor(np.log2(reciprocal)) - 11)
+    high = np.round(reciprocal / unit) * unit
+    return np.float32(high), np.float32(reciprocal - high)
+
+
 def _code_index(normalized: jax.Array, code: np.ndarray, uniform: jax.Array | None) -> jax.Array:
     """Index into ``code`` of the entry ``normalized`` (in [-1, 1]) rounds to.
 
-    Computed, not searched: the decade ``z`` counts the powers of ten above ``|x|``; in it, with
-    ``2^f`` entries, entry ``k`` is magnitude number ``2^f + k - 2`` (the deeper decades hold
-    ``2^f - 1``), and ``k = 0`` continues into the top of the next decade, so the float32
-    rounding of ``k`` near an entry is fixed by one comparison on each side. Magnitudes are
-    rounded, so signed values round symmetrically.
+    Computed, neither searched nor gathered. With ``t`` fraction bits in the top decade, decade
+    ``z`` holds ``F = 2^(t-z)`` entries ``10^-z·(0.1 + 0.9·k/F) = (F + 9k)/D``, ``D = F·10^(z+1)``,
+    ``k = 1..F``, and ``k = 0`` is the top of the next decade; float32 holds ``F + 9k`` and ``D``
+    exactly, and each entry is the float32 quotient (the table's own value). ``z`` counts the
+    decade tops above ``|x|`` (``F``, ``D`` follow by selects), ``k = ⌊(|x|·D - F)/9⌋`` up to
+    float32 rounding, and one comparison with each neighbour fixes the bracket
+    ``entry(k) <= |x| <= entry(k + 1)``; below the deepest decade the bracket is ``[0, 10^-(t)]``.
+    Rounding between the two is ``_round_between``, as a search would do it, so the result is
+    the nearest entry bit for bit (ties up). Magnitudes are rounded, so signed values round
+    symmetrically; NaN gives entry 1 (the smallest positive magnitude).
     """
     signed = bool(code[0] < 0)
-    magnitudes = code[code > 0]
-    with_zero = jnp.asarray(np.concatenate([[0.0], magnitudes]).astype(np.float32))
-    magnitude = jnp.abs(normalized)
     top_bits = 6 if signed else 7  # fraction bits of the top decade
-    zeros = sum((magnitude < np.float32(10.0**-z)).astype(jnp.int32) for z in range(1, top_bits + 1))
-    steps = 2.0 ** (top_bits - np.arange(top_bits + 1))  # per decade; gathers beat pow on CPU
-    slope = jnp.asarray(10.0 ** np.arange(top_bits + 1) / 0.9 * steps, jnp.float32)[zeros]
-    offset = jnp.asarray(0.1 / 0.9 * steps - steps + 2, jnp.float32)[zeros]
-    # position in decade k = (|x|·10^z - 0.1)/0.9·2^f, then magnitude number 2^f + k - 2
-    low = jnp.clip(jnp.floor(magnitude * slope - offset), -1, magnitudes.size - 2).astype(jnp.int32)
-    low = jnp.maximum(low - (with_zero[low + 1] > magnitude), -1)
-    low = jnp.minimum(low + (with_zero[low + 2] < magnitude), magnitudes.size - 2)
-    up = _round_between(magnitude, with_zero[low + 1], with_zero[low + 2], uniform)
+    magnitude = jnp.abs(normalized)
+
+    def per_decade(values: list[float]) -> jax.Array:  # select by decade: no gather
+        out = jnp.full(magnitude.shape, np.float32(values[0]))
+        for zeros in range(1, top_bits + 1):
+            out = jnp.where(magnitude < np.float32(10.0**-zeros), np.float32(values[zeros]), out)
+        return out
+
+    denominators = [10 * 2**top_bits * 5**zeros for zeros in range(top_bits + 1)]  # F·10^(z+1)
+    splits = [_reciprocal_split(d) for d in denominators]
+    entries = 2.0 ** (top_bits - np.arange(top_bits + 1))
+    count, denominator = per_decade(list(entries)), per_decade(denominators)
+    high_part, low_part = per_decade([h for h, _ in splits]), per_decade([lo for _, lo in splits])
+    deepest = magnitude < np.float32(10.0**-top_bits)
+
+    def entry(numerator: jax.Array) -> jax.Array:
+        return numerator * high_part + numerator * low_part  # = numerator / denominator
+
+    k = jnp.clip(jnp.floor((magnitude * denominator - count) * np.float32(1 / 9)), 0, count - 1)
+    numerator = count + 9 * k
+    low, high = entry(numerator), entry(numerator + 9)
+    below, above = low > magnitude, high < magnitude  # k one too high / one too low
+    third = entry(numerator + jnp.where(below, np.float32(-9), np.float32(18)))
+    low, high = (jnp.where(below, third, jnp.where(above, high, low)),
+                 jnp.where(below, low, jnp.where(above, third, high)))
+    k = jnp.where(deepest, 0, k - below + above)
+    low = jnp.where(deepest, 0, low)
+    high = jnp.where(deepest, np.float32(10.0**-top_bits), high)
+    up = _round_between(magnitude, low, high, uniform)
     if not signed:  # the second-moment code: a positive value never rounds to zero
-        up = up | ((low == -1) & (magnitude > 0))
-    index = low + 1 + up.astype(jnp.int32)  # 0 is zero, i is magnitudes[i - 1]
+        up = up | (deepest & (magnitude > 0))
+    index = (count - 1 + k).astype(jnp.int32) + up.astype(jnp.int32)  # 0 is zero
+    index = jnp.where(jnp.isnan(magnitude), 1, index)
     return jnp.where(normalized < 0, -index, index) + (code.size // 2 if signed else 0)
 
 
@@ -111,12 +145,28 @@ def round_to_dtype(x: jax.Array, dtype: Any, uniform: jax.Array | None = None) -
     nearest = x.astype(dtype)
     if uniform is None or jnp.dtype(dtype) == x.dtype:
         return nearest
+    if x.dtype == jnp.float32 and jnp.dtype(dtype) == jnp.bfloat16:
+        return _bfloat16_stochastic(x, uniform, nearest)
     back = nearest.astype(x.dtype)
     away = jnp.where(back > x, -jnp.inf, jnp.inf).astype(dtype)
     other = jnp.nextafter(nearest, away).astype(x.dtype)
     low, high = jnp.minimum(back, other), jnp.maximum(back, other)
     rounded = jnp.where(_round_between(x, low, high, uniform), high, low).astype(dtype)
     return jnp.where(jnp.isfinite(nearest), rounded, nearest)
+
+
+def _bfloat16_stochastic(x: jax.Array, uniform: jax.Array, nearest: jax.Array) -> jax.Array:
+    """Stochastic rounding of float32 to bfloat16 in integer arithmetic: add 16 random bits to
+    the 16 bits that bfloat16 drops, then truncate. The kept bits go up by one unit exactly when
+    the random ``r`` (uniform on ``0..2^16-1``) is at least ``2^16 - dropped``: with probability
+    ``dropped/2^16``, the distance to the value below over the gap, so ``E[round(x)] = x`` (the
+    carry into the exponent lands on the next binade's first value, as it should). ``x`` is
+    saturated, so nothing carries into infinity; ``±inf`` (nothing dropped) stay; NaN is kept."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    random_bits = (uniform * np.float32(2.0**16)).astype(jnp.uint32)  # exact, 0..2^16-1
+    truncated = (bits + random_bits) & jnp.uint32(0xFFFF0000)
+    rounded = jax.lax.bitcast_convert_type(truncated, jnp.float32).astype(jnp.bfloat16)  # exact
+    return jnp.where(jnp.isnan(x), nearest, rounded)
 
 
 def _mix(h: jax.Array) -> jax.Array:
@@ -146,7 +196,7 @@ def uniform_noise(seed: jax.Array | None, shape: tuple[int, ...]) -> jax.Array |
     for axis in range(len(shape) - 1):  # row-major element number
         stride = int(np.prod(shape[axis + 1:]))
         index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
-    bits = _mix(_mix(index ^ seed) + seed)
+    bits = _mix(index * jnp.uint32(0x9E3779B9) + seed)  # one hash of a Weyl sequence
     return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 

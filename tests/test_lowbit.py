@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import adamw_jax as aw
-from adamw_jax import lowbit
+from adamw_jax import _quantization, lowbit
 from helpers import gradient_stream, make_params
 from reference import dynamic_code_value
 
@@ -71,6 +71,113 @@ def test_int8_round_trip_is_the_nearest_code_per_block(values_dtype, x):
         assert np.all((decoded > 0) == (blocks > 0))
     assert np.all(got <= best + 1e-6)
     assert np.all(np.max(got, axis=1) <= 0.5 * np.max(np.diff(table)) + 1e-6)
+
+
+def _code_index_by_gathers(normalized, code, uniform):
+    """The code index as computed before issue 16 (kept as the reference): decade by compares,
+    slope and offset gathered per decade, the bracket fixed and rounded with four gathers from
+    the table."""
+    signed = bool(code[0] < 0)
+    magnitudes = code[code > 0]
+    with_zero = jnp.asarray(np.concatenate([[0.0], magnitudes]).astype(np.float32))
+    magnitude = jnp.abs(normalized)
+    top_bits = 6 if signed else 7
+    zeros = sum((magnitude < np.float32(10.0**-z)).astype(jnp.int32) for z in range(1, top_bits + 1))
+    steps = 2.0 ** (top_bits - np.arange(top_bits + 1))
+    slope = jnp.asarray(10.0 ** np.arange(top_bits + 1) / 0.9 * steps, jnp.float32)[zeros]
+    offset = jnp.asarray(0.1 / 0.9 * steps - steps + 2, jnp.float32)[zeros]
+    low = jnp.clip(jnp.floor(magnitude * slope - offset), -1, magnitudes.size - 2).astype(jnp.int32)
+    low = jnp.maximum(low - (with_zero[low + 1] > magnitude), -1)
+    low = jnp.minimum(low + (with_zero[low + 2] < magnitude), magnitudes.size - 2)
+    lo, hi = with_zero[low + 1], with_zero[low + 2]
+    fraction = (magnitude - lo) / (hi - lo)
+    up = fraction >= 0.5 if uniform is None else uniform < fraction
+    if not signed:
+        up = up | ((low == -1) & (magnitude > 0))
+    index = low + 1 + up.astype(jnp.int32)
+    return jnp.where(normalized < 0, -index, index) + (code.size // 2 if signed else 0)
+
+
+def _hard_code_inputs(code: np.ndarray) -> np.ndarray:
+    """Every entry, every midpoint (the ties), three float32 ulps either side of each, the decade
+    tops, 0, 1, subnormals and NaN, plus every 1009th float32 bit pattern in [0, 1]."""
+    entries = code[code >= 0]
+    midpoints = ((entries[1:].astype(np.float64) + entries[:-1]) / 2).astype(np.float32)
+    tops = np.float32(10.0 ** -np.arange(10))
+    special = np.float32([0.0, 1.0, 1e-38, 1e-40, 2**-149, np.nan])
+    points = np.concatenate([entries, midpoints, tops, special])
+    near, up, down = [points], points, points
+    for _ in range(3):
+        up, down = np.nextafter(up, np.float32(2)), np.nextafter(down, np.float32(-1))
+        near += [up, down]
+    sweep = np.arange(0, 0x3F800001, 1009, dtype=np.uint32).view(np.float32)
+    values = np.concatenate(near + [sweep])
+    values = values[~(np.abs(values) > 1)]  # NaN kept
+    return np.concatenate([values, -values]) if code[0] < 0 else np.abs(values)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_code_index_is_the_nearest_entry_bit_for_bit_as_before(signed):
+    """The computed index (selects, no gathers) equals the previous gather-based one on ties,
+    exact entries and their neighbours, 0, ±1, subnormals, NaN and a sweep of 1M float32 values;
+    and each index is a nearest entry of the table (ties up)."""
+    code = lowbit.dynamic_code(signed=signed)
+    x = _hard_code_inputs(code)
+    got = np.asarray(jax.jit(lambda v: _quantization._code_index(v, code, None))(x))
+    want = np.asarray(jax.jit(lambda v: _code_index_by_gathers(v, code, None))(x))
+    np.testing.assert_array_equal(got, want)
+    finite = ~np.isnan(x)
+    error = np.abs(code[got[finite]].astype(np.float64) - x[finite])
+    best = np.min(np.abs(code.astype(np.float64)[None, :] - x[finite, None][:200_000]), axis=1)
+    if not signed:  # positive values below the smallest entry round up to it
+        small = (x[finite][:200_000] > 0) & (x[finite][:200_000] < code[1])
+        best = np.where(small, code[1] - x[finite][:200_000], best)
+    np.testing.assert_array_equal(error[:200_000] <= best * (1 + 2**-20) + 2**-40, True)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@given(x=hnp.arrays(np.float32, 512, elements=st.floats(-1, 1, width=32)),
+       seed=st.integers(0, 2**16))
+def test_stochastic_code_index_draws_as_before(signed, x, seed):
+    """With the same uniform noise the stochastic index is the previous one, draw for draw."""
+    code = lowbit.dynamic_code(signed=signed)
+    x = x if signed else np.abs(x)
+    uniform = jax.random.uniform(jax.random.key(seed), x.shape)
+    got = jax.jit(lambda v, u: _quantization._code_index(v, code, u))(x, uniform)
+    want = jax.jit(lambda v, u: _code_index_by_gathers(v, code, u))(x, uniform)
+    np.testing.assert_array_equal(got, want)
+
+
+@given(x=hnp.arrays(np.float32, 8, elements=st.floats(width=32, allow_nan=False, allow_infinity=False)))
+def test_bfloat16_stochastic_rounding_is_exactly_unbiased(x):
+    """Over all 2^16 values of the 16 random bits, the mean of the bf16 rounding of ``x`` is
+    ``x`` exactly (float64 mean, exact for 2^16 bf16 values); beyond bf16's largest finite value
+    it saturates (tested above), subnormals may be flushed by XLA."""
+    uniform = jnp.arange(2**16, dtype=jnp.float32) / 2**16
+    draws = jax.jit(jax.vmap(lambda u: lowbit.round_to_dtype(jnp.asarray(x), jnp.bfloat16,
+                                                             jnp.full(x.shape, u))))(uniform)
+    draws = np.asarray(draws.astype(jnp.float32), np.float64)
+    magnitude = np.abs(x)
+    inside = (magnitude <= float(jnp.finfo(jnp.bfloat16).max)) & (
+        (magnitude >= np.finfo(np.float32).tiny) | (x == 0))
+    np.testing.assert_array_equal(draws.mean(axis=0)[inside], np.float64(x)[inside])
+    assert np.all(np.isfinite(draws))
+
+
+def test_rounding_noise_is_uniform_and_uncorrelated():
+    """2^20 draws per seed: 64-bin histogram within 5 standard deviations of flat, mean and
+    variance of U[0, 1), and neighbouring elements, two seeds (leaves/steps) uncorrelated
+    (|r| <= 5/sqrt(n))."""
+    n = 2**20
+    seeds = lowbit.step_keys(jnp.int32(7), lowbit.FIRST_MOMENT_STREAM, 2)
+    a, b = (np.asarray(lowbit.uniform_noise(seed, (n,)), np.float64) for seed in seeds)
+    counts = np.histogram(a, bins=64, range=(0, 1))[0]
+    expected = n / 64
+    assert np.all(np.abs(counts - expected) <= 5 * np.sqrt(expected))
+    assert abs(a.mean() - 0.5) <= 5 * np.sqrt(1 / 12 / n) and abs(a.var() - 1 / 12) <= 1e-3
+    assert np.all((a >= 0) & (a < 1))
+    for u, w in ((a[1:], a[:-1]), (a, b)):
+        assert abs(np.corrcoef(u, w)[0, 1]) <= 5 / np.sqrt(n)
 
 
 @given(x=spread_values)
