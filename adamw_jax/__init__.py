@@ -20,7 +20,11 @@ from adamw_jax import (
     schedules,
     sharding,
 )
-from adamw_jax.accumulation import AccumulateGradientsState, accumulate_gradients, micro_step_schedule
+from adamw_jax.accumulation import (
+    AccumulateGradientsState,
+    accumulate_gradients,
+    micro_step_schedule,
+)
 from adamw_jax.ademamix import (
     ScaleByAdemamixState,
     ademamix,

@@ -16,23 +16,35 @@ def _step_count(text: str) -> int:
     """``--steps``: at least 2, since the first step compiles and tokens/s times the rest."""
     if not text.strip().isdigit() or int(text) < 2:
         raise argparse.ArgumentTypeError(
-            f"must be a whole number of optimizer steps >= 2, got {text!r}; e.g. --steps 300.")
+            f"must be a whole number of optimizer steps >= 2, got {text!r}; e.g. --steps 300."
+        )
     return int(text)
 
 
 def parser() -> argparse.ArgumentParser:
     """The ``adamw-jax`` argument parser."""
     parser = argparse.ArgumentParser(
-        prog="adamw-jax", description="adamw_jax command line: 'adamw-jax demo' trains a small "
-        "character transformer with adamw_jax and optax.adamw and plots both.")
+        prog="adamw-jax",
+        description="adamw_jax command line: 'adamw-jax demo' trains a small "
+        "character transformer with adamw_jax and optax.adamw and plots both.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
-        "demo", help="train a character transformer with adamw_jax and optax.adamw, plot both",
+        "demo",
+        help="train a character transformer with adamw_jax and optax.adamw, plot both",
     )
-    demo.add_argument("--steps", type=_step_count, default=300,
-                      help="optimizer steps per run (default 300, about a minute on 2 CPU cores)")
-    demo.add_argument("--out", type=Path, default=Path("adamw_jax_demo"),
-                      help="folder for loss_curves.png and checkpoint/ (default ./adamw_jax_demo)")
+    demo.add_argument(
+        "--steps",
+        type=_step_count,
+        default=300,
+        help="optimizer steps per run (default 300, about a minute on 2 CPU cores)",
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("adamw_jax_demo"),
+        help="folder for loss_curves.png and checkpoint/ (default ./adamw_jax_demo)",
+    )
     demo.add_argument("--seed", type=int, default=0, help="model and data seed (default 0)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
@@ -45,8 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # imported here so that --help answers at once
         from adamw_jax import _demo
     except ModuleNotFoundError as error:
-        command_line.exit(2, f"adamw-jax demo needs the package {error.name!r}: "
-                             "pip install 'adamw_jax[examples]'\n")
+        command_line.exit(
+            2,
+            f"adamw-jax demo needs the package {error.name!r}: pip install 'adamw_jax[examples]'\n",
+        )
 
     config = _demo.DemoConfig(steps=arguments.steps, seed=arguments.seed)
     _demo.run_demo(arguments.out, config, progress=not arguments.no_progress)

@@ -123,8 +123,15 @@ def random_windows(
 
 
 def sample_text(
-    graphdef: nnx.GraphDef, params: nnx.State, vocabulary: Vocabulary, prompt: str,
-    *, length: int, context: int, temperature: float = 0.8, seed: int = 0,
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    vocabulary: Vocabulary,
+    prompt: str,
+    *,
+    length: int,
+    context: int,
+    temperature: float = 0.8,
+    seed: int = 0,
 ) -> str:
     """Continue ``prompt`` by ``length`` characters, sampling at ``temperature``."""
 

@@ -71,12 +71,18 @@ class TrainingRun:
 
 def optimizers(config: DemoConfig) -> dict[str, tuple[optax.GradientTransformation, Callable]]:
     """The two optimizers compared, each with its library's own warmup-cosine schedule."""
-    arguments = (0.0, config.peak_learning_rate, config.warmup_steps, config.steps,
-                 config.peak_learning_rate / 10)
+    arguments = (
+        0.0,
+        config.peak_learning_rate,
+        config.warmup_steps,
+        config.steps,
+        config.peak_learning_rate / 10,
+    )
     ours = aw.schedules.warmup_cosine_decay_schedule(*arguments)
     theirs = optax.warmup_cosine_decay_schedule(*arguments)
-    hyper = dict(b1=config.b1, b2=config.b2, eps=1e-8, weight_decay=config.weight_decay,
-                 mask=ct.decay_mask)
+    hyper = dict(
+        b1=config.b1, b2=config.b2, eps=1e-8, weight_decay=config.weight_decay, mask=ct.decay_mask
+    )
     return {
         "adamw_jax": (aw.adamw(ours, **hyper), ours),
         "optax.adamw": (optax.adamw(theirs, **hyper), theirs),
@@ -101,20 +107,27 @@ def prepare(config: DemoConfig) -> Task:
     vocabulary = ct.Vocabulary(text)
     tokens = vocabulary.encode(text)
     cut = int(len(tokens) * (1 - config.held_out_fraction))
-    model_config = ct.ModelConfig(len(vocabulary), config.context, config.width, config.heads,
-                                  config.layers)
+    model_config = ct.ModelConfig(
+        len(vocabulary), config.context, config.width, config.heads, config.layers
+    )
 
     def fresh_model() -> ct.CharTransformer:
         return ct.CharTransformer(model_config, rngs=nnx.Rngs(config.seed))
 
     # Jitted: one compilation instead of one per initializer op.
     initial_params = jax.jit(lambda: nnx.state(fresh_model()))()
-    return Task(vocabulary, tokens[:cut], tokens[cut:], nnx.graphdef(nnx.eval_shape(fresh_model)),
-                initial_params)
+    return Task(
+        vocabulary,
+        tokens[:cut],
+        tokens[cut:],
+        nnx.graphdef(nnx.eval_shape(fresh_model)),
+        initial_params,
+    )
 
 
-def loss_of(graphdef: nnx.GraphDef, params: nnx.State, inputs: jax.Array,
-            targets: jax.Array) -> jax.Array:
+def loss_of(
+    graphdef: nnx.GraphDef, params: nnx.State, inputs: jax.Array, targets: jax.Array
+) -> jax.Array:
     """The model's mean next-character loss on one batch."""
     return ct.next_character_loss(nnx.merge(graphdef, params)(inputs), targets)
 
@@ -135,8 +148,7 @@ def train(
 
     @jax.jit
     def step(params, opt_state, inputs, targets):
-        loss, grads = jax.value_and_grad(loss_of, argnums=1)(task.graphdef, params, inputs,
-                                                             targets)
+        loss, grads = jax.value_and_grad(loss_of, argnums=1)(task.graphdef, params, inputs, targets)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -144,8 +156,13 @@ def train(
     params = task.initial_params
     opt_state = jax.jit(optimizer.init)(params)
     losses = np.empty(config.steps)
-    bar = tqdm(range(config.steps), desc=f"{name:>11}", disable=not progress, unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(
+        range(config.steps),
+        desc=f"{name:>11}",
+        disable=not progress,
+        unit="step",
+        dynamic_ncols=True,
+    )
     start = time.perf_counter()
     for index in bar:
         params, opt_state, loss = step(params, opt_state, *next(batches))
@@ -156,14 +173,23 @@ def train(
             rate = index * config.tokens_per_step / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{losses[index]:.3f}", tokens_per_s=f"{rate:,.0f}")
     elapsed = time.perf_counter() - start
-    held_out = ct.random_windows(task.held_out_tokens, config.batch_size, config.context,
-                                 seed=12345)
-    held_out_loss = np.mean([float(evaluate(task.graphdef, params, *next(held_out)))
-                             for _ in range(config.held_out_batches)])
+    held_out = ct.random_windows(
+        task.held_out_tokens, config.batch_size, config.context, seed=12345
+    )
+    held_out_loss = np.mean(
+        [
+            float(evaluate(task.graphdef, params, *next(held_out)))
+            for _ in range(config.held_out_batches)
+        ]
+    )
     return TrainingRun(
-        name=name, losses=losses, held_out_loss=float(held_out_loss),
+        name=name,
+        losses=losses,
+        held_out_loss=float(held_out_loss),
         tokens_per_second=(config.steps - 1) * config.tokens_per_step / max(elapsed, 1e-9),
-        graphdef=task.graphdef, params=params, opt_state=opt_state,
+        graphdef=task.graphdef,
+        params=params,
+        opt_state=opt_state,
         learning_rates=np.asarray(jax.jit(jax.vmap(schedule))(np.arange(config.steps))),
     )
 
@@ -187,10 +213,19 @@ def plot_losses(runs: list[TrainingRun], path: Path, config: DemoConfig) -> Path
     colors = ("tab:blue", "tab:orange")
     for run, color, style in zip(runs, colors, ("-", "--")):
         curves.plot(steps, run.losses, color=color, alpha=0.2, linewidth=0.8)
-        curves.plot(steps, smoothed(run.losses), color=color, linestyle=style, linewidth=2,
-                    label=f"{run.name} (held-out loss {run.held_out_loss:.3f})")
-    curves.set(xlabel="step", ylabel="training loss (nats / character)",
-               title=f"Character transformer on the shipped fables, seed {config.seed}")
+        curves.plot(
+            steps,
+            smoothed(run.losses),
+            color=color,
+            linestyle=style,
+            linewidth=2,
+            label=f"{run.name} (held-out loss {run.held_out_loss:.3f})",
+        )
+    curves.set(
+        xlabel="step",
+        ylabel="training loss (nats / character)",
+        title=f"Character transformer on the shipped fables, seed {config.seed}",
+    )
     curves.grid(alpha=0.3)
     curves.legend(loc="upper right")
     rate_axis = curves.twinx()
@@ -200,9 +235,12 @@ def plot_losses(runs: list[TrainingRun], path: Path, config: DemoConfig) -> Path
     difference = np.abs(runs[0].losses - runs[1].losses)
     differs = difference > 0
     gap.semilogy(steps[differs], difference[differs], ".", color="tab:green", markersize=4)
-    gap.set(xlabel="step", ylabel=f"|loss {runs[0].name} − loss {runs[1].name}|",
-            title=f"Equal at {np.sum(~differs)} of {config.steps} steps, elsewhere float32 "
-                  "rounding apart")
+    gap.set(
+        xlabel="step",
+        ylabel=f"|loss {runs[0].name} − loss {runs[1].name}|",
+        title=f"Equal at {np.sum(~differs)} of {config.steps} steps, elsewhere float32 "
+        "rounding apart",
+    )
     gap.grid(alpha=0.3, which="both")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -226,30 +264,46 @@ def restore_checkpoint(directory: Path, like: Any) -> Any:
 
 
 def run_demo(
-    out: Path, config: DemoConfig = DemoConfig(), *, progress: bool = True,
+    out: Path,
+    config: DemoConfig = DemoConfig(),
+    *,
+    progress: bool = True,
     report: Callable[[str], None] = print,
 ) -> list[TrainingRun]:
     """Train with both optimizers, then write ``loss_curves.png`` and ``checkpoint/`` into
     ``out`` and report the numbers and a sample of generated text."""
     out = Path(out)
     task = prepare(config)
-    report(f"adamw_jax demo: {config.steps} steps of a {config.layers}-layer character "
-           f"transformer (width {config.width}) on {len(task.train_tokens):,} characters; "
-           f"{jax.device_count()} {jax.default_backend()} device(s).")
+    report(
+        f"adamw_jax demo: {config.steps} steps of a {config.layers}-layer character "
+        f"transformer (width {config.width}) on {len(task.train_tokens):,} characters; "
+        f"{jax.device_count()} {jax.default_backend()} device(s)."
+    )
     runs = [
         train(name, optimizer, schedule, config, task, progress=progress)
         for name, (optimizer, schedule) in optimizers(config).items()
     ]
     for run in runs:
-        report(f"{run.name:>11}: loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f} "
-               f"(held-out {run.held_out_loss:.3f}), {run.tokens_per_second:,.0f} tokens/s")
-    report(f"largest |loss difference| between the two: "
-           f"{np.max(np.abs(runs[0].losses - runs[1].losses)):.2e}")
+        report(
+            f"{run.name:>11}: loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f} "
+            f"(held-out {run.held_out_loss:.3f}), {run.tokens_per_second:,.0f} tokens/s"
+        )
+    report(
+        f"largest |loss difference| between the two: "
+        f"{np.max(np.abs(runs[0].losses - runs[1].losses)):.2e}"
+    )
     plot = plot_losses(runs, out / "loss_curves.png", config)
     ours = runs[0]
     checkpoint = save_checkpoint(out / "checkpoint", ours.params, ours.opt_state)
     report(f"wrote {plot} and {checkpoint}")
-    sample = ct.sample_text(ours.graphdef, ours.params, task.vocabulary, "1. The ",
-                            length=config.sample_length, context=config.context, seed=config.seed)
+    sample = ct.sample_text(
+        ours.graphdef,
+        ours.params,
+        task.vocabulary,
+        "1. The ",
+        length=config.sample_length,
+        context=config.context,
+        seed=config.seed,
+    )
     report("sample from the adamw_jax model:\n" + sample)
     return runs

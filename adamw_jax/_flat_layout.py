@@ -71,24 +71,36 @@ class FlatLayout:
         leaves = self.treedef.flatten_up_to(tree)
         dtypes = self.group_dtypes if dtypes is None else tuple(dtypes)
         return tuple(
-            pack_slots([leaves[i] for i in members], [self.slots[i] for i in members],
-                       self.group_sizes[group], dtypes[group])
-            for group, members in enumerate(self.leaf_groups()))
+            pack_slots(
+                [leaves[i] for i in members],
+                [self.slots[i] for i in members],
+                self.group_sizes[group],
+                dtypes[group],
+            )
+            for group, members in enumerate(self.leaf_groups())
+        )
 
     def unpack(
-        self, buffers: Sequence[jax.Array], cast: Callable[[jax.Array, LeafSlot], jax.Array] | None = None
+        self,
+        buffers: Sequence[jax.Array],
+        cast: Callable[[jax.Array, LeafSlot], jax.Array] | None = None,
     ) -> Any:
         """The pytree whose leaves are slices of ``buffers``, reshaped (and cast to their dtype,
         or by ``cast(value, slot)`` when given)."""
         cast = cast or (lambda value, slot: value.astype(slot.dtype))
         leaves = [
-            cast(jnp.reshape(buffers[slot.group][slot.offset:slot.offset + slot.size], slot.shape), slot)
+            cast(
+                jnp.reshape(buffers[slot.group][slot.offset : slot.offset + slot.size], slot.shape),
+                slot,
+            )
             for slot in self.slots
         ]
         return self.treedef.unflatten(leaves)
 
 
-def pack_slots(leaves: Sequence[Any], slots: Sequence[LeafSlot], size: int, dtype: Any) -> jax.Array:
+def pack_slots(
+    leaves: Sequence[Any], slots: Sequence[LeafSlot], size: int, dtype: Any
+) -> jax.Array:
     """``leaves`` raveled to ``dtype`` at their slots' offsets in a zero buffer of ``size``."""
     parts, end = [], 0
     for leaf, slot in zip(leaves, slots):

@@ -69,7 +69,11 @@ def moment_pass(
 
 
 def update_from_moments(
-    g: jax.Array, m: jax.Array, second: jax.Array, p: jax.Array | None, s: StepScalars,
+    g: jax.Array,
+    m: jax.Array,
+    second: jax.Array,
+    p: jax.Array | None,
+    s: StepScalars,
     o: GroupOptions,
 ) -> jax.Array:
     """``u`` from the clamped gradient, the new ``m`` and second moment (``v`` or ``v̄``)."""
@@ -118,13 +122,14 @@ def xla_group_pass(
 
     decayed = pack(params, slots[0].dtype) if o.decayed else None
     v_max = moments[2] if o.amsgrad else None
-    update, m, v, v_max = elementwise_pass(pack(grads, dtype), moments[0], moments[1], v_max,
-                                           decayed, scalars, o)
+    update, m, v, v_max = elementwise_pass(
+        pack(grads, dtype), moments[0], moments[1], v_max, decayed, scalars, o
+    )
     if alone:
         outputs = [update]
     else:
         flat = jnp.ravel(update)
-        outputs = [jnp.reshape(flat[s.offset:s.offset + s.size], s.shape) for s in slots]
+        outputs = [jnp.reshape(flat[s.offset : s.offset + s.size], s.shape) for s in slots]
     if o.write_params:
         outputs = [lowbit.add_and_round(p, u, p.dtype, None) for p, u in zip(params, outputs)]
     return outputs, (m, v) + ((v_max,) if o.amsgrad else ())
@@ -156,8 +161,9 @@ def native_group_pass(
         outputs = []
         for start in range(0, len(grads), LEAVES_PER_CALL):  # the moments thread through
             part = slice(start, start + LEAVES_PER_CALL)
-            out, moments = native.adam_step(vector, moments, (params or [])[part], grads[part],
-                                            offsets[part], **o._asdict())
+            out, moments = native.adam_step(
+                vector, moments, (params or [])[part], grads[part], offsets[part], **o._asdict()
+            )
             outputs += out
         return outputs, moments
 
@@ -183,10 +189,12 @@ def native_moments_group_pass(
     alone = len(slots) == 1 and slots[0].shape == shape
 
     def xla(scalars, moments, grads):
-        g = clamped_gradient(jnp.reshape(pack_slots(grads, slots, math.prod(shape), jnp.float32),
-                                         shape), o)
-        m, v, v_max = moment_pass(g, moments[0], moments[1], moments[2] if o.amsgrad else None,
-                                  scalars)
+        g = clamped_gradient(
+            jnp.reshape(pack_slots(grads, slots, math.prod(shape), jnp.float32), shape), o
+        )
+        m, v, v_max = moment_pass(
+            g, moments[0], moments[1], moments[2] if o.amsgrad else None, scalars
+        )
         return (m, v) + ((v_max,) if o.amsgrad else ())
 
     @jax.custom_jvp
@@ -195,8 +203,9 @@ def native_moments_group_pass(
         options = o._replace(decayed=False, write_params=False)._asdict()
         for start in range(0, len(grads), LEAVES_PER_CALL):
             part = slice(start, start + LEAVES_PER_CALL)
-            _, moments = native.adam_step(vector, moments, [], grads[part], offsets[part],
-                                          moments_only=True, **options)
+            _, moments = native.adam_step(
+                vector, moments, [], grads[part], offsets[part], moments_only=True, **options
+            )
         return moments
 
     kernel.defjvp(lambda primals, tangents: jax.jvp(xla, primals, tangents))
@@ -204,18 +213,29 @@ def native_moments_group_pass(
     second = new[2] if o.amsgrad else new[1]
 
     def leaf(x: jax.Array, slot: LeafSlot) -> jax.Array:
-        return x if alone else jnp.reshape(jnp.ravel(x)[slot.offset:slot.offset + slot.size],
-                                           slot.shape)
+        return (
+            x
+            if alone
+            else jnp.reshape(jnp.ravel(x)[slot.offset : slot.offset + slot.size], slot.shape)
+        )
 
     outputs = [
-        update_from_moments(clamped_gradient(jnp.asarray(g, jnp.float32), o), leaf(new[0], slot),
-                            leaf(second, slot), params[i] if o.decayed else None, scalars, o)
-        for i, (g, slot) in enumerate(zip(grads, slots))]
+        update_from_moments(
+            clamped_gradient(jnp.asarray(g, jnp.float32), o),
+            leaf(new[0], slot),
+            leaf(second, slot),
+            params[i] if o.decayed else None,
+            scalars,
+            o,
+        )
+        for i, (g, slot) in enumerate(zip(grads, slots))
+    ]
     return outputs, new
 
 
-def runs_natively(dtype: np.dtype, grads: list[jax.Array], stored: list[Any],
-                  stochastic_rounding: bool) -> bool:
+def runs_natively(
+    dtype: np.dtype, grads: list[jax.Array], stored: list[Any], stochastic_rounding: bool
+) -> bool:
     """Whether a group is what the native kernel computes: float32 parameters and gradients,
     moments stored as plain float32 arrays, or all as bfloat16 rounded to nearest, none split
     along Explicit mesh axes (a custom call has no sharding rule)."""
@@ -223,6 +243,13 @@ def runs_natively(dtype: np.dtype, grads: list[jax.Array], stored: list[Any],
     moment_dtypes = {np.dtype(x.dtype) for x in stored if isinstance(x, jax.Array)}
     plain = len(moment_dtypes) == 1 and all(isinstance(x, jax.Array) for x in stored)
     unsplit = all(explicit_sharding(x) is None for x in [*grads, *stored])
-    return (dtype == float32 and all(np.dtype(jnp.result_type(g)) == float32 for g in grads)
-            and plain and unsplit and (moment_dtypes == {float32} or (
-                moment_dtypes == {np.dtype(jnp.bfloat16)} and not stochastic_rounding)))
+    return (
+        dtype == float32
+        and all(np.dtype(jnp.result_type(g)) == float32 for g in grads)
+        and plain
+        and unsplit
+        and (
+            moment_dtypes == {float32}
+            or (moment_dtypes == {np.dtype(jnp.bfloat16)} and not stochastic_rounding)
+        )
+    )

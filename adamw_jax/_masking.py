@@ -53,5 +53,8 @@ def where_masked(mask: Mask | None, params: Any, transformed: Any, original: Any
         return transformed
     flags = resolve_mask(mask, params)
     return jax.tree_util.tree_map(
-        lambda flag, new, old: new if flag else old, flags, transformed, original,
+        lambda flag, new, old: new if flag else old,
+        flags,
+        transformed,
+        original,
     )

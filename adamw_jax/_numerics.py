@@ -102,7 +102,9 @@ def hyperparameter_at(value: ArrayLike, count: Array) -> Array:
 
 def squared_magnitude(g: Array) -> Array:
     """``|g|²``, real also for complex ``g`` (as optax)."""
-    return jnp.square(jnp.real(g)) + jnp.square(jnp.imag(g)) if jnp.iscomplexobj(g) else jnp.square(g)
+    return (
+        jnp.square(jnp.real(g)) + jnp.square(jnp.imag(g)) if jnp.iscomplexobj(g) else jnp.square(g)
+    )
 
 
 def limit_magnitude(g: Array) -> Array:

@@ -52,7 +52,13 @@ def optimi_stable_adamw(
         raise ValueError("max_lr is only used with decouple_lr=True; remove it.")
     b1, b2 = betas
     return adamw(
-        lr, b1, b2, eps, weight_decay=weight_decay,
+        lr,
+        b1,
+        b2,
+        eps,
+        weight_decay=weight_decay,
         weight_decay_mode="decoupled" if decouple_lr else "coupled",
-        peak_learning_rate=max_lr, rms_clip_threshold=1.0, kahan_summation=kahan_sum is not False,
+        peak_learning_rate=max_lr,
+        rms_clip_threshold=1.0,
+        kahan_summation=kahan_sum is not False,
     )

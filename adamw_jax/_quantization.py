@@ -37,7 +37,7 @@ def dynamic_code(*, signed: bool) -> np.ndarray:
     """
     magnitude_bits = 7 if signed else 8
     magnitudes = [
-        10.0 ** -zeros * (0.1 + 0.9 * k / 2 ** (magnitude_bits - zeros - 1))
+        10.0**-zeros * (0.1 + 0.9 * k / 2 ** (magnitude_bits - zeros - 1))
         for zeros in range(magnitude_bits)
         for k in range(1, 2 ** (magnitude_bits - zeros - 1) + 1)
     ]
@@ -51,7 +51,9 @@ SIGNED_CODE = dynamic_code(signed=True)
 UNSIGNED_CODE = dynamic_code(signed=False)
 
 
-def _round_between(x: jax.Array, low: jax.Array, high: jax.Array, uniform: jax.Array | None) -> jax.Array:
+def _round_between(
+    x: jax.Array, low: jax.Array, high: jax.Array, uniform: jax.Array | None
+) -> jax.Array:
     """Whether to take ``high`` for ``low <= x <= high``: nearest, or with probability
     ``(x - low) / (high - low)`` when ``uniform`` (in [0, 1)) is given."""
     fraction = (x - low) / (high - low)
@@ -108,8 +110,10 @@ def _code_index(normalized: jax.Array, code: np.ndarray, uniform: jax.Array | No
     low, high = entry(numerator), entry(numerator + 9)
     below, above = low > magnitude, high < magnitude  # k one too high / one too low
     third = entry(numerator + jnp.where(below, np.float32(-9), np.float32(18)))
-    low, high = (jnp.where(below, third, jnp.where(above, high, low)),
-                 jnp.where(below, low, jnp.where(above, third, high)))
+    low, high = (
+        jnp.where(below, third, jnp.where(above, high, low)),
+        jnp.where(below, low, jnp.where(above, third, high)),
+    )
     k = jnp.where(deepest, 0, k - below + above)
     low = jnp.where(deepest, 0, low)
     high = jnp.where(deepest, np.float32(10.0**-top_bits), high)
@@ -194,7 +198,7 @@ def uniform_noise(seed: jax.Array | None, shape: tuple[int, ...]) -> jax.Array |
         return None
     index = jax.lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1) if shape else jnp.uint32(0)
     for axis in range(len(shape) - 1):  # row-major element number
-        stride = int(np.prod(shape[axis + 1:]))
+        stride = int(np.prod(shape[axis + 1 :]))
         index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
     bits = _mix(index * jnp.uint32(0x9E3779B9) + seed)  # one hash of a Weyl sequence
     return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
@@ -225,12 +229,16 @@ def encode_blocks(
         scales = jnp.where(absmax > 0, jnp.ldexp(jnp.ones_like(absmax), exponent), 1.0)
         scaled = blocks / scales[:, None]  # exact: a power of two
         values = round_to_dtype(scaled, jnp.float16, uniform)
-        smallest = jnp.copysign(jnp.finfo(jnp.float16).smallest_subnormal, scaled).astype(jnp.float16)
+        smallest = jnp.copysign(jnp.finfo(jnp.float16).smallest_subnormal, scaled).astype(
+            jnp.float16
+        )
         return BlockwiseArray(jnp.where((values == 0) & (scaled != 0), smallest, values), scales)
     scales = jnp.where(absmax > 0, absmax, 1.0)
     signed = jnp.dtype(values_dtype) == jnp.int8
     index = _code_index(blocks / scales[:, None], SIGNED_CODE if signed else UNSIGNED_CODE, uniform)
-    return BlockwiseArray((index - SIGNED_CODE.size // 2 if signed else index).astype(values_dtype), scales)
+    return BlockwiseArray(
+        (index - SIGNED_CODE.size // 2 if signed else index).astype(values_dtype), scales
+    )
 
 
 def decode_blocks(stored: BlockwiseArray, size: int) -> jax.Array:

@@ -38,8 +38,11 @@ def _real_number(name: str, value: Any) -> float | None:
         except OverflowError:  # a Python int beyond float64
             return math.inf
     dtype, shape = getattr(value, "dtype", None), getattr(value, "shape", None)
-    if shape == () and dtype is not None and (jnp.issubdtype(dtype, jnp.floating)
-                                              or jnp.issubdtype(dtype, jnp.integer)):
+    if (
+        shape == ()
+        and dtype is not None
+        and (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
+    ):
         return None if isinstance(value, jax.core.Tracer) else float(value)
     raise TypeError(
         f"{name} must be a real number (a float or a 0-d array), got {type(value).__name__} {value!r}"
@@ -65,7 +68,9 @@ def check_value(
     inside = math.isfinite(number) and low <= number <= high and not (positive and number <= low)
     if not inside:
         if math.isinf(high):
-            what = "a finite number" + ("" if math.isinf(low) else f" {'>' if positive else '>='} {low:g}")
+            what = "a finite number" + (
+                "" if math.isinf(low) else f" {'>' if positive else '>='} {low:g}"
+            )
         else:
             what = f"a finite number in {'(' if positive else '['}{low:g}, {high:g}]"
         raise ValueError(f"{name} must be {what}, got {number!r}.{' ' + hint if hint else ''}")
@@ -81,15 +86,20 @@ def check_values(**values: Any) -> None:
 def check_steps(name: str, steps: Any, *, low: int | None = 0) -> int:
     """A whole number of steps (an int, or a float such as ``100.0``), ``>= low``; as an int."""
     if isinstance(steps, (bool, np.bool_, jax.core.Tracer)):
-        raise TypeError(f"{name} must be a concrete int number of steps, got {type(steps).__name__} {steps!r}.")
-    if isinstance(steps, (int, np.integer)) or (np.ndim(steps) == 0 and jnp.issubdtype(
-            getattr(steps, "dtype", np.float64), jnp.integer)):
+        raise TypeError(
+            f"{name} must be a concrete int number of steps, got {type(steps).__name__} {steps!r}."
+        )
+    if isinstance(steps, (int, np.integer)) or (
+        np.ndim(steps) == 0 and jnp.issubdtype(getattr(steps, "dtype", np.float64), jnp.integer)
+    ):
         count = int(steps)
     else:
         number = _real_number(name, steps)
         if not (math.isfinite(number) and number.is_integer()):
-            raise TypeError(f"{name} must be a whole number of steps, got {steps!r}: round it, e.g. "
-                            f"int({steps!r}).")
+            raise TypeError(
+                f"{name} must be a whole number of steps, got {steps!r}: round it, e.g. "
+                f"int({steps!r})."
+            )
         count = int(number)
     if low is not None and count < low:
         raise ValueError(f"{name} must be >= {low} (a number of steps), got {count}.")
@@ -114,8 +124,10 @@ def begin_step(name: str, begin: Any, schedule: str) -> int:
     """A ``transition_begin``: optax reads a negative one as 0, so do we, with a warning."""
     begin = check_steps(name, begin, low=None)
     if begin < 0:
-        warn(f"{schedule}: {name}={begin} is negative and is read as 0 (as optax does); pass "
-             f"{name}=0 to silence this warning.")
+        warn(
+            f"{schedule}: {name}={begin} is negative and is read as 0 (as optax does); pass "
+            f"{name}=0 to silence this warning."
+        )
         return 0
     return begin
 
@@ -132,8 +144,10 @@ def _beyond_default_ints(count: Any) -> bool:
     """A concrete integer count that JAX's default integer dtype cannot hold."""
     if isinstance(count, (bool, np.bool_, jax.Array)):
         return False
-    if isinstance(count, int) or (isinstance(count, (np.ndarray, np.integer))
-                                  and np.issubdtype(np.asarray(count).dtype, np.integer)):
+    if isinstance(count, int) or (
+        isinstance(count, (np.ndarray, np.integer))
+        and np.issubdtype(np.asarray(count).dtype, np.integer)
+    ):
         array = np.asarray(count, dtype=object if isinstance(count, int) else None)
         low, high = _default_int_range()
         return bool(array.size) and (int(array.min()) < low or int(array.max()) > high)
@@ -192,8 +206,11 @@ def shifted(count: jax.Array, step: int) -> jax.Array:
 def elapsed(count: jax.Array, begin: int, length: int) -> jax.Array:
     """``min(max(t - begin, 0), length)``: steps into a phase of ``length`` steps, as a float."""
     largest = _integer_max(count)
-    return as_float(jnp.minimum(since(count, begin), _like(count, length if largest is None else
-                                                             min(length, largest))))
+    return as_float(
+        jnp.minimum(
+            since(count, begin), _like(count, length if largest is None else min(length, largest))
+        )
+    )
 
 
 def fractions(count: jax.Array, begin: int, length: int) -> tuple[jax.Array, jax.Array]:
@@ -218,7 +235,11 @@ def completed_intervals(count: jax.Array, size: int) -> jax.Array:
 def as_float(count: jax.Array) -> jax.Array:
     """An integer count (or a difference of counts) in the hyperparameter dtype; a float count
     (already at least float32 from ``as_count``) as it is."""
-    return count if jnp.issubdtype(count.dtype, jnp.floating) else count.astype(num.hyperparameter_dtype())
+    return (
+        count
+        if jnp.issubdtype(count.dtype, jnp.floating)
+        else count.astype(num.hyperparameter_dtype())
+    )
 
 
 def result(value: jax.typing.ArrayLike, count: jax.Array) -> jax.Array:

@@ -27,7 +27,9 @@ def constant_schedule(value: float) -> optax.Schedule:
     return lambda count: args.result(value, args.as_count(count))
 
 
-def polynomial_curve(init_value: Any, end_value: Any, power: Any, steps: int, begin: int) -> optax.Schedule:
+def polynomial_curve(
+    init_value: Any, end_value: Any, power: Any, steps: int, begin: int
+) -> optax.Schedule:
     """``(I - E)·((T - τ)/T)^P + E``, ``τ = min(max(t - B, 0), T)``, for checked arguments;
     ``I`` throughout when ``T <= 0``.
 
@@ -43,20 +45,31 @@ def polynomial_curve(init_value: Any, end_value: Any, power: Any, steps: int, be
         t = args.as_count(count)
         done, left = args.fractions(t, begin, steps)
         linear = init_value + (end_value - init_value) * done
-        return args.result(jnp.where(power == 1, linear, (init_value - end_value) * left**power + end_value), t)
+        return args.result(
+            jnp.where(power == 1, linear, (init_value - end_value) * left**power + end_value), t
+        )
 
     return schedule
 
 
 def check_transition(
-    caller: str, init_value: Any, end_value: Any, transition_steps: Any, *,
-    steps_name: str = "transition_steps", init_name: str = "init_value", end_name: str = "end_value",
+    caller: str,
+    init_value: Any,
+    end_value: Any,
+    transition_steps: Any,
+    *,
+    steps_name: str = "transition_steps",
+    init_name: str = "init_value",
+    end_name: str = "end_value",
 ) -> int:
     """The length of a transition from ``init_value`` to ``end_value``. optax holds
     ``init_value`` forever when it is ``<= 0``; so do we, warning when it is negative or when
     that leaves ``end_value`` out of reach."""
     steps = args.check_steps(steps_name, transition_steps, low=None)
-    if steps < 0 or (steps == 0 and args.check_value(init_name, init_value) != args.check_value(end_name, end_value)):
+    if steps < 0 or (
+        steps == 0
+        and args.check_value(init_name, init_value) != args.check_value(end_name, end_value)
+    ):
         args.warn(
             f"{caller}: {steps_name}={steps} disables the transition, so the schedule holds "
             f"{init_name}={init_value!r} at every step, as optax does, and never reaches "
@@ -66,20 +79,40 @@ def check_transition(
     return steps
 
 
-def checked_polynomial(caller: str, init_value: float, end_value: float, power: float, transition_steps: int,
-                        transition_begin: int, **names: str) -> optax.Schedule:
+def checked_polynomial(
+    caller: str,
+    init_value: float,
+    end_value: float,
+    power: float,
+    transition_steps: int,
+    transition_begin: int,
+    **names: str,
+) -> optax.Schedule:
     """``polynomial_curve`` after checking its arguments, named as ``caller`` names them."""
-    args.check_values(**{names.get("init_name", "init_value"): init_value,
-                         names.get("end_name", "end_value"): end_value})
-    args.check_value("power", power, low=0.0, positive=True,
-                     hint="1 is linear, 2 quadratic; power <= 0 never leaves init_value or ends at inf.")
+    args.check_values(
+        **{
+            names.get("init_name", "init_value"): init_value,
+            names.get("end_name", "end_value"): end_value,
+        }
+    )
+    args.check_value(
+        "power",
+        power,
+        low=0.0,
+        positive=True,
+        hint="1 is linear, 2 quadratic; power <= 0 never leaves init_value or ends at inf.",
+    )
     steps = check_transition(caller, init_value, end_value, transition_steps, **names)
     begin = args.begin_step("transition_begin", transition_begin, caller)
     return polynomial_curve(init_value, end_value, power, steps, begin)
 
 
 def polynomial_schedule(
-    init_value: float, end_value: float, power: float, transition_steps: int, transition_begin: int = 0
+    init_value: float,
+    end_value: float,
+    power: float,
+    transition_steps: int,
+    transition_begin: int = 0,
 ) -> optax.Schedule:
     """Polynomial transition from ``init_value`` (I) to ``end_value`` (E) over ``T`` steps
     starting at step ``B``:
@@ -90,7 +123,9 @@ def polynomial_schedule(
     so when it is negative or when ``E != I``), and a negative ``transition_begin`` is read as
     0 (with a ``UserWarning``). Unlike optax, ``power`` must be ``> 0`` and every value finite.
     """
-    return checked_polynomial("polynomial_schedule", init_value, end_value, power, transition_steps, transition_begin)
+    return checked_polynomial(
+        "polynomial_schedule", init_value, end_value, power, transition_steps, transition_begin
+    )
 
 
 def linear_schedule(
@@ -98,7 +133,9 @@ def linear_schedule(
 ) -> optax.Schedule:
     """``η_t = I + (E - I)·τ/T``, ``τ = min(max(t - B, 0), T)``: ``polynomial_schedule`` with
     ``power = 1``, its degenerate cases included (``T <= 0`` holds ``I``)."""
-    return checked_polynomial("linear_schedule", init_value, end_value, 1.0, transition_steps, transition_begin)
+    return checked_polynomial(
+        "linear_schedule", init_value, end_value, 1.0, transition_steps, transition_begin
+    )
 
 
 def exponential_decay(
@@ -123,25 +160,37 @@ def exponential_decay(
     if end_value is not None:
         args.check_values(end_value=end_value)
     check_flag("staircase", staircase)
-    rate = args.check_value("decay_rate", decay_rate, low=0.0,
-                            hint="The value is multiplied by it every transition_steps.")
+    rate = args.check_value(
+        "decay_rate",
+        decay_rate,
+        low=0.0,
+        hint="The value is multiplied by it every transition_steps.",
+    )
     steps = args.check_steps("transition_steps", transition_steps, low=None)
     begin = args.begin_step("transition_begin", transition_begin, "exponential_decay")
     if steps <= 0 or rate == 0:
         reason = f"transition_steps={steps}" if steps <= 0 else "decay_rate=0"
-        args.warn(f"exponential_decay: {reason} disables the decay, so the schedule holds "
-                  f"init_value={init_value!r} at every step, as optax does. Pass transition_steps >= 1 "
-                  "and decay_rate > 0 for a decay, or use constant_schedule(init_value).")
+        args.warn(
+            f"exponential_decay: {reason} disables the decay, so the schedule holds "
+            f"init_value={init_value!r} at every step, as optax does. Pass transition_steps >= 1 "
+            "and decay_rate > 0 for a decay, or use constant_schedule(init_value)."
+        )
         return constant_schedule(init_value)
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         t = args.as_count(count)
         delay = args.since(t, begin)
-        exponent = args.completed_intervals(delay, steps) if staircase else args.as_float(delay) / float(steps)
+        exponent = (
+            args.completed_intervals(delay, steps)
+            if staircase
+            else args.as_float(delay) / float(steps)
+        )
         factor = num.as_hyperparameter(decay_rate)
         value = init_value * factor**exponent
         if end_value is not None:
-            value = jnp.where(factor < 1, jnp.maximum(value, end_value), jnp.minimum(value, end_value))
+            value = jnp.where(
+                factor < 1, jnp.maximum(value, end_value), jnp.minimum(value, end_value)
+            )
         return args.result(value, t)
 
     return schedule
@@ -186,7 +235,7 @@ def inverse_time_decay_schedule(
 def inverse_sqrt_schedule(peak_value: float, warmup_steps: int) -> optax.Schedule:
     """Linear warmup from 0, then decay as ``1/√t`` (Vaswani et al. 2017):
 
-        t < w:   η_t = peak·t/w          t >= w:   η_t = peak·√(w/t)
+    t < w:   η_t = peak·t/w          t >= w:   η_t = peak·√(w/t)
     """
     args.check_values(peak_value=peak_value)
     warmup_steps = args.check_steps("warmup_steps", warmup_steps, low=1)
@@ -199,7 +248,9 @@ def inverse_sqrt_schedule(peak_value: float, warmup_steps: int) -> optax.Schedul
     return schedule
 
 
-def cosine_curve(init_value: Any, end_value: Any, exponent: Any, begin: int, steps: int) -> optax.Schedule:
+def cosine_curve(
+    init_value: Any, end_value: Any, exponent: Any, begin: int, steps: int
+) -> optax.Schedule:
     """``E + (I - E)·w``, ``w = (½(1 + cos(π·τ/T)))^exponent``, ``τ = min(max(t - B, 0), T)``,
     ``T >= 1``: exactly ``E`` from the end of the phase on."""
 

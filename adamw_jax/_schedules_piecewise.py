@@ -16,7 +16,9 @@ from adamw_jax import _validation as check
 INTERPOLATE_TYPES = ("linear", "cosine")
 
 
-def join_schedules(schedules: Sequence[optax.Schedule], boundaries: Sequence[int]) -> optax.Schedule:
+def join_schedules(
+    schedules: Sequence[optax.Schedule], boundaries: Sequence[int]
+) -> optax.Schedule:
     """Run ``schedules[0]`` until ``boundaries[0]``, then ``schedules[1]`` restarted at 0, and
     so on: ``η_t = schedules[i](t - boundaries[i-1])`` for ``boundaries[i-1] <= t < boundaries[i]``.
 
@@ -27,13 +29,18 @@ def join_schedules(schedules: Sequence[optax.Schedule], boundaries: Sequence[int
     schedules, boundaries = list(schedules), list(boundaries)
     for index, schedule in enumerate(schedules):
         if not callable(schedule):
-            raise TypeError(f"schedules[{index}] must be a schedule (a function of the step), got {schedule!r}.")
+            raise TypeError(
+                f"schedules[{index}] must be a schedule (a function of the step), got {schedule!r}."
+            )
     if len(boundaries) != len(schedules) - 1:
         raise ValueError(
             f"join_schedules needs one boundary fewer than schedules: got {len(schedules)} schedules "
             f"and boundaries={boundaries!r}."
         )
-    boundaries = [args.check_steps(f"boundaries[{index}]", boundary) for index, boundary in enumerate(boundaries)]
+    boundaries = [
+        args.check_steps(f"boundaries[{index}]", boundary)
+        for index, boundary in enumerate(boundaries)
+    ]
     if boundaries != sorted(boundaries):
         raise ValueError(f"boundaries must be non-decreasing, got {boundaries!r}.")
 
@@ -43,7 +50,9 @@ def join_schedules(schedules: Sequence[optax.Schedule], boundaries: Sequence[int
         for boundary, later in zip(boundaries, schedules[1:]):
             if not args.reaches(t, boundary):
                 break
-            value = jnp.where(args.before(t, boundary), value, args.result(later(args.shifted(t, boundary)), t))
+            value = jnp.where(
+                args.before(t, boundary), value, args.result(later(args.shifted(t, boundary)), t)
+            )
         return value
 
     return schedule
@@ -63,8 +72,12 @@ def _sorted_boundaries(
     items = []
     for step, scale in boundaries_and_scales.items():
         boundary = args.check_steps(f"boundaries_and_scales key {step!r}", step)
-        args.check_value(f"boundaries_and_scales[{step!r}]", scale, low=0.0,
-                         hint="Scales multiply the value and must be finite and >= 0.")
+        args.check_value(
+            f"boundaries_and_scales[{step!r}]",
+            scale,
+            low=0.0,
+            hint="Scales multiply the value and must be finite and >= 0.",
+        )
         items.append((boundary, scale))
     items.sort(key=lambda item: item[0])
     return tuple(step for step, _ in items), tuple(scale for _, scale in items)
@@ -101,7 +114,9 @@ def _interpolate(interpolate_type: str, start: float, end: float, fraction: jax.
 
 
 def piecewise_interpolate_schedule(
-    interpolate_type: str, init_value: float, boundaries_and_scales: Mapping[int, float] | None = None
+    interpolate_type: str,
+    init_value: float,
+    boundaries_and_scales: Mapping[int, float] | None = None,
 ) -> optax.Schedule:
     """Interpolated (``"linear"`` or ``"cosine"``) between the values ``v_0 = init_value``,
     ``v_i = v_{i-1}·scale_i`` placed at step 0 and at each boundary ``b_i``; ``v_last`` after
@@ -134,16 +149,33 @@ def piecewise_interpolate_schedule(
     return schedule
 
 
-def _check_onecycle(transition_steps: int, peak_value: float, pct_start: float, div_factor: float,
-                    final_div_factor: float) -> int:
+def _check_onecycle(
+    transition_steps: int,
+    peak_value: float,
+    pct_start: float,
+    div_factor: float,
+    final_div_factor: float,
+) -> int:
     """The arguments both one-cycle schedules share; returns ``transition_steps`` as an int."""
     steps = args.check_steps("transition_steps", transition_steps, low=1)
     args.check_values(peak_value=peak_value)
-    args.check_fraction("pct_start", pct_start, hint="It is the fraction of the steps spent warming up.")
-    args.check_value("div_factor", div_factor, low=0.0, positive=True,
-                     hint="The schedule starts at peak_value / div_factor.")
-    args.check_value("final_div_factor", final_div_factor, low=0.0, positive=True,
-                     hint="The schedule ends at peak_value / (div_factor · final_div_factor).")
+    args.check_fraction(
+        "pct_start", pct_start, hint="It is the fraction of the steps spent warming up."
+    )
+    args.check_value(
+        "div_factor",
+        div_factor,
+        low=0.0,
+        positive=True,
+        hint="The schedule starts at peak_value / div_factor.",
+    )
+    args.check_value(
+        "final_div_factor",
+        final_div_factor,
+        low=0.0,
+        positive=True,
+        hint="The schedule ends at peak_value / (div_factor · final_div_factor).",
+    )
     return steps
 
 
@@ -167,16 +199,26 @@ def linear_onecycle_schedule(
     ``⌊pct_final·T⌋ = 2·pct_start·(T + 1) - 2``.
     """
     steps = _check_onecycle(transition_steps, peak_value, pct_start, div_factor, final_div_factor)
-    args.check_fraction("pct_final", pct_final, hint="It is the fraction of the steps at which the value is "
-                        "back at peak_value / div_factor.")
+    args.check_fraction(
+        "pct_final",
+        pct_final,
+        hint="It is the fraction of the steps at which the value is "
+        "back at peak_value / div_factor.",
+    )
     if pct_final < pct_start:
-        raise ValueError(f"pct_final ({pct_final}) must be >= pct_start ({pct_start}): the value goes up "
-                         "until pct_start, then down until pct_final.")
-    return piecewise_interpolate_schedule("linear", peak_value / div_factor, {
-        int(pct_start * steps): div_factor,
-        int(pct_final * steps): 1.0 / div_factor,
-        steps: 1.0 / final_div_factor,
-    })
+        raise ValueError(
+            f"pct_final ({pct_final}) must be >= pct_start ({pct_start}): the value goes up "
+            "until pct_start, then down until pct_final."
+        )
+    return piecewise_interpolate_schedule(
+        "linear",
+        peak_value / div_factor,
+        {
+            int(pct_start * steps): div_factor,
+            int(pct_final * steps): 1.0 / div_factor,
+            steps: 1.0 / final_div_factor,
+        },
+    )
 
 
 def cosine_onecycle_schedule(
@@ -196,7 +238,11 @@ def cosine_onecycle_schedule(
     ``pct_start·(T + 1)`` is a whole number.
     """
     steps = _check_onecycle(transition_steps, peak_value, pct_start, div_factor, final_div_factor)
-    return piecewise_interpolate_schedule("cosine", peak_value / div_factor, {
-        int(pct_start * steps): div_factor,
-        steps: 1.0 / (div_factor * final_div_factor),
-    })
+    return piecewise_interpolate_schedule(
+        "cosine",
+        peak_value / div_factor,
+        {
+            int(pct_start * steps): div_factor,
+            steps: 1.0 / (div_factor * final_div_factor),
+        },
+    )

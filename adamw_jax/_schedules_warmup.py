@@ -13,18 +13,33 @@ import optax
 
 from adamw_jax import _schedule_arguments as args
 from adamw_jax import _validation as check
-from adamw_jax._schedules_decay import checked_polynomial, cosine_curve, exponential_decay, polynomial_curve
+from adamw_jax._schedules_decay import (
+    checked_polynomial,
+    cosine_curve,
+    exponential_decay,
+    polynomial_curve,
+)
 from adamw_jax._schedules_piecewise import join_schedules
 
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
 
 
-def warmup_constant_schedule(init_value: float, peak_value: float, warmup_steps: int) -> optax.Schedule:
+def warmup_constant_schedule(
+    init_value: float, peak_value: float, warmup_steps: int
+) -> optax.Schedule:
     """Linear from ``init_value`` to ``peak_value`` over ``warmup_steps``, then ``peak_value``:
     ``linear_schedule(init_value, peak_value, warmup_steps)``. As in optax, ``warmup_steps <= 0``
     holds ``init_value`` at every step (a ``UserWarning`` says so when ``peak_value`` differs)."""
-    return checked_polynomial("warmup_constant_schedule", init_value, peak_value, 1.0, warmup_steps, 0,
-                              steps_name="warmup_steps", end_name="peak_value")
+    return checked_polynomial(
+        "warmup_constant_schedule",
+        init_value,
+        peak_value,
+        1.0,
+        warmup_steps,
+        0,
+        steps_name="warmup_steps",
+        end_name="peak_value",
+    )
 
 
 def _check_warmup(warmup_steps: Any) -> int:
@@ -66,13 +81,17 @@ def warmup_cosine_decay_schedule(
             f"decay_steps ({decay_steps}) counts the warmup and must be >= warmup_steps ({warmup_steps})."
         )
     if peak == 0 and end not in (0.0, None):
-        args.warn(f"warmup_cosine_decay_schedule: peak_value=0 decays to 0, not to end_value={end_value!r}, "
-                  "as in optax (whose cosine is scaled by the peak). Pass a peak_value != 0, or "
-                  "end_value=0 to silence this warning.")
+        args.warn(
+            f"warmup_cosine_decay_schedule: peak_value=0 decays to 0, not to end_value={end_value!r}, "
+            "as in optax (whose cosine is scaled by the peak). Pass a peak_value != 0, or "
+            "end_value=0 to silence this warning."
+        )
         end_value = 0.0
     return join_schedules(
-        [polynomial_curve(init_value, peak_value, 1.0, warmup_steps, 0),
-         cosine_curve(peak_value, end_value, exponent, 0, max(decay_steps - warmup_steps, 1))],
+        [
+            polynomial_curve(init_value, peak_value, 1.0, warmup_steps, 0),
+            cosine_curve(peak_value, end_value, exponent, 0, max(decay_steps - warmup_steps, 1)),
+        ],
         [warmup_steps],
     )
 
@@ -94,8 +113,12 @@ def warmup_exponential_decay_schedule(
     args.check_values(init_value=init_value, peak_value=peak_value)
     warmup_steps = _check_warmup(warmup_steps)
     return join_schedules(
-        [polynomial_curve(init_value, peak_value, 1.0, warmup_steps, 0),
-         exponential_decay(peak_value, transition_steps, decay_rate, transition_begin, staircase, end_value)],
+        [
+            polynomial_curve(init_value, peak_value, 1.0, warmup_steps, 0),
+            exponential_decay(
+                peak_value, transition_steps, decay_rate, transition_begin, staircase, end_value
+            ),
+        ],
         [warmup_steps],
     )
 
@@ -136,7 +159,9 @@ def warmup_stable_decay_schedule(
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         t = args.as_count(count)
-        warm = init_value + (peak_value - init_value) * args.elapsed(t, 0, warmup_steps) / max(warmup_steps, 1)
+        warm = init_value + (peak_value - init_value) * args.elapsed(t, 0, warmup_steps) / max(
+            warmup_steps, 1
+        )
         fraction = args.fractions(t, warmup_steps + stable_steps, decay_steps)[0]
         decayed = end_value + (peak_value - end_value) * _cooldown(decay_shape, fraction)
         return args.result(jnp.where(args.before(t, warmup_steps), warm, decayed), t)
@@ -163,4 +188,6 @@ def sgdr_schedule(cosine_kwargs: Iterable[dict[str, Any]]) -> optax.Schedule:
             )
         length = args.check_steps(f"cosine_kwargs[{index}]['decay_steps']", kwargs["decay_steps"])
         boundaries.append((boundaries[-1] if boundaries else 0) + length)
-    return join_schedules([warmup_cosine_decay_schedule(**kwargs) for kwargs in cycles], boundaries[:-1])
+    return join_schedules(
+        [warmup_cosine_decay_schedule(**kwargs) for kwargs in cycles], boundaries[:-1]
+    )

@@ -12,8 +12,10 @@ State = TypeVar("State")
 def find_states(opt_state: Any, state_type: type[State]) -> list[State]:
     """Every ``state_type`` node anywhere in ``opt_state`` (not searched inside each other)."""
     return [
-        node for node in jax.tree_util.tree_leaves(
-            opt_state, is_leaf=lambda node: isinstance(node, state_type))
+        node
+        for node in jax.tree_util.tree_leaves(
+            opt_state, is_leaf=lambda node: isinstance(node, state_type)
+        )
         if isinstance(node, state_type)
     ]
 

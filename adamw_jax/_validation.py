@@ -80,12 +80,18 @@ def check_range(
 
 
 def check_positive(
-    name: str, value: Any, *, high: float = math.inf, high_inclusive: bool = True,
-    finite: bool = False, hint: str = "",
+    name: str,
+    value: Any,
+    *,
+    high: float = math.inf,
+    high_inclusive: bool = True,
+    finite: bool = False,
+    hint: str = "",
 ) -> None:
     """A real scalar ``> 0`` (and ``<= high``, or ``< high``): a divisor, a rate, a threshold."""
-    check_range(name, value, low=0.0, high=high, high_inclusive=high_inclusive, finite=finite,
-                hint=hint)
+    check_range(
+        name, value, low=0.0, high=high, high_inclusive=high_inclusive, finite=finite, hint=hint
+    )
     if concrete_float(value) == 0.0:
         raise ValueError(f"{name} must be > 0, got 0.{' ' + hint if hint else ''}")
 
@@ -107,7 +113,9 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
 def check_schedule_or_none(name: str, value: Callable[..., Any] | None) -> None:
     """Check an optional schedule argument is callable."""
     if value is not None and not callable(value):
-        raise TypeError(f"{name} must be a schedule (a function of the step) or None, got {value!r}.")
+        raise TypeError(
+            f"{name} must be a schedule (a function of the step) or None, got {value!r}."
+        )
 
 
 def check_positive_int(name: str, value: Any, *, allow_none: bool = False, hint: str = "") -> None:

@@ -19,6 +19,7 @@ def skipped_update(
     """The ``lax.cond`` branch that does not run ``inner``: zeros shaped and typed like the
     updates ``inner`` would emit, and its state unchanged. Only shapes are traced here."""
     shapes = jax.eval_shape(
-        lambda u, s, p: inner.update(u, s, p, **extra_args)[0], updates, inner_state, params)
+        lambda u, s, p: inner.update(u, s, p, **extra_args)[0], updates, inner_state, params
+    )
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     return zeros, inner_state

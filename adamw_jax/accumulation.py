@@ -83,7 +83,8 @@ def accumulate_gradients(
         return AccumulateGradientsState(
             micro_step=num.zero_count(),
             gradient_sum=jax.tree_util.tree_map(
-                lambda p: jnp.zeros(jnp.shape(p), num.compute_dtype(p.dtype)), params),
+                lambda p: jnp.zeros(jnp.shape(p), num.compute_dtype(p.dtype)), params
+            ),
             inner_state=inner.init(params),
         )
 
@@ -94,20 +95,24 @@ def accumulate_gradients(
         **extra_args: Any,
     ) -> tuple[optax.Updates, AccumulateGradientsState]:
         gradient_sum = jax.tree_util.tree_map(
-            lambda total, g: total + g.astype(total.dtype), state.gradient_sum, updates)
+            lambda total, g: total + g.astype(total.dtype), state.gradient_sum, updates
+        )
 
         def inner_step(
             gradient_sum: optax.Updates, inner_state: optax.OptState, params: optax.Params | None
         ) -> tuple[optax.Updates, optax.OptState, optax.Updates]:
             mean = jax.tree_util.tree_map(
-                lambda total, g: (total / every_k).astype(g.dtype), gradient_sum, updates)
+                lambda total, g: (total / every_k).astype(g.dtype), gradient_sum, updates
+            )
             new_updates, new_inner_state = inner.update(mean, inner_state, params, **extra_args)
             # Both branches of the cond must agree: an inner optimizer whose state follows the
             # gradient dtype (optax's moments of float16 params fed float32 gradients) is
             # stored back in its own dtypes, as optax.MultiSteps does.
             new_inner_state = jax.tree_util.tree_map(
                 lambda new, old: jnp.asarray(new).astype(jnp.result_type(old)),
-                new_inner_state, inner_state)
+                new_inner_state,
+                inner_state,
+            )
             zeros = jax.tree_util.tree_map(jnp.zeros_like, gradient_sum)
             return new_updates, new_inner_state, zeros
 
@@ -118,7 +123,8 @@ def accumulate_gradients(
 
         is_update = state.micro_step == every_k - 1
         new_updates, inner_state, gradient_sum = jax.lax.cond(
-            is_update, inner_step, accumulate, gradient_sum, state.inner_state, params)
+            is_update, inner_step, accumulate, gradient_sum, state.inner_state, params
+        )
         micro_step = jnp.where(is_update, 0, state.micro_step + 1).astype(num.COUNT_DTYPE)
         return new_updates, AccumulateGradientsState(micro_step, gradient_sum, inner_state)
 

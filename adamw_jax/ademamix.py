@@ -55,8 +55,9 @@ def scale_by_ademamix(
     check.check_range("b1", b1, low=0.0, high=1.0, high_inclusive=False)
     check.check_range("b2", b2, low=0.0, high=1.0, high_inclusive=False)
     check.check_range("b3", b3, low=0.0, high=1.0, high_inclusive=False, allow_schedule=True)
-    check.check_range("alpha", alpha, low=0.0, allow_schedule=True, finite=True,
-                      hint="The paper uses 5 to 10.")
+    check.check_range(
+        "alpha", alpha, low=0.0, allow_schedule=True, finite=True, hint="The paper uses 5 to 10."
+    )
     check.check_range("eps", eps, low=0.0, finite=True)
     check.check_range("eps_root", eps_root, low=0.0, finite=True)
     mu_dtype = num.storage_dtype(mu_dtype, argument="mu_dtype")
@@ -64,12 +65,19 @@ def scale_by_ademamix(
     def init_fn(params: optax.Params) -> ScaleByAdemamixState:
         check.check_parameter_leaves(params)
         ema = lambda: jax.tree_util.tree_map(  # noqa: E731
-            lambda p: jnp.zeros_like(p, dtype=mu_dtype), params)
-        return ScaleByAdemamixState(count=num.zero_count(), m1=ema(), m2=ema(),
-                                    nu=jax.tree_util.tree_map(jnp.zeros_like, params))
+            lambda p: jnp.zeros_like(p, dtype=mu_dtype), params
+        )
+        return ScaleByAdemamixState(
+            count=num.zero_count(),
+            m1=ema(),
+            m2=ema(),
+            nu=jax.tree_util.tree_map(jnp.zeros_like, params),
+        )
 
     def update_fn(
-        updates: optax.Updates, state: ScaleByAdemamixState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: ScaleByAdemamixState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, ScaleByAdemamixState]:
         del params, extra_args
@@ -80,23 +88,35 @@ def scale_by_ademamix(
         correction2 = num.bias_correction(num.one_minus(b2), count)
         one_minus_b3 = num.one_minus(b3) if not callable(b3) else 1 - b3_t
         grads = jax.tree_util.tree_map(
-            lambda g: num.limit_magnitude(g.astype(num.compute_dtype(g.dtype))), updates)
+            lambda g: num.limit_magnitude(g.astype(num.compute_dtype(g.dtype))), updates
+        )
         ema = lambda beta, one_minus, old, new: jax.tree_util.tree_map(  # noqa: E731
-            lambda m, x: beta * m + one_minus * x, old, new)
+            lambda m, x: beta * m + one_minus * x, old, new
+        )
         m1 = ema(num.as_hyperparameter(b1), num.one_minus(b1), state.m1, grads)
         m2 = ema(b3_t, one_minus_b3, state.m2, grads)
-        nu = ema(num.as_hyperparameter(b2), num.one_minus(b2), state.nu,
-                 jax.tree_util.tree_map(num.squared_magnitude, grads))
+        nu = ema(
+            num.as_hyperparameter(b2),
+            num.one_minus(b2),
+            state.nu,
+            jax.tree_util.tree_map(num.squared_magnitude, grads),
+        )
         eps_t, eps_root_t = num.as_hyperparameter(eps), num.as_hyperparameter(eps_root)
         directions = jax.tree_util.tree_map(
             lambda u, a, b, v: num.adam_ratio(
-                a / correction1 + alpha_t * b,
-                jnp.sqrt(v / correction2 + eps_root_t) + eps_t).astype(u.dtype),
-            updates, m1, m2, nu)
+                a / correction1 + alpha_t * b, jnp.sqrt(v / correction2 + eps_root_t) + eps_t
+            ).astype(u.dtype),
+            updates,
+            m1,
+            m2,
+            nu,
+        )
         cast = lambda tree, like: jax.tree_util.tree_map(  # noqa: E731
-            lambda x, y: x.astype(y.dtype), tree, like)
+            lambda x, y: x.astype(y.dtype), tree, like
+        )
         return directions, ScaleByAdemamixState(
-            count=count, m1=cast(m1, state.m1), m2=cast(m2, state.m2), nu=cast(nu, state.nu))
+            count=count, m1=cast(m1, state.m1), m2=cast(m2, state.m2), nu=cast(nu, state.nu)
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -123,10 +143,13 @@ def ademamix_b3_schedule(b3: float, warmup_steps: int, b3_start: float = 0.9) ->
     check.check_positive_int("warmup_steps", warmup_steps)
 
     def schedule(count: jax.Array) -> jax.Array:
-        fraction = jnp.minimum((jnp.asarray(count, num.hyperparameter_dtype()) + 1)
-                               / warmup_steps, 1)
-        log_start, log_end = jnp.log(num.as_hyperparameter(b3_start)), jnp.log(
-            num.as_hyperparameter(b3))
+        fraction = jnp.minimum(
+            (jnp.asarray(count, num.hyperparameter_dtype()) + 1) / warmup_steps, 1
+        )
+        log_start, log_end = (
+            jnp.log(num.as_hyperparameter(b3_start)),
+            jnp.log(num.as_hyperparameter(b3)),
+        )
         return jnp.exp(log_start * log_end / ((1 - fraction) * log_end + fraction * log_start))
 
     return schedule
@@ -147,8 +170,14 @@ def ademamix(
     """AdEMAMix with coupled weight decay, ``optax.contrib.ademamix``'s signature and defaults
     (math in the module docstring); ``b3`` and ``alpha`` may be schedules: the paper's warm-ups
     are ``ademamix_b3_schedule`` and ``ademamix_alpha_schedule``."""
-    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True, finite=True,
-                      hint="Pass the positive step size, e.g. 1e-3.")
+    check.check_range(
+        "learning_rate",
+        learning_rate,
+        low=0.0,
+        allow_schedule=True,
+        finite=True,
+        hint="Pass the positive step size, e.g. 1e-3.",
+    )
     return optax.chain(
         scale_by_ademamix(b1, b2, b3, alpha, eps, eps_root, mu_dtype),
         add_decayed_weights(weight_decay, mask),

@@ -39,7 +39,7 @@ class ScaleByAdoptState(NamedTuple):
 
 
 def _quarter_power(count: jax.Array) -> jax.Array:
-    return count ** 0.25
+    return count**0.25
 
 
 def scale_by_adopt(
@@ -68,10 +68,13 @@ def scale_by_adopt(
         return ScaleByAdoptState(
             count=num.zero_count(),
             mu=jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=mu_dtype), params),
-            nu=jax.tree_util.tree_map(jnp.zeros_like, params))
+            nu=jax.tree_util.tree_map(jnp.zeros_like, params),
+        )
 
     def update_fn(
-        updates: optax.Updates, state: ScaleByAdoptState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: ScaleByAdoptState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, ScaleByAdoptState]:
         del params, extra_args
@@ -89,20 +92,25 @@ def scale_by_adopt(
                 normed = jnp.clip(normed, -limit, limit)
             new_m = jnp.where(first, m, b1_t * m + one_minus_b1 * normed)
             new_v = jnp.where(first, jnp.square(g), b2_t * v + one_minus_b2 * jnp.square(g))
-            u = jnp.where(first, new_m, b1_t * new_m + one_minus_b1 * normed) if nesterov \
-                else new_m
+            u = jnp.where(first, new_m, b1_t * new_m + one_minus_b1 * normed) if nesterov else new_m
             return u, new_m, new_v
 
         leaves, treedef = jax.tree_util.tree_flatten(updates)
-        stepped = [step(g, m, v) for g, m, v in zip(
-            leaves, treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu))]
+        stepped = [
+            step(g, m, v)
+            for g, m, v in zip(
+                leaves, treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
+            )
+        ]
 
         def part(i: int, like: optax.Updates) -> optax.Updates:
-            return treedef.unflatten([s[i].astype(x.dtype) for s, x in
-                                      zip(stepped, treedef.flatten_up_to(like))])
+            return treedef.unflatten(
+                [s[i].astype(x.dtype) for s, x in zip(stepped, treedef.flatten_up_to(like))]
+            )
 
         return part(0, updates), ScaleByAdoptState(
-            count=num.safe_increment(state.count), mu=part(1, state.mu), nu=part(2, state.nu))
+            count=num.safe_increment(state.count), mu=part(1, state.mu), nu=part(2, state.nu)
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -123,15 +131,35 @@ def adopt(
     """ADOPT with coupled weight decay: ``optax.contrib.adopt``'s signature, plus keyword-only
     ``weight_decay`` (``λ``, a float or schedule, from the second step on as timm) and ``mask``
     (which leaves to decay). Math in the module docstring."""
-    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True, finite=True,
-                      hint="Pass the positive step size, e.g. 1e-3.")
-    check.check_range("weight_decay", weight_decay, low=0.0, allow_schedule=True, finite=True,
-                      hint="Use 0.0 to disable decay.")
+    check.check_range(
+        "learning_rate",
+        learning_rate,
+        low=0.0,
+        allow_schedule=True,
+        finite=True,
+        hint="Pass the positive step size, e.g. 1e-3.",
+    )
+    check.check_range(
+        "weight_decay",
+        weight_decay,
+        low=0.0,
+        allow_schedule=True,
+        finite=True,
+        hint="Use 0.0 to disable decay.",
+    )
     return optax.chain(
-        scale_by_adopt(b1, b2, eps, mu_dtype, nesterov=nesterov, use_clipping=use_clipping,
-                       clip_value_fn=clip_value_fn),
+        scale_by_adopt(
+            b1,
+            b2,
+            eps,
+            mu_dtype,
+            nesterov=nesterov,
+            use_clipping=use_clipping,
+            clip_value_fn=clip_value_fn,
+        ),
         add_decayed_weights(
             lambda count: jnp.where(count > 0, num.hyperparameter_at(weight_decay, count), 0.0),
-            mask),
+            mask,
+        ),
         scale_by_learning_rate(learning_rate),
     )

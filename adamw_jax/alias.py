@@ -37,8 +37,14 @@ WEIGHT_DECAY_MODES = ("coupled", "decoupled", "corrected")
 def _check_learning_rate_and_flags(learning_rate: optax.ScalarOrSchedule, **flags: Any) -> None:
     """The checks ``adamw`` and ``adam`` add to those of their blocks (``scale_by_adam`` checks
     the moments' options): a finite ``learning_rate`` >= 0 and real bools."""
-    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True, finite=True,
-                      hint="Pass the positive step size, e.g. 1e-3.")
+    check.check_range(
+        "learning_rate",
+        learning_rate,
+        low=0.0,
+        allow_schedule=True,
+        finite=True,
+        hint="Pass the positive step size, e.g. 1e-3.",
+    )
     for name, flag in flags.items():
         check.check_bool(name, flag)
 
@@ -48,9 +54,13 @@ def _schedule_multiplier(
 ) -> optax.Schedule | None:
     """``s_t = η_t / η_peak`` for decoupled decay; ``None`` (``s_t = 1``) for a constant rate."""
     if peak_learning_rate is not None:
-        check.check_positive("peak_learning_rate", peak_learning_rate, finite=True,
-                             hint="It is the largest value of the learning-rate schedule (the "
-                             "decay multiplier divides by it).")
+        check.check_positive(
+            "peak_learning_rate",
+            peak_learning_rate,
+            finite=True,
+            hint="It is the largest value of the learning-rate schedule (the "
+            "decay multiplier divides by it).",
+        )
         if callable(learning_rate):
             return lambda count: learning_rate(count) / peak_learning_rate
         return lambda count: learning_rate / peak_learning_rate
@@ -63,20 +73,34 @@ def _schedule_multiplier(
     return None
 
 
-def _check_variants(fused: bool, *, cautious: bool, eps_mode: str,
-                    rms_clip_threshold: float | None, cautious_weight_decay: bool = False,
-                    kahan_summation: bool = False) -> None:
+def _check_variants(
+    fused: bool,
+    *,
+    cautious: bool,
+    eps_mode: str,
+    rms_clip_threshold: float | None,
+    cautious_weight_decay: bool = False,
+    kahan_summation: bool = False,
+) -> None:
     """The variant options' checks; ``fused=True`` implements none of them (one pass of plain
     Adam(W)), so asking for one there is a ValueError naming it."""
     check.check_bool("cautious", cautious)
     check.check_bool("cautious_weight_decay", cautious_weight_decay)
     check.check_bool("kahan_summation", kahan_summation)
     if rms_clip_threshold is not None:
-        check.check_positive("rms_clip_threshold", rms_clip_threshold, finite=True,
-                             hint="StableAdamW uses 1.0; None turns the clipping off.")
-    used = {"cautious=True": cautious, "cautious_weight_decay=True": cautious_weight_decay,
-            "rms_clip_threshold": rms_clip_threshold is not None,
-            "eps_mode='atan2'": eps_mode == "atan2", "kahan_summation=True": kahan_summation}
+        check.check_positive(
+            "rms_clip_threshold",
+            rms_clip_threshold,
+            finite=True,
+            hint="StableAdamW uses 1.0; None turns the clipping off.",
+        )
+    used = {
+        "cautious=True": cautious,
+        "cautious_weight_decay=True": cautious_weight_decay,
+        "rms_clip_threshold": rms_clip_threshold is not None,
+        "eps_mode='atan2'": eps_mode == "atan2",
+        "kahan_summation=True": kahan_summation,
+    }
     if fused and any(used.values()):
         raise ValueError(
             f"fused=True does not implement {', '.join(k for k, on in used.items() if on)}: the "
@@ -98,9 +122,14 @@ def _adam_family(
 ) -> optax.GradientTransformationExtraArgs:
     """``_adam_chain``, wrapped in ``low_precision_params`` for stochastic rounding or master
     weights of bf16/f16 parameters, or in ``kahan_summation``."""
-    _check_variants(chain_kwargs["fused"], cautious=cautious, eps_mode=adam_kwargs["eps_mode"],
-                    rms_clip_threshold=rms_clip_threshold,
-                    cautious_weight_decay=cautious_weight_decay, kahan_summation=kahan_summation)
+    _check_variants(
+        chain_kwargs["fused"],
+        cautious=cautious,
+        eps_mode=adam_kwargs["eps_mode"],
+        rms_clip_threshold=rms_clip_threshold,
+        cautious_weight_decay=cautious_weight_decay,
+        kahan_summation=kahan_summation,
+    )
     if kahan_summation and (stochastic_rounding or master_weights):
         raise ValueError(
             "kahan_summation=True is an alternative to stochastic_rounding and master_weights "
@@ -110,14 +139,18 @@ def _adam_family(
         adam_kwargs = dict(adam_kwargs, stochastic_rounding=True)
     optimizer = _adam_chain(learning_rate, adam_kwargs, cautious=cautious, **chain_kwargs)
     if rms_clip_threshold is not None:
-        optimizer = clip_by_update_rms(optimizer, rms_clip_threshold, b2=adam_kwargs["b2"],
-                                       eps=adam_kwargs["eps"])
+        optimizer = clip_by_update_rms(
+            optimizer, rms_clip_threshold, b2=adam_kwargs["b2"], eps=adam_kwargs["eps"]
+        )
     if kahan_summation:
         return _with_state_check(kahan_summation_of(optimizer))
     optimizer = _with_state_check(optimizer)
     if stochastic_rounding or master_weights:
-        return optax.with_extra_args_support(low_precision_params(
-            optimizer, master_weights=master_weights, stochastic_rounding=stochastic_rounding))
+        return optax.with_extra_args_support(
+            low_precision_params(
+                optimizer, master_weights=master_weights, stochastic_rounding=stochastic_rounding
+            )
+        )
     return optimizer
 
 
@@ -135,13 +168,17 @@ def _check_same_tree(updates: optax.Updates, params: optax.Params | None) -> Non
     structure = jax.tree_util.tree_structure
     if structure(updates) == structure(params):
         return
-    paths = [{jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
-             for tree in (updates, params)]
+    paths = [
+        {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
+        for tree in (updates, params)
+    ]
     only_grads, only_params = sorted(paths[0] - paths[1]), sorted(paths[1] - paths[0])
-    where = (f"only in the gradients: {', '.join(only_grads) or 'none'}; only in the parameters: "
-             f"{', '.join(only_params) or 'none'}"
-             if only_grads or only_params else
-             f"the containers differ: {structure(updates)} vs {structure(params)}")
+    where = (
+        f"only in the gradients: {', '.join(only_grads) or 'none'}; only in the parameters: "
+        f"{', '.join(only_params) or 'none'}"
+        if only_grads or only_params
+        else f"the containers differ: {structure(updates)} vs {structure(params)}"
+    )
     raise ValueError(
         f"the gradients' tree does not match the parameters' ({where}). Pass gradients of exactly "
         "the tree being optimized, e.g. jax.grad of the loss with respect to those parameters."
@@ -156,8 +193,12 @@ def _with_state_check(
     (adam vs adamw, ``maximize``, ``fused``...), instead of failing inside the chain."""
 
     def checked(method: Callable[..., Any]) -> Callable[..., Any]:
-        def run(updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None,
-                **extra_args: Any):
+        def run(
+            updates: optax.Updates,
+            state: optax.OptState,
+            params: optax.Params | None = None,
+            **extra_args: Any,
+        ):
             _check_same_tree(updates, params)
             # Abstract: init is traced for its structure, nothing is computed.
             expected = _state_kinds(jax.eval_shape(optimizer.init, updates))
@@ -173,8 +214,9 @@ def _with_state_check(
         return run
 
     if isinstance(optimizer, FusedTransformation):
-        return FusedTransformation(optimizer.init, checked(optimizer.update),
-                                   checked(optimizer.step))
+        return FusedTransformation(
+            optimizer.init, checked(optimizer.update), checked(optimizer.step)
+        )
     return optax.GradientTransformationExtraArgs(optimizer.init, checked(optimizer.update))
 
 
@@ -193,8 +235,11 @@ def _adam_chain(
     (the arguments ``decay`` was built from: weight_decay, mask, schedule_multiplier)."""
     if fused:
         return fused_adam_family(
-            learning_rate, adam_kwargs, maximize=maximize,
-            decay_after_learning_rate=decay_after_learning_rate, **(decay_kwargs or {}),
+            learning_rate,
+            adam_kwargs,
+            maximize=maximize,
+            decay_after_learning_rate=decay_after_learning_rate,
+            **(decay_kwargs or {}),
         )
     steps = [optax.scale(-1.0)] if maximize else []
     adam = scale_by_adam(**adam_kwargs)
@@ -207,16 +252,39 @@ def _adam_chain(
     return optax.chain(*steps)
 
 
-def _adam_kwargs(b1: Any, b2: Any, eps: Any, eps_root: Any, eps_mode: str, amsgrad: bool,
-                 nesterov: bool, mu_dtype: Any, nu_dtype: Any) -> dict[str, Any]:
+def _adam_kwargs(
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    eps_root: Any,
+    eps_mode: str,
+    amsgrad: bool,
+    nesterov: bool,
+    mu_dtype: Any,
+    nu_dtype: Any,
+) -> dict[str, Any]:
     """``scale_by_adam``'s arguments as ``adamw`` and ``adam`` pass them."""
-    return dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root, eps_mode=eps_mode, amsgrad=amsgrad,
-                nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    return dict(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        eps_mode=eps_mode,
+        amsgrad=amsgrad,
+        nesterov=nesterov,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
 
 
 def _decay(
-    mode: str, learning_rate: optax.ScalarOrSchedule, weight_decay: optax.ScalarOrSchedule,
-    mask: Mask | None, peak_learning_rate: float | None, *, cautious: bool,
+    mode: str,
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: optax.ScalarOrSchedule,
+    mask: Mask | None,
+    peak_learning_rate: float | None,
+    *,
+    cautious: bool,
 ) -> tuple[dict[str, Any], optax.GradientTransformation]:
     """The decay box of ``mode`` and the arguments it was built from (the fused step's).
 
@@ -227,21 +295,33 @@ def _decay(
             "remove it."
         )
     if mode == "decoupled":
-        kwargs = dict(weight_decay=weight_decay, mask=mask,
-                      schedule_multiplier=_schedule_multiplier(learning_rate, peak_learning_rate,
-                                                               mode))
-        box = (add_cautious_decayed_weights(**kwargs, after_learning_rate=True) if cautious
-               else decoupled_weight_decay(**kwargs))
+        kwargs = dict(
+            weight_decay=weight_decay,
+            mask=mask,
+            schedule_multiplier=_schedule_multiplier(learning_rate, peak_learning_rate, mode),
+        )
+        box = (
+            add_cautious_decayed_weights(**kwargs, after_learning_rate=True)
+            if cautious
+            else decoupled_weight_decay(**kwargs)
+        )
         return kwargs, box
     if mode == "corrected":
-        check.check_range("weight_decay", weight_decay, low=0.0, allow_schedule=True,
-                          finite=True, hint="Use 0.0 to disable decay.")
+        check.check_range(
+            "weight_decay",
+            weight_decay,
+            low=0.0,
+            allow_schedule=True,
+            finite=True,
+            hint="Use 0.0 to disable decay.",
+        )
         multiplier = _schedule_multiplier(learning_rate, peak_learning_rate, mode)
         if multiplier is not None:
             weight_decay = _times(weight_decay, multiplier)
     kwargs = dict(weight_decay=weight_decay, mask=mask)
-    return kwargs, (add_cautious_decayed_weights(**kwargs) if cautious
-                    else add_decayed_weights(**kwargs))
+    return kwargs, (
+        add_cautious_decayed_weights(**kwargs) if cautious else add_decayed_weights(**kwargs)
+    )
 
 
 def _times(value: optax.ScalarOrSchedule, schedule: optax.Schedule) -> optax.Schedule:
@@ -315,19 +395,35 @@ def adamw(
     """
     check.check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
     check.check_bool("cautious_weight_decay", cautious_weight_decay)
-    _check_learning_rate_and_flags(learning_rate, maximize=maximize, fused=fused,
-                                   stochastic_rounding=stochastic_rounding,
-                                   master_weights=master_weights)
-    decay_kwargs, decay = _decay(weight_decay_mode, learning_rate, weight_decay, mask,
-                                 peak_learning_rate, cautious=cautious_weight_decay)
+    _check_learning_rate_and_flags(
+        learning_rate,
+        maximize=maximize,
+        fused=fused,
+        stochastic_rounding=stochastic_rounding,
+        master_weights=master_weights,
+    )
+    decay_kwargs, decay = _decay(
+        weight_decay_mode,
+        learning_rate,
+        weight_decay,
+        mask,
+        peak_learning_rate,
+        cautious=cautious_weight_decay,
+    )
     return _adam_family(
         learning_rate,
         _adam_kwargs(b1, b2, eps, eps_root, eps_mode, amsgrad, nesterov, mu_dtype, nu_dtype),
-        maximize=maximize, fused=fused, decay=decay,
-        decay_after_learning_rate=weight_decay_mode == "decoupled", decay_kwargs=decay_kwargs,
-        stochastic_rounding=stochastic_rounding, master_weights=master_weights,
-        cautious=cautious, cautious_weight_decay=cautious_weight_decay,
-        rms_clip_threshold=rms_clip_threshold, kahan_summation=kahan_summation,
+        maximize=maximize,
+        fused=fused,
+        decay=decay,
+        decay_after_learning_rate=weight_decay_mode == "decoupled",
+        decay_kwargs=decay_kwargs,
+        stochastic_rounding=stochastic_rounding,
+        master_weights=master_weights,
+        cautious=cautious,
+        cautious_weight_decay=cautious_weight_decay,
+        rms_clip_threshold=rms_clip_threshold,
+        kahan_summation=kahan_summation,
     )
 
 
@@ -353,13 +449,21 @@ def adam(
 ) -> optax.GradientTransformationExtraArgs:
     """Adam (Kingma & Ba 2015) without weight decay: ``optax.adam``'s positional arguments and
     defaults, the other options keyword-only and as in ``adamw``."""
-    _check_learning_rate_and_flags(learning_rate, maximize=maximize, fused=fused,
-                                   stochastic_rounding=stochastic_rounding,
-                                   master_weights=master_weights)
+    _check_learning_rate_and_flags(
+        learning_rate,
+        maximize=maximize,
+        fused=fused,
+        stochastic_rounding=stochastic_rounding,
+        master_weights=master_weights,
+    )
     return _adam_family(
         learning_rate,
         _adam_kwargs(b1, b2, eps, eps_root, eps_mode, amsgrad, nesterov, mu_dtype, nu_dtype),
-        maximize=maximize, fused=fused, stochastic_rounding=stochastic_rounding,
-        master_weights=master_weights, cautious=cautious, rms_clip_threshold=rms_clip_threshold,
+        maximize=maximize,
+        fused=fused,
+        stochastic_rounding=stochastic_rounding,
+        master_weights=master_weights,
+        cautious=cautious,
+        rms_clip_threshold=rms_clip_threshold,
         kahan_summation=kahan_summation,
     )

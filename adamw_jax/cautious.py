@@ -38,8 +38,11 @@ def _cautious(u: jax.Array, g: jax.Array, min_kept_fraction: float) -> jax.Array
     """``u ⊙ φ / max(mean(φ), min)`` with ``φ = 1[u ⊙ g > 0]``, in at least float32."""
     dtype = num.compute_dtype(u.dtype)
     kept = (u.astype(dtype) * g.astype(dtype) > 0).astype(dtype)
-    fraction = jnp.maximum(jnp.mean(kept), num.as_hyperparameter(min_kept_fraction)) \
-        if kept.size else num.as_hyperparameter(1.0)
+    fraction = (
+        jnp.maximum(jnp.mean(kept), num.as_hyperparameter(min_kept_fraction))
+        if kept.size
+        else num.as_hyperparameter(1.0)
+    )
     return (u.astype(dtype) * kept / fraction).astype(u.dtype)
 
 
@@ -54,17 +57,21 @@ def scale_by_cautious_mask(
         ``scale_by_adam()``; its state is this transformation's state.
       min_kept_fraction: the floor of the kept fraction, in (0, 1] (timm's 1e-3).
     """
-    check.check_positive("min_kept_fraction", min_kept_fraction, high=1.0, finite=True,
-                         hint="timm uses 1e-3.")
+    check.check_positive(
+        "min_kept_fraction", min_kept_fraction, high=1.0, finite=True, hint="timm uses 1e-3."
+    )
     inner = optax.with_extra_args_support(inner)
 
     def update_fn(
-        updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: optax.OptState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, optax.OptState]:
         directions, state = inner.update(updates, state, params, **extra_args)
         return jax.tree_util.tree_map(
-            lambda u, g: _cautious(u, g, min_kept_fraction), directions, updates), state
+            lambda u, g: _cautious(u, g, min_kept_fraction), directions, updates
+        ), state
 
     return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
@@ -86,8 +93,14 @@ def add_cautious_decayed_weights(
       schedule_multiplier: ``s_t`` of decoupled decay (``None``: 1).
       after_learning_rate: place the box after ``scale_by_learning_rate`` (decoupled decay).
     """
-    check.check_range("weight_decay", weight_decay, low=0.0, allow_schedule=True, finite=True,
-                      hint="Use 0.0 to disable decay.")
+    check.check_range(
+        "weight_decay",
+        weight_decay,
+        low=0.0,
+        allow_schedule=True,
+        finite=True,
+        hint="Use 0.0 to disable decay.",
+    )
     check.check_schedule_or_none("schedule_multiplier", schedule_multiplier)
     check.check_bool("after_learning_rate", after_learning_rate)
     sign = -1.0 if after_learning_rate else 1.0
@@ -97,7 +110,9 @@ def add_cautious_decayed_weights(
         return WeightDecayState(count=num.zero_count())
 
     def update_fn(
-        updates: optax.Updates, state: WeightDecayState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: WeightDecayState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, WeightDecayState]:
         del extra_args
@@ -118,7 +133,8 @@ def add_cautious_decayed_weights(
             return (u32 + jnp.where(agree, sign * c_t * p, 0)).astype(u.dtype)
 
         new_updates = where_masked(
-            mask, params, jax.tree_util.tree_map(decayed, updates, params), updates)
+            mask, params, jax.tree_util.tree_map(decayed, updates, params), updates
+        )
         return new_updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -48,7 +48,9 @@ def _stateless(
         return ClipState()
 
     def update_fn(
-        updates: optax.Updates, state: ClipState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: ClipState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, ClipState]:
         del params, extra_args
@@ -58,8 +60,13 @@ def _stateless(
 
 
 def _check_threshold(name: str, value: Any) -> None:
-    check.check_range(name, value, low=0.0, hint=f"{name} is the clipping threshold, e.g. 1.0; "
-                      "inf disables clipping, 0 zeroes every gradient.")
+    check.check_range(
+        name,
+        value,
+        low=0.0,
+        hint=f"{name} is the clipping threshold, e.g. 1.0; "
+        "inf disables clipping, 0 zeroes every gradient.",
+    )
 
 
 def _compute(g: jax.Array) -> jax.Array:
@@ -68,8 +75,11 @@ def _compute(g: jax.Array) -> jax.Array:
 
 def _max_magnitude(leaves: Sequence[jax.Array]) -> jax.Array:
     """``max |g|`` over every element (real and imaginary parts apart), NaN if any is NaN."""
-    parts = [jnp.max(jnp.abs(p), initial=0.0).astype(num.hyperparameter_dtype())
-             for g in leaves for p in ((g.real, g.imag) if jnp.iscomplexobj(g) else (g,))]
+    parts = [
+        jnp.max(jnp.abs(p), initial=0.0).astype(num.hyperparameter_dtype())
+        for g in leaves
+        for p in ((g.real, g.imag) if jnp.iscomplexobj(g) else (g,))
+    ]
     return jnp.max(jnp.stack(parts)) if parts else jnp.zeros([], num.hyperparameter_dtype())
 
 
@@ -100,8 +110,11 @@ def _norm(leaves: Sequence[jax.Array]) -> _Norm:
     largest = _max_magnitude(leaves)
     info = jnp.finfo(largest.dtype)
     _, exponent = jnp.frexp(largest)  # largest = mantissa · 2^exponent, mantissa in [0.5, 1)
-    k = jnp.where((largest > 0) & jnp.isfinite(largest),
-                  jnp.clip(exponent - 1, -info.maxexp + 2, info.maxexp - 2), 0)
+    k = jnp.where(
+        (largest > 0) & jnp.isfinite(largest),
+        jnp.clip(exponent - 1, -info.maxexp + 2, info.maxexp - 2),
+        0,
+    )
     scale, inverse = _power_of_two(k, largest.dtype), _power_of_two(-k, largest.dtype)
     squares = [jnp.sum(num.squared_magnitude(_compute(g) * inverse)) for g in leaves]
     scaled = jnp.sqrt(sum(squares, jnp.zeros([], largest.dtype)))
@@ -116,7 +129,9 @@ def global_norm(tree: optax.Updates) -> jax.Array:
 
 
 def _clip_to_norm(
-    leaves: Sequence[jax.Array], bound: jax.Array, offset: jax.Array,
+    leaves: Sequence[jax.Array],
+    bound: jax.Array,
+    offset: jax.Array,
 ) -> list[jax.Array]:
     """The leaves times ``c / (‖G‖₂ + eps)`` where ``‖G‖₂ + eps > c``, else unchanged."""
     norm = _norm(leaves)
@@ -147,7 +162,8 @@ def clip_by_value(max_value: float) -> optax.GradientTransformationExtraArgs:
     def clip(updates: optax.Updates) -> optax.Updates:
         bound = num.as_hyperparameter(max_value)
         return jax.tree_util.tree_map(
-            lambda g: jnp.clip(_compute(g), -bound, bound).astype(g.dtype), updates)
+            lambda g: jnp.clip(_compute(g), -bound, bound).astype(g.dtype), updates
+        )
 
     return _stateless(clip)
 
@@ -169,7 +185,9 @@ def clip_by_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
 
 
 def clip_by_global_norm(
-    max_norm: float, *, eps: float = 0.0,
+    max_norm: float,
+    *,
+    eps: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     """Rescale all gradients together so their joint L2 norm is at most ``max_norm``:
     ``g ← g · c / max(‖G‖₂ + eps, c)``.
@@ -182,8 +200,14 @@ def clip_by_global_norm(
       eps: added to the norm in the denominator, finite and >= 0.
     """
     _check_threshold("max_norm", max_norm)
-    check.check_range("eps", eps, low=0.0, high=math.inf, high_inclusive=False,
-                      hint="Use 0.0 (optax, Keras) or 1e-6 (torch).")
+    check.check_range(
+        "eps",
+        eps,
+        low=0.0,
+        high=math.inf,
+        high_inclusive=False,
+        hint="Use 0.0 (optax, Keras) or 1e-6 (torch).",
+    )
 
     def clip(updates: optax.Updates) -> optax.Updates:
         leaves, treedef = jax.tree_util.tree_flatten(updates)

@@ -59,12 +59,24 @@ def param_ema(
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a ``ParamEmaState``.
     """
-    check.check_range("momentum", momentum, low=0.0, high=1.0,
-                      hint="It is the EMA decay per step, typically 0.99 or 0.999.")
-    check.check_positive_int("overwrite_every", overwrite_every, allow_none=True,
-                             hint="It is the number of steps between overwrites of the params.")
-    check.check_positive_int("accumulation_steps", accumulation_steps,
-                             hint="It is the micro-steps per accumulated step (1: none).")
+    check.check_range(
+        "momentum",
+        momentum,
+        low=0.0,
+        high=1.0,
+        hint="It is the EMA decay per step, typically 0.99 or 0.999.",
+    )
+    check.check_positive_int(
+        "overwrite_every",
+        overwrite_every,
+        allow_none=True,
+        hint="It is the number of steps between overwrites of the params.",
+    )
+    check.check_positive_int(
+        "accumulation_steps",
+        accumulation_steps,
+        hint="It is the micro-steps per accumulated step (1: none).",
+    )
     ema_dtype = num.storage_dtype(ema_dtype, argument="ema_dtype")
     mu = num.as_hyperparameter(momentum)
     one_minus_mu = num.one_minus(momentum)
@@ -72,12 +84,15 @@ def param_ema(
     def init_fn(params: optax.Params) -> ParamEmaState:
         return ParamEmaState(
             count=num.zero_count(),
-            ema=jax.tree_util.tree_map(lambda p: jnp.zeros(jnp.shape(p), ema_dtype or p.dtype),
-                                       params),
+            ema=jax.tree_util.tree_map(
+                lambda p: jnp.zeros(jnp.shape(p), ema_dtype or p.dtype), params
+            ),
         )
 
     def update_fn(
-        updates: optax.Updates, state: ParamEmaState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: ParamEmaState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, ParamEmaState]:
         del extra_args
@@ -98,7 +113,9 @@ def param_ema(
 
             def onto_average(u: jax.Array, p: jax.Array, new_ema: jax.Array) -> jax.Array:
                 dtype = num.compute_dtype(jnp.result_type(p, new_ema))
-                return jnp.where(overwrite, new_ema.astype(dtype) - p.astype(dtype), u).astype(u.dtype)
+                return jnp.where(overwrite, new_ema.astype(dtype) - p.astype(dtype), u).astype(
+                    u.dtype
+                )
 
             updates = jax.tree_util.tree_map(onto_average, updates, params, ema)
         return updates, ParamEmaState(count=num.safe_increment(state.count), ema=ema)

@@ -72,7 +72,8 @@ def unflatten(layout: FlatLayout, buffers: tuple[jax.Array, ...]) -> Any:
                 f"buffers[{group}] has shape {tuple(np.shape(buffer))} but the layout's buffer "
                 f"{group} holds ({size},) elements (its leaves and padding); pass the buffers "
                 "returned by flatten with this layout (or an update of them), not another "
-                "model's or a resized copy.")
+                "model's or a resized copy."
+            )
     return layout.unpack(buffers)
 
 

@@ -51,16 +51,19 @@ def _applied_updates(new_params: Any, params: Any) -> Any:
 
 def _check_grads_match(grads: Any, params: Any) -> None:
     """The gradients have the parameters' paths, or a ValueError names those that differ."""
+
     def paths(tree: Any) -> set[str]:
-        return {jax.tree_util.keystr(path) for path, _ in
-                jax.tree_util.tree_flatten_with_path(tree)[0]}
+        return {
+            jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+        }
 
     missing, unexpected = sorted(paths(params) - paths(grads)), sorted(paths(grads) - paths(params))
     if missing or unexpected:
         raise ValueError(
             f"update(model, grads): grads do not match the model's `wrt` variables (missing "
             f"{missing}, unexpected {unexpected}); take them with nnx.grad(loss_fn)(model), "
-            f"filtered as the optimizer's wrt.")
+            f"filtered as the optimizer's wrt."
+        )
 
 
 class Optimizer(nnx.Optimizer[M]):
@@ -100,7 +103,8 @@ class Optimizer(nnx.Optimizer[M]):
         grad_arrays = nnx.as_pure(nnx.state(grads, self.wrt, graph=self.graph))
         _check_grads_match(grad_arrays, params)
         new_params, new_opt_state = update_and_apply(
-            self.tx, grad_arrays, nnx.as_pure(self.opt_state), params, **nnx.as_pure(kwargs))
+            self.tx, grad_arrays, nnx.as_pure(self.opt_state), params, **nnx.as_pure(kwargs)
+        )
         nnx.update(model, new_params)
         nnx.update(self.opt_state, nnx.state(new_opt_state, graph=self.graph))
         self.step[...] += 1
@@ -113,14 +117,17 @@ def _check_apply_arguments(
     """``extra_args`` is a mapping and ``fields`` are the state's: a keyword of ``tx.update``
     given as a field (``value=loss``) gets a TypeError saying where it goes."""
     if extra_args is not None and not isinstance(extra_args, Mapping):
-        raise TypeError(f"apply_gradients(extra_args=...) must be a mapping of tx.update's keyword "
-                        f"arguments, e.g. {{'value': loss}}; got {type(extra_args).__name__}.")
+        raise TypeError(
+            f"apply_gradients(extra_args=...) must be a mapping of tx.update's keyword "
+            f"arguments, e.g. {{'value': loss}}; got {type(extra_args).__name__}."
+        )
     unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise TypeError(
             f"apply_gradients got {unknown}, which are not fields of {cls.__name__}: keyword "
             f"arguments of tx.update go in extra_args, e.g. apply_gradients(grads=grads, "
-            f"extra_args={{{unknown[0]!r}: ...}}).")
+            f"extra_args={{{unknown[0]!r}: ...}})."
+        )
 
 
 class TrainState(train_state.TrainState):
@@ -151,10 +158,17 @@ class TrainState(train_state.TrainState):
         _check_apply_arguments(type(self), extra_args, kwargs)
         overwrite = OVERWRITE_WITH_GRADIENT in grads
         new_params, new_opt_state = update_and_apply(
-            self.tx, grads["params"] if overwrite else grads, self.opt_state,
-            self.params["params"] if overwrite else self.params, **(extra_args or {}))
+            self.tx,
+            grads["params"] if overwrite else grads,
+            self.opt_state,
+            self.params["params"] if overwrite else self.params,
+            **(extra_args or {}),
+        )
         if overwrite:
-            new_params = {"params": new_params,
-                          OVERWRITE_WITH_GRADIENT: grads[OVERWRITE_WITH_GRADIENT]}
-        return self.replace(step=self.step + 1, params=new_params, opt_state=new_opt_state,
-                            **kwargs)
+            new_params = {
+                "params": new_params,
+                OVERWRITE_WITH_GRADIENT: grads[OVERWRITE_WITH_GRADIENT],
+            }
+        return self.replace(
+            step=self.step + 1, params=new_params, opt_state=new_opt_state, **kwargs
+        )

@@ -125,17 +125,36 @@ def fused_adam_family(
       whose state is a ``FusedAdamState``.
     """
     scale_by_adam(**adam_kwargs)  # the argument checks, with the unfused path's messages
-    options = dict(b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, bias_correction=True,
-                   eps_mode="adam", amsgrad=False, nesterov=False, mu_dtype=None, nu_dtype=None,
-                   stochastic_rounding=False)
+    options = dict(
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        eps_root=0.0,
+        bias_correction=True,
+        eps_mode="adam",
+        amsgrad=False,
+        nesterov=False,
+        mu_dtype=None,
+        nu_dtype=None,
+        stochastic_rounding=False,
+    )
     options.update(adam_kwargs)
     mu_storage, nu_storage = (
-        lowbit.moment_storage(options[name], argument=name, second_moment=second,
-                              stochastic_rounding=options["stochastic_rounding"])
-        for name, second in (("mu_dtype", False), ("nu_dtype", True)))
+        lowbit.moment_storage(
+            options[name],
+            argument=name,
+            second_moment=second,
+            stochastic_rounding=options["stochastic_rounding"],
+        )
+        for name, second in (("mu_dtype", False), ("nu_dtype", True))
+    )
     amsgrad = options["amsgrad"]
-    layout_for = _layout_builder(weight_decay is not None, mask, pad_multiple,
-                                 blocks=mu_storage.uses_blocks or nu_storage.uses_blocks)
+    layout_for = _layout_builder(
+        weight_decay is not None,
+        mask,
+        pad_multiple,
+        blocks=mu_storage.uses_blocks or nu_storage.uses_blocks,
+    )
     scalars_at = _scalars_builder(
         learning_rate, options, weight_decay, schedule_multiplier, decay_after_learning_rate
     )
@@ -145,27 +164,35 @@ def fused_adam_family(
         layout = layout_for(params)
         zeros = _zero_buffers(layout, layout.treedef.flatten_up_to(params))
         nu = _zero_moments(nu_storage, layout, zeros)
-        return FusedAdamState(num.zero_count(), _zero_moments(mu_storage, layout, zeros), nu,
-                              nu if amsgrad else None)
+        return FusedAdamState(
+            num.zero_count(), _zero_moments(mu_storage, layout, zeros), nu, nu if amsgrad else None
+        )
 
     def fused_step(
-        updates: optax.Updates, state: FusedAdamState, params: optax.Params | None,
+        updates: optax.Updates,
+        state: FusedAdamState,
+        params: optax.Params | None,
         write_params: bool,
     ) -> tuple[optax.Updates, FusedAdamState]:
         """``(u, state)``, or with ``write_params`` ``(θ + u, state)``, group by group."""
         has_leaves = bool(jax.tree_util.tree_leaves(updates))
         if (weight_decay is not None or write_params) and params is None and has_leaves:
-            raise ValueError("weight decay needs the parameters: call update(updates, state, params).")
+            raise ValueError(
+                "weight decay needs the parameters: call update(updates, state, params)."
+            )
         layout = layout_for(updates if params is None else params)
         _check_state_fits(layout, state, amsgrad)
         scalars = scalars_at(state.count)
         count = num.safe_increment(state.count)
         grads = layout.treedef.flatten_up_to(updates)
         _check_gradient_shapes(layout, grads, params)
-        param_leaves = (layout.treedef.flatten_up_to(params) if params is not None
-                        else [None] * len(grads))
-        like = tuple(jax.ShapeDtypeStruct(s, num.compute_dtype(d))
-                     for s, d in zip(_buffer_shapes(layout), layout.group_dtypes))
+        param_leaves = (
+            layout.treedef.flatten_up_to(params) if params is not None else [None] * len(grads)
+        )
+        like = tuple(
+            jax.ShapeDtypeStruct(s, num.compute_dtype(d))
+            for s, d in zip(_buffer_shapes(layout), layout.group_dtypes)
+        )
         storages = (mu_storage, nu_storage, nu_storage)  # of mu, nu, nu_max
         run_natively = native.enabled()
         outputs = [None] * len(grads)
@@ -175,8 +202,11 @@ def fused_adam_family(
             # the caller's θ + u, a fresh buffer of a large leaf costs its page faults.
             stored = [moment[group] for moment in _stored_moments(state)]
             natively = run_natively and _group_pass.runs_natively(
-                layout.group_dtypes[group], [grads[i] for i in members], stored,
-                options["stochastic_rounding"])
+                layout.group_dtypes[group],
+                [grads[i] for i in members],
+                stored,
+                options["stochastic_rounding"],
+            )
             # The kernel reads and writes the stored moments itself. It writes θ + u, or the u of
             # small leaves; a large leaf's u would be a fresh buffer (its page faults cost more
             # than the pass), so there the kernel writes the float32 moments only and XLA forms
@@ -188,15 +218,23 @@ def fused_adam_family(
                 group_pass, moments = _group_pass.native_moments_group_pass, tuple(stored)
             else:
                 group_pass = _group_pass.xla_group_pass
-                moments = tuple(storage.decode(x, like[group])
-                                for storage, x in zip(storages, stored))
+                moments = tuple(
+                    storage.decode(x, like[group]) for storage, x in zip(storages, stored)
+                )
             leaf_out, group_moments = group_pass(
-                scalars, moments,
+                scalars,
+                moments,
                 [param_leaves[i] for i in members] if params is not None else None,
-                [grads[i] for i in members], [layout.slots[i] for i in members],
-                _group_pass.GroupOptions(amsgrad, options["nesterov"], maximize,
-                                         decayed=layout.group_keys[group][1],
-                                         write_params=write_params))
+                [grads[i] for i in members],
+                [layout.slots[i] for i in members],
+                _group_pass.GroupOptions(
+                    amsgrad,
+                    options["nesterov"],
+                    maximize,
+                    decayed=layout.group_keys[group][1],
+                    write_params=write_params,
+                ),
+            )
             for i, out in zip(members, leaf_out):
                 dtype = param_leaves[i].dtype if write_params else jnp.result_type(grads[i])
                 outputs[i] = out if out.dtype == dtype else out.astype(dtype)
@@ -206,12 +244,17 @@ def fused_adam_family(
             count=count,
             mu=mu_storage.encode(mu, state.mu, count, lowbit.FIRST_MOMENT_STREAM),
             nu=nu_storage.encode(nu, state.nu, count, lowbit.SECOND_MOMENT_STREAM),
-            nu_max=nu_storage.encode(nu_max[0], state.nu_max, count,
-                                     lowbit.MAX_SECOND_MOMENT_STREAM) if amsgrad else None,
+            nu_max=nu_storage.encode(
+                nu_max[0], state.nu_max, count, lowbit.MAX_SECOND_MOMENT_STREAM
+            )
+            if amsgrad
+            else None,
         )
 
     def update_fn(
-        updates: optax.Updates, state: FusedAdamState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: FusedAdamState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, FusedAdamState]:
         del extra_args  # optax's rule: a transform ignores the extra arguments it does not use
@@ -251,12 +294,19 @@ def _layout_builder(
         def group_key(index: int, leaf: Any) -> tuple[np.dtype, bool, int, bool]:
             dtype = np.dtype(jnp.result_type(leaf))
             alone = index if np.size(leaf) >= OWN_BUFFER_SIZE else -1
-            in_blocks = (blocks and np.size(leaf) >= lowbit.MIN_BLOCKWISE_SIZE
-                         and not jnp.issubdtype(dtype, jnp.complexfloating))
+            in_blocks = (
+                blocks
+                and np.size(leaf) >= lowbit.MIN_BLOCKWISE_SIZE
+                and not jnp.issubdtype(dtype, jnp.complexfloating)
+            )
             return dtype, flags[index], alone, in_blocks
 
-        return layout_of(params, group_key=group_key, multiple=pad_multiple,
-                         alignment=lambda key: lowbit.BLOCK_SIZE if key[3] else 1)
+        return layout_of(
+            params,
+            group_key=group_key,
+            multiple=pad_multiple,
+            alignment=lambda key: lowbit.BLOCK_SIZE if key[3] else 1,
+        )
 
     return layout_for
 
@@ -268,8 +318,9 @@ def _zero_moments(
     ``storage`` says; a group of leaves that the unfused path keeps in float32 (under 4096
     elements each) keeps float32 here too."""
     small = dataclasses.replace(storage, dtype=jnp.float32) if storage.uses_blocks else storage
-    return tuple((storage if key[3] else small).init(buffer)
-                 for key, buffer in zip(layout.group_keys, zeros))
+    return tuple(
+        (storage if key[3] else small).init(buffer) for key, buffer in zip(layout.group_keys, zeros)
+    )
 
 
 def _zero_buffers(layout: FlatLayout, leaves: list[Any]) -> tuple[jax.Array, ...]:
@@ -280,8 +331,11 @@ def _zero_buffers(layout: FlatLayout, leaves: list[Any]) -> tuple[jax.Array, ...
     for group, (members, shape) in enumerate(zip(layout.leaf_groups(), _buffer_shapes(layout))):
         dtype = layout.group_dtypes[group]
         leaf = leaves[members[0]] if len(members) == 1 else None
-        split = leaf is not None and layout.slots[members[0]].shape == shape and (
-            explicit_sharding(leaf) is not None)
+        split = (
+            leaf is not None
+            and layout.slots[members[0]].shape == shape
+            and (explicit_sharding(leaf) is not None)
+        )
         zeros.append(jnp.zeros_like(leaf, dtype) if split else jnp.zeros(shape, dtype))
     return tuple(zeros)
 
@@ -316,7 +370,8 @@ def _check_state_fits(layout: FlatLayout, state: FusedAdamState, amsgrad: bool) 
     if amsgrad != (state.nu_max is not None):
         raise ValueError(
             f"this optimizer has amsgrad={amsgrad} but the state was made with "
-            f"amsgrad={not amsgrad}: call init with the optimizer you update with.")
+            f"amsgrad={not amsgrad}: call init with the optimizer you update with."
+        )
 
 
 def _check_gradient_shapes(layout: FlatLayout, grads: list[Any], params: Any) -> None:
@@ -330,7 +385,8 @@ def _check_gradient_shapes(layout: FlatLayout, grads: list[Any], params: Any) ->
             raise ValueError(
                 f"the gradient at {jax.tree_util.keystr(path)} has shape {tuple(np.shape(grad))} "
                 f"but the parameter there has shape {slot.shape}: pass the gradients of the "
-                "parameters you update (jax.grad with respect to them), leaf for leaf.")
+                "parameters you update (jax.grad with respect to them), leaf for leaf."
+            )
 
 
 def _scalars_builder(
@@ -364,17 +420,29 @@ def _scalars_builder(
             decay = jnp.zeros([], b1_t.dtype)
         else:
             decay = num.hyperparameter_at(weight_decay, count)
-            scale = eta if not decay_after_learning_rate else (
-                one if schedule_multiplier is None
-                else num.hyperparameter_at(schedule_multiplier, count))
+            scale = (
+                eta
+                if not decay_after_learning_rate
+                else (
+                    one
+                    if schedule_multiplier is None
+                    else num.hyperparameter_at(schedule_multiplier, count)
+                )
+            )
             decay = scale * decay
         return StepScalars(
-            b1=b1_t, one_minus_b1=one_minus_b1, b2=num.as_hyperparameter(b2),
-            one_minus_b2=one_minus_b2, inverse_c2=one if hat else one / c2,
+            b1=b1_t,
+            one_minus_b1=one_minus_b1,
+            b2=num.as_hyperparameter(b2),
+            one_minus_b2=one_minus_b2,
+            inverse_c2=one if hat else one / c2,
             eps=num.as_hyperparameter(options["eps"]),
-            eps_root=num.as_hyperparameter(options["eps_root"]), step_size=step_size,
-            moment_scale=one if hat else one / c1, nesterov_m=b1_t / c1_next,
-            nesterov_g=one_minus_b1 / c1, decay=decay,
+            eps_root=num.as_hyperparameter(options["eps_root"]),
+            step_size=step_size,
+            moment_scale=one if hat else one / c1,
+            nesterov_m=b1_t / c1_next,
+            nesterov_g=one_minus_b1 / c1,
+            decay=decay,
         )
 
     return scalars_at
@@ -382,5 +450,3 @@ def _scalars_builder(
 
 def _stored_moments(state: FusedAdamState) -> tuple[Any, ...]:
     return (state.mu, state.nu) + (() if state.nu_max is None else (state.nu_max,))
-
-

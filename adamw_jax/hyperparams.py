@@ -50,7 +50,9 @@ def _runtime_names(factory: Callable[..., Any], runtime: Sequence[str] | None) -
     if runtime is None:
         return tuple(name for name in DEFAULT_RUNTIME if name in accepted)
     if isinstance(runtime, str):
-        raise TypeError(f"runtime must be a sequence of argument names, e.g. ({runtime!r},), not a string.")
+        raise TypeError(
+            f"runtime must be a sequence of argument names, e.g. ({runtime!r},), not a string."
+        )
     unknown = [name for name in runtime if name not in accepted]
     if unknown:
         raise ValueError(
@@ -88,26 +90,41 @@ def inject_hyperparams(
         factory(**given)  # validates every argument now, with the values as given
 
         def values_at(count: jax.Array, current: dict[str, jax.Array]) -> dict[str, jax.Array]:
-            return {name: num.hyperparameter_at(schedules[name], count) if name in schedules else current[name]
-                    for name in names}
+            return {
+                name: num.hyperparameter_at(schedules[name], count)
+                if name in schedules
+                else current[name]
+                for name in names
+            }
 
         def build(values: dict[str, jax.Array]) -> optax.GradientTransformationExtraArgs:
             return optax.with_extra_args_support(factory(**{**given, **values}))
 
         def init_fn(params: optax.Params) -> InjectHyperparamsState:
             count = num.zero_count()
-            values = values_at(count, {name: num.as_hyperparameter(given[name]) for name in names
-                                       if name not in schedules})
+            values = values_at(
+                count,
+                {
+                    name: num.as_hyperparameter(given[name])
+                    for name in names
+                    if name not in schedules
+                },
+            )
             return InjectHyperparamsState(count, values, build(values).init(params))
 
         def update_fn(
-            updates: optax.Updates, state: InjectHyperparamsState, params: optax.Params | None = None,
+            updates: optax.Updates,
+            state: InjectHyperparamsState,
+            params: optax.Params | None = None,
             **extra_args: Any,
         ) -> tuple[optax.Updates, InjectHyperparamsState]:
-            updates, inner_state = build(state.hyperparams).update(updates, state.inner_state, params,
-                                                                   **extra_args)
+            updates, inner_state = build(state.hyperparams).update(
+                updates, state.inner_state, params, **extra_args
+            )
             count = num.safe_increment(state.count)
-            return updates, InjectHyperparamsState(count, values_at(count, state.hyperparams), inner_state)
+            return updates, InjectHyperparamsState(
+                count, values_at(count, state.hyperparams), inner_state
+            )
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -117,7 +134,9 @@ def inject_hyperparams(
 def current_hyperparams(opt_state: optax.OptState) -> dict[str, jax.Array]:
     """The run-time hyperparameters the next update will use, from anywhere in ``opt_state``
     (built with ``aw.inject_hyperparams(aw.adamw)(...)``)."""
-    return dict(find_state(opt_state, InjectHyperparamsState, transform="inject_hyperparams").hyperparams)
+    return dict(
+        find_state(opt_state, InjectHyperparamsState, transform="inject_hyperparams").hyperparams
+    )
 
 
 def current_learning_rate(opt_state: optax.OptState) -> jax.Array:
@@ -125,8 +144,10 @@ def current_learning_rate(opt_state: optax.OptState) -> jax.Array:
     every ``reduce_on_plateau`` in the state (what torch's ``get_last_lr`` reports)."""
     hyperparams = current_hyperparams(opt_state)
     if "learning_rate" not in hyperparams:
-        raise ValueError(f"the state holds no learning_rate, only {sorted(hyperparams)}; inject it with "
-                         "runtime=('learning_rate', ...).")
+        raise ValueError(
+            f"the state holds no learning_rate, only {sorted(hyperparams)}; inject it with "
+            "runtime=('learning_rate', ...)."
+        )
     rate = hyperparams["learning_rate"]
     for plateau in find_states(opt_state, ReduceOnPlateauState):
         rate = rate * plateau.scale
@@ -134,18 +155,30 @@ def current_learning_rate(opt_state: optax.OptState) -> jax.Array:
 
 
 # The ranges of the hyperparameters adamw/adam take: (low, high, high_inclusive).
-_RANGES = {"learning_rate": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, True),
-           "b1": (0.0, 1.0, False), "b2": (0.0, 1.0, False), "eps": (0.0, math.inf, True),
-           "eps_root": (0.0, math.inf, True)}
+_RANGES = {
+    "learning_rate": (0.0, math.inf, True),
+    "weight_decay": (0.0, math.inf, True),
+    "b1": (0.0, 1.0, False),
+    "b2": (0.0, 1.0, False),
+    "eps": (0.0, math.inf, True),
+    "eps_root": (0.0, math.inf, True),
+}
 
 
 def _check_value(name: str, value: Any) -> None:
     """A concrete value set by hand is checked as the factory checks it: finite, and in range
     for the names ``adamw``/``adam`` know (a traced value cannot be inspected)."""
     low, high, high_inclusive = _RANGES.get(name, (-math.inf, math.inf, True))
-    check.check_range(name, value, low=low, high=high, high_inclusive=high_inclusive, finite=True,
-                      hint=f"set_hyperparams(state, {name}=...) sets the value the next update "
-                           "uses; pass one the optimizer could have been built with.")
+    check.check_range(
+        name,
+        value,
+        low=low,
+        high=high,
+        high_inclusive=high_inclusive,
+        finite=True,
+        hint=f"set_hyperparams(state, {name}=...) sets the value the next update "
+        "uses; pass one the optimizer could have been built with.",
+    )
 
 
 def set_hyperparams(opt_state: optax.OptState, **values: Any) -> optax.OptState:
@@ -157,8 +190,10 @@ def set_hyperparams(opt_state: optax.OptState, **values: Any) -> optax.OptState:
     held = current_hyperparams(opt_state)
     unknown = sorted(set(values) - set(held))
     if unknown:
-        raise ValueError(f"cannot set {unknown}: the state holds only {sorted(held)}; name them in "
-                         "inject_hyperparams(..., runtime=...).")
+        raise ValueError(
+            f"cannot set {unknown}: the state holds only {sorted(held)}; name them in "
+            "inject_hyperparams(..., runtime=...)."
+        )
     for name, value in values.items():
         _check_value(name, value)
     new = {name: num.as_hyperparameter(value) for name, value in values.items()}
@@ -169,4 +204,5 @@ def set_hyperparams(opt_state: optax.OptState, **values: Any) -> optax.OptState:
         return node
 
     return jax.tree_util.tree_map(
-        replace, opt_state, is_leaf=lambda node: isinstance(node, InjectHyperparamsState))
+        replace, opt_state, is_leaf=lambda node: isinstance(node, InjectHyperparamsState)
+    )

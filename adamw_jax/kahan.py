@@ -46,18 +46,21 @@ def kahan_summation(inner: optax.GradientTransformation) -> optax.GradientTransf
 
     def init_fn(params: optax.Params) -> KahanSummationState:
         compensation = jax.tree_util.tree_map(
-            lambda p: jnp.zeros_like(p) if _low_precision(p) else None, params)
+            lambda p: jnp.zeros_like(p) if _low_precision(p) else None, params
+        )
         return KahanSummationState(compensation, inner.init(params))
 
     def update_fn(
-        updates: optax.Updates, state: KahanSummationState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: KahanSummationState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, KahanSummationState]:
         if params is None:
-            raise ValueError("kahan_summation needs the parameters: call "
-                             "update(updates, state, params).")
-        inner_updates, inner_state = inner.update(updates, state.inner_state, params,
-                                                  **extra_args)
+            raise ValueError(
+                "kahan_summation needs the parameters: call update(updates, state, params)."
+            )
+        inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
 
         def leaf(p: jax.Array, u: jax.Array, c: jax.Array | None):
             if c is None:
@@ -69,20 +72,33 @@ def kahan_summation(inner: optax.GradientTransformation) -> optax.GradientTransf
             return moved, (c - moved).astype(p.dtype)
 
         leaves, treedef = jax.tree_util.tree_flatten(params)
-        results = [leaf(*args) for args in zip(
-            leaves, treedef.flatten_up_to(inner_updates),
-            treedef.flatten_up_to(state.compensation))]
+        results = [
+            leaf(*args)
+            for args in zip(
+                leaves,
+                treedef.flatten_up_to(inner_updates),
+                treedef.flatten_up_to(state.compensation),
+            )
+        ]
         return treedef.unflatten([u for u, _ in results]), KahanSummationState(
-            treedef.unflatten([c for _, c in results]), inner_state)
+            treedef.unflatten([c for _, c in results]), inner_state
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def kahan_compensation_bytes(opt_state: optax.OptState) -> int:
     """The bytes the Kahan buffers take in ``opt_state`` (0 without ``kahan_summation``)."""
-    states = [node for node in jax.tree_util.tree_leaves(
-        opt_state, is_leaf=lambda n: isinstance(n, KahanSummationState))
-        if isinstance(node, KahanSummationState)]
-    return sum(int(jnp.size(c)) * jnp.dtype(c.dtype).itemsize for s in states
-               for c in jax.tree_util.tree_leaves(s.compensation, is_leaf=_is_none)
-               if c is not None)
+    states = [
+        node
+        for node in jax.tree_util.tree_leaves(
+            opt_state, is_leaf=lambda n: isinstance(n, KahanSummationState)
+        )
+        if isinstance(node, KahanSummationState)
+    ]
+    return sum(
+        int(jnp.size(c)) * jnp.dtype(c.dtype).itemsize
+        for s in states
+        for c in jax.tree_util.tree_leaves(s.compensation, is_leaf=_is_none)
+        if c is not None
+    )

@@ -33,15 +33,23 @@ def scale_by_learning_rate(
     Args:
       learning_rate: a float >= 0 or a schedule (a function of the 0-based step).
     """
-    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True, finite=True,
-                      hint="Pass the positive step size, e.g. 1e-3; the sign is applied here.")
+    check.check_range(
+        "learning_rate",
+        learning_rate,
+        low=0.0,
+        allow_schedule=True,
+        finite=True,
+        hint="Pass the positive step size, e.g. 1e-3; the sign is applied here.",
+    )
 
     def init_fn(params: optax.Params) -> ScaleByLearningRateState:
         del params
         return ScaleByLearningRateState(count=num.zero_count())
 
     def update_fn(
-        updates: optax.Updates, state: ScaleByLearningRateState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: ScaleByLearningRateState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, ScaleByLearningRateState]:
         del params, extra_args

@@ -69,31 +69,41 @@ class SkippedSteps(NamedTuple):
 
 def all_finite(tree: optax.Updates) -> jax.Array:
     """A boolean scalar: every element of every leaf is finite (no NaN, no ±inf)."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in _inexact_leaves(tree)]
-                             or [jnp.array(True)]))
+    return jnp.all(
+        jnp.stack(
+            [jnp.all(jnp.isfinite(leaf)) for leaf in _inexact_leaves(tree)] or [jnp.array(True)]
+        )
+    )
 
 
 def _inexact_leaves(tree: Any) -> list[jax.Array]:
-    return [leaf for leaf in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    return [
+        leaf
+        for leaf in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
 
 
 def _turned_nonfinite(before: optax.OptState, after: optax.OptState) -> jax.Array:
     """Whether some element of ``after`` is not finite where it was finite ``before``.
 
     Elements that were already ``inf`` (a "best loss so far" starts there) do not count."""
-    flags = [jnp.any(~jnp.isfinite(a) & jnp.isfinite(b))
-             for b, a in zip(_inexact_leaves(before), _inexact_leaves(after))]
+    flags = [
+        jnp.any(~jnp.isfinite(a) & jnp.isfinite(b))
+        for b, a in zip(_inexact_leaves(before), _inexact_leaves(after))
+    ]
     return jnp.any(jnp.stack(flags)) if flags else jnp.array(False)
 
 
-def _produced_nonfinite(before: optax.OptState, updates: optax.Updates, after: optax.OptState
-                        ) -> jax.Array:
+def _produced_nonfinite(
+    before: optax.OptState, updates: optax.Updates, after: optax.OptState
+) -> jax.Array:
     """Whether ``inner`` turned a finite state element non-finite, or emitted non-finite updates
     from a state free of NaN (a NaN already in the state, let through by ``max_consecutive``, is
     inherited by its updates, as under ``optax.apply_if_finite``: not a new fault)."""
-    nan_before = jnp.any(jnp.stack([jnp.any(jnp.isnan(x)) for x in _inexact_leaves(before)]
-                                   or [jnp.array(False)]))
+    nan_before = jnp.any(
+        jnp.stack([jnp.any(jnp.isnan(x)) for x in _inexact_leaves(before)] or [jnp.array(False)])
+    )
     return _turned_nonfinite(before, after) | (~all_finite(updates) & ~nan_before)
 
 
@@ -107,8 +117,9 @@ MIN_SCALE, MAX_SCALE = 1.0, 2.0**24
 
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool (True or False), got "
-                        f"{type(value).__name__} {value!r}.")
+        raise TypeError(
+            f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}."
+        )
 
 
 def _check_scale(name: str, value: Any, hint: str) -> float:
@@ -152,39 +163,66 @@ def loss_scaling(
     hint = "Pass the finite positive scale the loss is multiplied by, e.g. 2.0**15."
     initial = _check_scale("initial_scale", initial_scale, hint)
     _check_bool("dynamic", dynamic)
-    check.check_positive_int("growth_interval", growth_interval,
-                             hint="It is the number of finite steps before the scale grows.")
-    check.check_range("factor", factor, low=1.0, high=math.inf, high_inclusive=False,
-                      hint="Use 2.0, as torch and Keras.")
+    check.check_positive_int(
+        "growth_interval",
+        growth_interval,
+        hint="It is the number of finite steps before the scale grows.",
+    )
+    check.check_range(
+        "factor",
+        factor,
+        low=1.0,
+        high=math.inf,
+        high_inclusive=False,
+        hint="Use 2.0, as torch and Keras.",
+    )
     if check.concrete_float(factor) == 1.0:
-        raise ValueError("factor must be > 1, got 1.0: the scale would never change. "
-                         "Use dynamic=False for a constant scale.")
-    floor = _check_scale("min_scale", min_scale,
-                         f"It is the floor of the dynamic scale, default {MIN_SCALE}.")
-    ceiling = _check_scale("max_scale", max_scale,
-                           f"It is the ceiling of the dynamic scale, default {MAX_SCALE:g}.")
+        raise ValueError(
+            "factor must be > 1, got 1.0: the scale would never change. "
+            "Use dynamic=False for a constant scale."
+        )
+    floor = _check_scale(
+        "min_scale", min_scale, f"It is the floor of the dynamic scale, default {MIN_SCALE}."
+    )
+    ceiling = _check_scale(
+        "max_scale", max_scale, f"It is the ceiling of the dynamic scale, default {MAX_SCALE:g}."
+    )
     if None not in (floor, ceiling) and floor > ceiling:
         raise ValueError(f"min_scale ({floor!r}) must be <= max_scale ({ceiling!r}).")
     if dynamic and None not in (floor, ceiling, initial) and not floor <= initial <= ceiling:
-        raise ValueError(f"initial_scale={initial!r} is outside [min_scale, max_scale] = "
-                         f"[{floor!r}, {ceiling!r}]; pass a scale inside, or widen the bounds.")
+        raise ValueError(
+            f"initial_scale={initial!r} is outside [min_scale, max_scale] = "
+            f"[{floor!r}, {ceiling!r}]; pass a scale inside, or widen the bounds."
+        )
     if inner is not None:
-        return optax.chain(loss_scaling(initial_scale, dynamic, growth_interval, factor,
-                                        min_scale=min_scale, max_scale=max_scale),
-                           skip_nonfinite(inner))
+        return optax.chain(
+            loss_scaling(
+                initial_scale,
+                dynamic,
+                growth_interval,
+                factor,
+                min_scale=min_scale,
+                max_scale=max_scale,
+            ),
+            skip_nonfinite(inner),
+        )
 
     def init_fn(params: optax.Params) -> LossScaleState:
         del params
-        return LossScaleState(scale=num.as_hyperparameter(initial_scale),
-                              finite_steps=num.zero_count())
+        return LossScaleState(
+            scale=num.as_hyperparameter(initial_scale), finite_steps=num.zero_count()
+        )
 
     def update_fn(
-        updates: optax.Updates, state: LossScaleState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: LossScaleState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, LossScaleState]:
         del params, extra_args
         unscaled = jax.tree_util.tree_map(
-            lambda g: (g.astype(num.compute_dtype(g.dtype)) / state.scale).astype(g.dtype), updates)
+            lambda g: (g.astype(num.compute_dtype(g.dtype)) / state.scale).astype(g.dtype), updates
+        )
         if not dynamic:
             return unscaled, state
         growth = num.as_hyperparameter(factor)
@@ -237,16 +275,21 @@ def skip_nonfinite(
     limit = max_consecutive if max_consecutive_errors is None else max_consecutive_errors
     name = "max_consecutive" if max_consecutive_errors is None else "max_consecutive_errors"
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer))):
-        raise TypeError(f"{name} must be an int >= 0 or None, got {type(limit).__name__} "
-                        f"{limit!r}. It is the number of non-finite steps in a row to skip.")
+        raise TypeError(
+            f"{name} must be an int >= 0 or None, got {type(limit).__name__} "
+            f"{limit!r}. It is the number of non-finite steps in a row to skip."
+        )
     if limit is not None and limit < 0:
-        raise ValueError(f"{name} must be an int >= 0 or None, got {limit!r}. "
-                         "It is the number of non-finite steps in a row to skip.")
+        raise ValueError(
+            f"{name} must be an int >= 0 or None, got {limit!r}. "
+            "It is the number of non-finite steps in a row to skip."
+        )
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: optax.Params) -> SkipNonfiniteState:
-        return SkipNonfiniteState(consecutive=num.zero_count(), total=num.zero_count(),
-                                  inner_state=inner.init(params))
+        return SkipNonfiniteState(
+            consecutive=num.zero_count(), total=num.zero_count(), inner_state=inner.init(params)
+        )
 
     def update_fn(
         updates: optax.Updates,
@@ -261,8 +304,12 @@ def skip_nonfinite(
         apply = finite if limit is None else finite | (consecutive > limit)
         zeros = jax.tree_util.tree_map(jnp.zeros_like, new_updates)
         new_updates, inner_state = jax.lax.cond(
-            apply, lambda kept, skipped: kept, lambda kept, skipped: skipped,
-            (new_updates, inner_state), (zeros, state.inner_state))
+            apply,
+            lambda kept, skipped: kept,
+            lambda kept, skipped: skipped,
+            (new_updates, inner_state),
+            (zeros, state.inner_state),
+        )
         return new_updates, SkipNonfiniteState(
             consecutive=consecutive.astype(num.COUNT_DTYPE),
             total=jnp.where(finite, state.total, num.safe_increment(state.total)),

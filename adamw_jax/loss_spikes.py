@@ -44,13 +44,16 @@ class SkipLossSpikesState(NamedTuple):
 
 
 def _global_norm(tree: optax.Updates) -> jax.Array:
-    leaves = [jnp.sum(num.squared_magnitude(leaf.astype(num.compute_dtype(leaf.dtype))))
-              for leaf in jax.tree_util.tree_leaves(tree)]
+    leaves = [
+        jnp.sum(num.squared_magnitude(leaf.astype(num.compute_dtype(leaf.dtype))))
+        for leaf in jax.tree_util.tree_leaves(tree)
+    ]
     return jnp.sqrt(sum(leaves)) if leaves else jnp.zeros([], num.hyperparameter_dtype())
 
 
-def _is_spike(x: jax.Array, history: jax.Array, kept: jax.Array, threshold: float,
-              min_history: int) -> jax.Array:
+def _is_spike(
+    x: jax.Array, history: jax.Array, kept: jax.Array, threshold: float, min_history: int
+) -> jax.Array:
     """``x > μ + threshold·σ`` over the ``kept`` values of ``history``, or ``x`` not finite."""
     slots = jnp.arange(history.shape[0]) < kept
     n = jnp.maximum(kept, 1).astype(history.dtype)
@@ -85,13 +88,15 @@ def skip_loss_spikes(
       An ``optax.GradientTransformationExtraArgs`` whose state is a ``SkipLossSpikesState``;
       read its counts with ``skipped_spikes(opt_state)``.
     """
-    check.check_positive("threshold", threshold, finite=True,
-                         hint="It is in standard deviations, e.g. 6.0.")
+    check.check_positive(
+        "threshold", threshold, finite=True, hint="It is in standard deviations, e.g. 6.0."
+    )
     check.check_positive_int("window", window, hint="e.g. 100 steps.")
     check.check_positive_int("min_history", min_history)
     if window < 2 or not 2 <= min_history <= window:
-        raise ValueError(f"need 2 <= min_history <= window, got min_history={min_history}, "
-                         f"window={window}.")
+        raise ValueError(
+            f"need 2 <= min_history <= window, got min_history={min_history}, window={window}."
+        )
     check.check_choice("monitor", monitor, MONITORS)
     check.check_positive_int("max_consecutive", max_consecutive, allow_none=True)
     rows = {"loss": (0,), "grad_norm": (1,), "both": (0, 1)}[monitor]
@@ -100,38 +105,59 @@ def skip_loss_spikes(
     def init_fn(params: optax.Params) -> SkipLossSpikesState:
         zero = num.zero_count()
         return SkipLossSpikesState(
-            history=jnp.zeros((2, window), num.hyperparameter_dtype()), kept=zero,
-            position=zero, consecutive=zero, total=zero, inner_state=inner.init(params))
+            history=jnp.zeros((2, window), num.hyperparameter_dtype()),
+            kept=zero,
+            position=zero,
+            consecutive=zero,
+            total=zero,
+            inner_state=inner.init(params),
+        )
 
     def update_fn(
-        updates: optax.Updates, state: SkipLossSpikesState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: SkipLossSpikesState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, SkipLossSpikesState]:
         if 0 in rows and extra_args.get("value") is None:
-            raise ValueError(f"skip_loss_spikes(monitor={monitor!r}) needs the loss: call "
-                             "update(grads, state, params, value=loss).")
+            raise ValueError(
+                f"skip_loss_spikes(monitor={monitor!r}) needs the loss: call "
+                "update(grads, state, params, value=loss)."
+            )
         loss = extra_args["value"] if 0 in rows else 0.0  # kept only when monitored
-        values = jnp.stack([jnp.asarray(loss, state.history.dtype).reshape(()),
-                            _global_norm(updates).astype(state.history.dtype)])
-        spike = jnp.any(jnp.stack([
-            _is_spike(values[row], state.history[row], state.kept, threshold, min_history)
-            for row in rows]))
+        values = jnp.stack(
+            [
+                jnp.asarray(loss, state.history.dtype).reshape(()),
+                _global_norm(updates).astype(state.history.dtype),
+            ]
+        )
+        spike = jnp.any(
+            jnp.stack(
+                [
+                    _is_spike(values[row], state.history[row], state.kept, threshold, min_history)
+                    for row in rows
+                ]
+            )
+        )
         consecutive = jnp.where(spike, num.safe_increment(state.consecutive), 0)
         take = ~spike if max_consecutive is None else ~spike | (consecutive > max_consecutive)
         new_updates, inner_state = jax.lax.cond(
             take,
             lambda u, s, p: inner.update(u, s, p, **extra_args),
             lambda u, s, p: skipped_update(inner, u, s, p, extra_args),
-            updates, state.inner_state, params)
-        history = jnp.where(take, state.history.at[:, state.position].set(values),
-                            state.history)
+            updates,
+            state.inner_state,
+            params,
+        )
+        history = jnp.where(take, state.history.at[:, state.position].set(values), state.history)
         return new_updates, SkipLossSpikesState(
             history=history,
             kept=jnp.where(take, jnp.minimum(state.kept + 1, window), state.kept),
             position=jnp.where(take, (state.position + 1) % window, state.position),
             consecutive=jnp.where(take, 0, consecutive).astype(num.COUNT_DTYPE),
             total=jnp.where(take, state.total, num.safe_increment(state.total)),
-            inner_state=inner_state)
+            inner_state=inner_state,
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -62,10 +62,24 @@ from adamw_jax._quantization import (
 MIN_BLOCKWISE_SIZE = 4096
 
 __all__ = [
-    "BLOCK_SIZE", "FIRST_MOMENT_STREAM", "MAX_SECOND_MOMENT_STREAM", "MIN_BLOCKWISE_SIZE",
-    "PARAMS_STREAM", "SECOND_MOMENT_STREAM", "BlockwiseArray", "LowPrecisionParamsState",
-    "MomentStorage", "add_and_round", "block_count", "decode_blocks", "dynamic_code",
-    "encode_blocks", "low_precision_params", "moment_storage", "round_to_dtype", "state_bytes",
+    "BLOCK_SIZE",
+    "FIRST_MOMENT_STREAM",
+    "MAX_SECOND_MOMENT_STREAM",
+    "MIN_BLOCKWISE_SIZE",
+    "PARAMS_STREAM",
+    "SECOND_MOMENT_STREAM",
+    "BlockwiseArray",
+    "LowPrecisionParamsState",
+    "MomentStorage",
+    "add_and_round",
+    "block_count",
+    "decode_blocks",
+    "dynamic_code",
+    "encode_blocks",
+    "low_precision_params",
+    "moment_storage",
+    "round_to_dtype",
+    "state_bytes",
     "step_keys",
 ]
 
@@ -109,14 +123,20 @@ class MomentStorage:
     def _zeros(self, param: jax.Array) -> jax.Array | BlockwiseArray:
         target = self.dtype
         if target is None:
-            target = jnp.real(jnp.zeros((), param.dtype)).dtype if self.second_moment else param.dtype
+            target = (
+                jnp.real(jnp.zeros((), param.dtype)).dtype if self.second_moment else param.dtype
+            )
         blockwise = self._blocks_for(target)  # also a float16 v kept for float16 params
         if blockwise and _blockwise(param):
             blocks = block_count(jnp.size(param))
-            values_dtype = jnp.float16 if target == jnp.float16 else (
-                jnp.uint8 if self.second_moment else jnp.int8)
-            return BlockwiseArray(jnp.zeros((blocks, BLOCK_SIZE), values_dtype),
-                                  jnp.ones((blocks,), jnp.float32))
+            values_dtype = (
+                jnp.float16
+                if target == jnp.float16
+                else (jnp.uint8 if self.second_moment else jnp.int8)
+            )
+            return BlockwiseArray(
+                jnp.zeros((blocks, BLOCK_SIZE), values_dtype), jnp.ones((blocks,), jnp.float32)
+            )
         if blockwise:
             target = jnp.float32  # small tensors: nothing to save
         # zeros_like keeps the parameter's (explicit) sharding, so init and update agree.
@@ -141,12 +161,17 @@ class MomentStorage:
 
         return jax.tree_util.tree_map(leaf, like, stored)
 
-    def encode(self, values: optax.Updates, stored: optax.Updates, step: jax.Array, stream: int
-               ) -> optax.Updates:
+    def encode(
+        self, values: optax.Updates, stored: optax.Updates, step: jax.Array, stream: int
+    ) -> optax.Updates:
         """``values`` in the layout and dtypes of the previous ``stored`` state."""
         leaves, treedef = jax.tree_util.tree_flatten(values)
         stored_leaves = treedef.flatten_up_to(stored)
-        keys = step_keys(step, stream, len(leaves)) if self.stochastic_rounding else [None] * len(leaves)
+        keys = (
+            step_keys(step, stream, len(leaves))
+            if self.stochastic_rounding
+            else [None] * len(leaves)
+        )
 
         def leaf(x: jax.Array, s: jax.Array | BlockwiseArray, key: jax.Array | None):
             if isinstance(s, BlockwiseArray):
@@ -172,6 +197,7 @@ def _unsharded(tree: Any) -> Any:
     """``tree`` with every explicitly sharded array replicated (all-gathered). The block
     layout flattens a tensor into (blocks, 256), a reshape that does not keep an explicit
     sharding; on Auto meshes XLA places it and this does nothing."""
+
     def replicated(x: jax.Array) -> jax.Array:
         sharding = _explicit_sharding(x)
         if sharding is None:
@@ -192,7 +218,8 @@ def moment_storage(
 ) -> MomentStorage:
     """Validate a user's ``mu_dtype`` / ``nu_dtype`` and return its ``MomentStorage``."""
     is_int8 = dtype == INT8 or (
-        dtype is not None and not isinstance(dtype, str) and _is_dtype(dtype, jnp.int8))
+        dtype is not None and not isinstance(dtype, str) and _is_dtype(dtype, jnp.int8)
+    )
     if is_int8:
         return MomentStorage(INT8, second_moment, stochastic_rounding)
     try:
@@ -221,7 +248,9 @@ def _low_precision(param: jax.Array) -> bool:
     return jnp.issubdtype(param.dtype, jnp.floating) and jnp.finfo(param.dtype).bits < 32
 
 
-def add_and_round(base: jax.Array, update: jax.Array, dtype: Any, key: jax.Array | None) -> jax.Array:
+def add_and_round(
+    base: jax.Array, update: jax.Array, dtype: Any, key: jax.Array | None
+) -> jax.Array:
     """``base + update`` in at least float32, rounded to ``dtype`` (stochastically with a key),
     saturating at ``dtype``'s largest finite value: finite ``base`` and ``update`` never give
     ``inf``."""
@@ -245,8 +274,9 @@ def _saturating_sum(base: jax.Array, update: jax.Array, compute: jnp.dtype) -> j
 
 def _master_or(master: Any, params: optax.Params) -> optax.Params:
     """The float32 master copy where there is one, else the parameter."""
-    return jax.tree_util.tree_map(lambda m, p: p if m is None else m, master, params,
-                                  is_leaf=lambda x: x is None)
+    return jax.tree_util.tree_map(
+        lambda m, p: p if m is None else m, master, params, is_leaf=lambda x: x is None
+    )
 
 
 class LowPrecisionParamsState(NamedTuple):
@@ -260,7 +290,9 @@ class LowPrecisionParamsState(NamedTuple):
 
 
 def low_precision_params(
-    inner: optax.GradientTransformation, *, master_weights: bool = False,
+    inner: optax.GradientTransformation,
+    *,
+    master_weights: bool = False,
     stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Wrap ``inner`` so bf16/f16 parameters keep learning.
@@ -278,15 +310,24 @@ def low_precision_params(
 
     def init_fn(params: optax.Params) -> LowPrecisionParamsState:
         master = jax.tree_util.tree_map(
-            lambda p: p.astype(jnp.float32) if master_weights and _low_precision(p) else None, params)
-        return LowPrecisionParamsState(num.zero_count(), master, inner.init(_master_or(master, params)))
+            lambda p: p.astype(jnp.float32) if master_weights and _low_precision(p) else None,
+            params,
+        )
+        return LowPrecisionParamsState(
+            num.zero_count(), master, inner.init(_master_or(master, params))
+        )
 
-    def update_fn(updates: optax.Updates, state: LowPrecisionParamsState,
-                  params: optax.Params | None = None, **extra_args: Any,
-                  ) -> tuple[optax.Updates, LowPrecisionParamsState]:
+    def update_fn(
+        updates: optax.Updates,
+        state: LowPrecisionParamsState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, LowPrecisionParamsState]:
         if params is None:
-            raise ValueError("bf16/f16 parameter rounding needs the parameters: call "
-                             "update(updates, state, params).")
+            raise ValueError(
+                "bf16/f16 parameter rounding needs the parameters: call "
+                "update(updates, state, params)."
+            )
         base = _master_or(state.master, params)
         inner_updates, inner_state = inner.update(updates, state.inner_state, base, **extra_args)
         leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -297,13 +338,21 @@ def low_precision_params(
                 return u, None
             compute = num.compute_dtype(b.dtype)
             new = _saturating_sum(b, u, compute)
-            rounded = round_to_dtype(new, p.dtype, uniform_noise(key, p.shape) if stochastic_rounding else None)
+            rounded = round_to_dtype(
+                new, p.dtype, uniform_noise(key, p.shape) if stochastic_rounding else None
+            )
             return rounded.astype(compute) - p.astype(compute), new if b.dtype != p.dtype else None
 
-        results = [leaf(*args) for args in zip(
-            leaves, treedef.flatten_up_to(base), treedef.flatten_up_to(inner_updates), keys)]
+        results = [
+            leaf(*args)
+            for args in zip(
+                leaves, treedef.flatten_up_to(base), treedef.flatten_up_to(inner_updates), keys
+            )
+        ]
         new_updates = treedef.unflatten([u for u, _ in results])
         master = treedef.unflatten([m for _, m in results]) if master_weights else state.master
-        return new_updates, LowPrecisionParamsState(num.safe_increment(state.count), master, inner_state)
+        return new_updates, LowPrecisionParamsState(
+            num.safe_increment(state.count), master, inner_state
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -19,7 +19,8 @@ import jax
 def parameter_names(params: Any) -> Any:
     """A tree like ``params`` whose leaves are the ``/``-joined key paths of its leaves."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: jax.tree_util.keystr(path, simple=True, separator="/"), params)
+        lambda path, _: jax.tree_util.keystr(path, simple=True, separator="/"), params
+    )
 
 
 def _compile(patterns: Iterable[str]) -> list[re.Pattern[str]]:
@@ -31,12 +32,16 @@ def _compile(patterns: Iterable[str]) -> list[re.Pattern[str]]:
     compiled = []
     for pattern in patterns:
         if not isinstance(pattern, str):
-            raise TypeError(f"each pattern must be a str, got {type(pattern).__name__} {pattern!r}.")
+            raise TypeError(
+                f"each pattern must be a str, got {type(pattern).__name__} {pattern!r}."
+            )
         try:
             compiled.append(re.compile(pattern))
         except re.error as error:
-            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {error}. "
-                             "Escape special characters with re.escape.") from None
+            raise ValueError(
+                f"pattern {pattern!r} is not a valid regular expression: {error}. "
+                "Escape special characters with re.escape."
+            ) from None
     return compiled
 
 
@@ -77,4 +82,6 @@ def _warn_unmatched(compiled: list[re.Pattern[str]], names: list[str]) -> None:
             f"exclude_from_weight_decay: the patterns {unmatched} match no parameter name, so "
             f"they exclude nothing from weight decay (the names are {shown}). Check their "
             "spelling against adamw_jax.masks.parameter_names(params).",
-            UserWarning, stacklevel=2)
+            UserWarning,
+            stacklevel=2,
+        )

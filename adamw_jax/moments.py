@@ -52,7 +52,9 @@ def _check_state(state: Any, updates: optax.Updates, *, amsgrad: bool) -> None:
             "by this transformation's init (or by the previous update)."
         )
     if (state.nu_max is None) == amsgrad and jax.tree_util.tree_leaves(updates):
-        made, built = ("amsgrad=False", "amsgrad=True") if amsgrad else ("amsgrad=True", "amsgrad=False")
+        made, built = (
+            ("amsgrad=False", "amsgrad=True") if amsgrad else ("amsgrad=True", "amsgrad=False")
+        )
         raise ValueError(
             f"the state was created with {made} but this optimizer has {built}; re-run init "
             "with this optimizer, or convert the state (AMSGrad keeps nu_max)."
@@ -88,8 +90,11 @@ def _bias_correction(one_minus_beta: jax.Array, step: jax.Array) -> jax.Array:
     limit of ``m_t / (1 - β^t)`` as ``β → 1``, where Adam's formula is ``0/0``. A β of exactly 1
     reaches here as a rounded hyperparameter: ``optax.inject_hyperparams`` casts ``b2 = 0.999``
     to bfloat16 parameters' dtype, which is ``1.0``."""
-    return jnp.where(one_minus_beta == 0, step.astype(one_minus_beta.dtype),
-                     num.bias_correction(one_minus_beta, step))
+    return jnp.where(
+        one_minus_beta == 0,
+        step.astype(one_minus_beta.dtype),
+        num.bias_correction(one_minus_beta, step),
+    )
 
 
 def _may_round_to_one(beta: Any) -> bool:
@@ -97,8 +102,7 @@ def _may_round_to_one(beta: Any) -> bool:
     the rounding of a β below 1 (``optax.inject_hyperparams`` casts hyperparameters to the
     parameter dtype); a Python 1.0 is refused."""
     dtype = getattr(beta, "dtype", None)
-    return (dtype is not None and jnp.issubdtype(dtype, jnp.floating)
-            and jnp.finfo(dtype).bits < 32)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32
 
 
 def _paired_leaves(tree: Any, prefixed: Any) -> list[tuple[Any, Any, Any]]:
@@ -154,29 +158,62 @@ def scale_by_adam(
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a ``ScaleByAdamState``.
     """
-    check.check_range("b1", b1, low=0.0, high=1.0, high_inclusive=_may_round_to_one(b1),
-                      allow_schedule=True, hint="b1 is the first-moment decay, typically 0.9.")
-    check.check_range("b2", b2, low=0.0, high=1.0, high_inclusive=_may_round_to_one(b2),
-                      hint="b2 is the second-moment decay, typically 0.999.")
-    check.check_range("eps", eps, low=0.0, finite=True,
-                      hint="eps is a small positive constant such as 1e-8.")
-    check.check_range("eps_root", eps_root, low=0.0, finite=True,
-                      hint="use 0.0 unless differentiating the update.")
-    for name, flag in (("nesterov", nesterov), ("bias_correction", bias_correction),
-                       ("amsgrad", amsgrad), ("stochastic_rounding", stochastic_rounding)):
+    check.check_range(
+        "b1",
+        b1,
+        low=0.0,
+        high=1.0,
+        high_inclusive=_may_round_to_one(b1),
+        allow_schedule=True,
+        hint="b1 is the first-moment decay, typically 0.9.",
+    )
+    check.check_range(
+        "b2",
+        b2,
+        low=0.0,
+        high=1.0,
+        high_inclusive=_may_round_to_one(b2),
+        hint="b2 is the second-moment decay, typically 0.999.",
+    )
+    check.check_range(
+        "eps", eps, low=0.0, finite=True, hint="eps is a small positive constant such as 1e-8."
+    )
+    check.check_range(
+        "eps_root",
+        eps_root,
+        low=0.0,
+        finite=True,
+        hint="use 0.0 unless differentiating the update.",
+    )
+    for name, flag in (
+        ("nesterov", nesterov),
+        ("bias_correction", bias_correction),
+        ("amsgrad", amsgrad),
+        ("stochastic_rounding", stochastic_rounding),
+    ):
         check.check_bool(name, flag)
     check.check_choice("eps_mode", eps_mode, EPS_MODES)
     if nesterov and eps_mode == "hat":
-        raise ValueError("nesterov=True needs eps_mode='adam' or 'atan2'; Keras-style 'hat' has "
-                         "no Nesterov form.")
-    for name, value in (("atan2_scale", atan2_scale),
-                        ("atan2_denominator_scale", atan2_denominator_scale)):
-        check.check_positive(name, value, finite=True,
-                             hint="The defaults 1.27 and 1.0 are adam-atan2-pytorch's a and b.")
-    mu_storage = lowbit.moment_storage(mu_dtype, argument="mu_dtype", second_moment=False,
-                                       stochastic_rounding=stochastic_rounding)
-    nu_storage = lowbit.moment_storage(nu_dtype, argument="nu_dtype", second_moment=True,
-                                       stochastic_rounding=stochastic_rounding)
+        raise ValueError(
+            "nesterov=True needs eps_mode='adam' or 'atan2'; Keras-style 'hat' has "
+            "no Nesterov form."
+        )
+    for name, value in (
+        ("atan2_scale", atan2_scale),
+        ("atan2_denominator_scale", atan2_denominator_scale),
+    ):
+        check.check_positive(
+            name,
+            value,
+            finite=True,
+            hint="The defaults 1.27 and 1.0 are adam-atan2-pytorch's a and b.",
+        )
+    mu_storage = lowbit.moment_storage(
+        mu_dtype, argument="mu_dtype", second_moment=False, stochastic_rounding=stochastic_rounding
+    )
+    nu_storage = lowbit.moment_storage(
+        nu_dtype, argument="nu_dtype", second_moment=True, stochastic_rounding=stochastic_rounding
+    )
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
         check.check_parameter_leaves(params)
@@ -189,7 +226,9 @@ def scale_by_adam(
         )
 
     def update_fn(
-        updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: ScaleByAdamState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, ScaleByAdamState]:
         del params, extra_args
@@ -212,14 +251,22 @@ def scale_by_adam(
             correction1 = correction2 = correction1_next = jnp.ones([], b1_t.dtype)
 
         _check_state(state, updates, amsgrad=amsgrad)
-        grads = jax.tree_util.tree_map(lambda g: num.limit_magnitude(g.astype(num.compute_dtype(g.dtype))), updates)
+        grads = jax.tree_util.tree_map(
+            lambda g: num.limit_magnitude(g.astype(num.compute_dtype(g.dtype))), updates
+        )
         mu = jax.tree_util.tree_map(
-            lambda g, m: b1_t * m + one_minus_b1 * g, grads, mu_storage.decode(state.mu, updates))
+            lambda g, m: b1_t * m + one_minus_b1 * g, grads, mu_storage.decode(state.mu, updates)
+        )
         nu = jax.tree_util.tree_map(
             lambda g, v: b2_t * v + one_minus_b2 * num.squared_magnitude(g),
-            grads, nu_storage.decode(state.nu, updates))
-        nu_used = nu if not amsgrad else jax.tree_util.tree_map(
-            jnp.maximum, nu_storage.decode(state.nu_max, updates), nu)
+            grads,
+            nu_storage.decode(state.nu, updates),
+        )
+        nu_used = (
+            nu
+            if not amsgrad
+            else jax.tree_util.tree_map(jnp.maximum, nu_storage.decode(state.nu_max, updates), nu)
+        )
 
         def direction(g: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
             if eps_mode == "hat":
@@ -232,17 +279,20 @@ def scale_by_adam(
             if eps_mode == "atan2":
                 b_t = num.as_hyperparameter(atan2_denominator_scale)
                 return num.as_hyperparameter(atan2_scale) * jnp.arctan2(
-                    m_hat, b_t * jnp.sqrt(v / correction2))
+                    m_hat, b_t * jnp.sqrt(v / correction2)
+                )
             return num.adam_ratio(m_hat, jnp.sqrt(v / correction2 + eps_root_t) + eps_t)
 
         new_updates = jax.tree_util.tree_map(
-            lambda u, g, m, v: direction(g, m, v).astype(u.dtype), updates, grads, mu, nu_used)
+            lambda u, g, m, v: direction(g, m, v).astype(u.dtype), updates, grads, mu, nu_used
+        )
         return new_updates, ScaleByAdamState(
             count=count,
             mu=mu_storage.encode(mu, state.mu, count, lowbit.FIRST_MOMENT_STREAM),
             nu=nu_storage.encode(nu, state.nu, count, lowbit.SECOND_MOMENT_STREAM),
             nu_max=nu_storage.encode(nu_used, state.nu_max, count, lowbit.MAX_SECOND_MOMENT_STREAM)
-            if amsgrad else None,
+            if amsgrad
+            else None,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -45,16 +45,28 @@ import jaxlib
 import numpy as np
 
 __all__ = [
-    "ENVIRONMENT_VARIABLE", "NativeKernelError", "adam_step", "available", "build", "enabled",
+    "ENVIRONMENT_VARIABLE",
+    "NativeKernelError",
+    "adam_step",
+    "available",
+    "build",
+    "enabled",
 ]
 
 ENVIRONMENT_VARIABLE = "ADAMW_JAX_NATIVE"
 TARGET_NAME = "adamw_jax_step"
 _SOURCE = Path(__file__).with_name("_cpu_kernel.cc")
-_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC",
-          # IEEE float32 arithmetic, rounded after every operation (no contracted multiply-adds,
-          # exact division and sqrt); errno and trap flags are not kept, so the loop vectorizes.
-          "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
+_FLAGS = (
+    "-O3",
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+    # IEEE float32 arithmetic, rounded after every operation (no contracted multiply-adds,
+    # exact division and sqrt); errno and trap flags are not kept, so the loop vectorizes.
+    "-ffp-contract=off",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+)
 _lock = threading.Lock()
 
 
@@ -74,7 +86,8 @@ def _compiler() -> str:
     path = shutil.which(name)
     if path is None:
         raise NativeKernelError(
-            f"no C++ compiler found (looked for {name!r}; set CXX or install g++/clang++)")
+            f"no C++ compiler found (looked for {name!r}; set CXX or install g++/clang++)"
+        )
     return path
 
 
@@ -98,9 +111,16 @@ def build() -> Path:
     Raises:
       NativeKernelError: no compiler, or the compilation failed (with the compiler's output).
     """
-    key = hashlib.sha256(b"\0".join([
-        _SOURCE.read_bytes(), jaxlib.__version__.encode(), _cpu_signature(),
-        " ".join(_FLAGS).encode()])).hexdigest()[:16]
+    key = hashlib.sha256(
+        b"\0".join(
+            [
+                _SOURCE.read_bytes(),
+                jaxlib.__version__.encode(),
+                _cpu_signature(),
+                " ".join(_FLAGS).encode(),
+            ]
+        )
+    ).hexdigest()[:16]
     library = _cache_dir() / f"adamw_jax_cpu_kernel_{key}.so"
     if library.exists():
         return library
@@ -110,14 +130,23 @@ def build() -> Path:
     with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
         partial = Path(scratch) / library.name
         for target in (["-march=native"], []):
-            command = [compiler, *_FLAGS, *target, "-isystem", jax.ffi.include_dir(),
-                       str(_SOURCE), "-o", str(partial)]
+            command = [
+                compiler,
+                *_FLAGS,
+                *target,
+                "-isystem",
+                jax.ffi.include_dir(),
+                str(_SOURCE),
+                "-o",
+                str(partial),
+            ]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode == 0:
                 break
         else:
             raise NativeKernelError(
-                f"compiling {_SOURCE.name} failed ({' '.join(command)}):\n{done.stderr[-2000:]}")
+                f"compiling {_SOURCE.name} failed ({' '.join(command)}):\n{done.stderr[-2000:]}"
+            )
         os.replace(partial, library)
     return library
 
@@ -127,11 +156,15 @@ def _register() -> str | None:
     """Build, load and register the kernel once per process; the reason it failed, or None."""
     try:
         library = ctypes.cdll.LoadLibrary(str(build()))
-        jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(library.AdamwJaxStep),
-                                    platform="cpu")
+        jax.ffi.register_ffi_target(
+            TARGET_NAME, jax.ffi.pycapsule(library.AdamwJaxStep), platform="cpu"
+        )
     except (NativeKernelError, OSError, AttributeError) as error:
-        warnings.warn(f"adamw_jax: the native CPU kernel is unavailable, fused=True keeps its "
-                      f"XLA formulation (same numbers, slower): {error}", stacklevel=3)
+        warnings.warn(
+            f"adamw_jax: the native CPU kernel is unavailable, fused=True keeps its "
+            f"XLA formulation (same numbers, slower): {error}",
+            stacklevel=3,
+        )
         return str(error)
     return None
 
@@ -150,7 +183,8 @@ def enabled() -> bool:
     if setting not in ("1", "true", "on", "yes", "auto", ""):
         raise ValueError(
             f"{ENVIRONMENT_VARIABLE}={setting!r}: use 1 (always on CPU), 0 (never) or leave it "
-            "unset (auto: one CPU device).")
+            "unset (auto: one CPU device)."
+        )
     if jax.default_backend() != "cpu" or jax.config.jax_enable_x64:
         return False
     if setting in ("auto", "") and jax.device_count() != 1:
@@ -205,9 +239,20 @@ def adam_step(
     aliases = {1 + i: i for i in range(len(moments))}
     if write_params:
         aliases.update({1 + len(moments) + j: len(moments) + j for j in range(len(params))})
-    call = jax.ffi.ffi_call(TARGET_NAME, shapes, input_output_aliases=aliases,
-                            vmap_method="sequential")
-    results = call(_visible_cost(scalars), *moments, *params, *grads, offsets=offsets,
-                   amsgrad=amsgrad, nesterov=nesterov, maximize=maximize, decayed=decayed,
-                   write_params=write_params, moments_only=moments_only)
-    return list(results[len(moments):]), tuple(results[:len(moments)])
+    call = jax.ffi.ffi_call(
+        TARGET_NAME, shapes, input_output_aliases=aliases, vmap_method="sequential"
+    )
+    results = call(
+        _visible_cost(scalars),
+        *moments,
+        *params,
+        *grads,
+        offsets=offsets,
+        amsgrad=amsgrad,
+        nesterov=nesterov,
+        maximize=maximize,
+        decayed=decayed,
+        write_params=write_params,
+        moments_only=moments_only,
+    )
+    return list(results[len(moments) :]), tuple(results[: len(moments)])

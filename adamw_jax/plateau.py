@@ -45,24 +45,52 @@ class ReduceOnPlateauState(NamedTuple):
     window_sum: jax.Array
 
 
-def _check_arguments(factor: float, patience: int, rtol: float, atol: float, cooldown: int,
-                     min_scale: float, accumulation_size: int, eps: float) -> None:
-    check.check_positive("factor", factor, high=1.0, high_inclusive=False,
-                         hint="The scale is multiplied by it on a plateau, e.g. 0.1 (0 would stop "
-                         "training at the first plateau).")
+def _check_arguments(
+    factor: float,
+    patience: int,
+    rtol: float,
+    atol: float,
+    cooldown: int,
+    min_scale: float,
+    accumulation_size: int,
+    eps: float,
+) -> None:
+    check.check_positive(
+        "factor",
+        factor,
+        high=1.0,
+        high_inclusive=False,
+        hint="The scale is multiplied by it on a plateau, e.g. 0.1 (0 would stop "
+        "training at the first plateau).",
+    )
     for name, value in (("patience", patience), ("cooldown", cooldown)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int >= 0 (a number of windows), got {value!r}.")
         if value < 0:
             raise ValueError(f"{name} must be >= 0 (a number of windows), got {value}.")
     check.check_range("rtol", rtol, low=0.0, high=1.0, hint="e.g. 1e-4: improve by 0.01% to count.")
-    check.check_range("atol", atol, low=0.0, finite=True,
-                      hint="e.g. 0.0, or the smallest loss change that counts.")
-    check.check_range("min_scale", min_scale, low=0.0, high=1.0, hint="the scale never drops below it.")
-    check.check_range("eps", eps, low=0.0, finite=True,
-                      hint="reductions smaller than eps are skipped (torch's eps/lr).")
-    check.check_positive_int("accumulation_size", accumulation_size,
-                             hint="It is how many values are averaged per decision; 1 decides at every value.")
+    check.check_range(
+        "atol",
+        atol,
+        low=0.0,
+        finite=True,
+        hint="e.g. 0.0, or the smallest loss change that counts.",
+    )
+    check.check_range(
+        "min_scale", min_scale, low=0.0, high=1.0, hint="the scale never drops below it."
+    )
+    check.check_range(
+        "eps",
+        eps,
+        low=0.0,
+        finite=True,
+        hint="reductions smaller than eps are skipped (torch's eps/lr).",
+    )
+    check.check_positive_int(
+        "accumulation_size",
+        accumulation_size,
+        hint="It is how many values are averaged per decision; 1 decides at every value.",
+    )
 
 
 def reduce_on_plateau(
@@ -96,9 +124,12 @@ def reduce_on_plateau(
     def init_fn(params: optax.Params) -> ReduceOnPlateauState:
         del params
         return ReduceOnPlateauState(
-            scale=jnp.ones([], dtype), best_value=jnp.full([], jnp.inf, dtype),
-            bad_windows=num.zero_count(), cooldown_left=num.zero_count(),
-            window_count=num.zero_count(), window_sum=jnp.zeros([], dtype),
+            scale=jnp.ones([], dtype),
+            best_value=jnp.full([], jnp.inf, dtype),
+            bad_windows=num.zero_count(),
+            cooldown_left=num.zero_count(),
+            window_count=num.zero_count(),
+            window_sum=jnp.zeros([], dtype),
         )
 
     def decide(state: ReduceOnPlateauState, mean: jax.Array) -> ReduceOnPlateauState:
@@ -113,19 +144,30 @@ def reduce_on_plateau(
             scale=jnp.where(lowered, reduced, state.scale),
             best_value=jnp.where(improved, mean, state.best_value),
             bad_windows=jnp.where(reduce, 0, bad).astype(num.COUNT_DTYPE),
-            cooldown_left=jnp.where(reduce, cooldown, state.cooldown_left - cooling).astype(num.COUNT_DTYPE),
-            window_count=num.zero_count(), window_sum=jnp.zeros([], dtype),
+            cooldown_left=jnp.where(reduce, cooldown, state.cooldown_left - cooling).astype(
+                num.COUNT_DTYPE
+            ),
+            window_count=num.zero_count(),
+            window_sum=jnp.zeros([], dtype),
         )
 
     def update_fn(
-        updates: optax.Updates, state: ReduceOnPlateauState, params: optax.Params | None = None,
-        *, value: jax.typing.ArrayLike | None = None, **extra_args: Any,
+        updates: optax.Updates,
+        state: ReduceOnPlateauState,
+        params: optax.Params | None = None,
+        *,
+        value: jax.typing.ArrayLike | None = None,
+        **extra_args: Any,
     ) -> tuple[optax.Updates, ReduceOnPlateauState]:
         del params, extra_args
         if value is None:
-            raise ValueError("reduce_on_plateau needs the monitored value: call update(..., value=loss).")
+            raise ValueError(
+                "reduce_on_plateau needs the monitored value: call update(..., value=loss)."
+            )
         if jnp.shape(value) != ():
-            raise ValueError(f"value must be a scalar (the monitored loss), got shape {jnp.shape(value)}.")
+            raise ValueError(
+                f"value must be a scalar (the monitored loss), got shape {jnp.shape(value)}."
+            )
         window_sum = state.window_sum + num.as_hyperparameter(value)
         window_count = num.safe_increment(state.window_count)
         pending = state._replace(window_sum=window_sum, window_count=window_count)
@@ -133,7 +175,8 @@ def reduce_on_plateau(
         decided = decide(pending, window_sum / window_count.astype(dtype))
         state = jax.tree_util.tree_map(lambda d, p: jnp.where(full, d, p), decided, pending)
         updates = jax.tree_util.tree_map(
-            lambda u: (state.scale * u.astype(num.compute_dtype(u.dtype))).astype(u.dtype), updates)
+            lambda u: (state.scale * u.astype(num.compute_dtype(u.dtype))).astype(u.dtype), updates
+        )
         return updates, state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

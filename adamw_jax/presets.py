@@ -47,17 +47,29 @@ def _torch_betas(betas: Sequence[float]) -> tuple[float, float]:
     if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
         raise TypeError(f"betas must be a pair (beta1, beta2) such as (0.9, 0.999), got {betas!r}.")
     for index, beta in enumerate(betas):
-        check.check_range(f"betas[{index}]", beta, low=0.0, high=1.0, high_inclusive=False,
-                          hint="torch's defaults are betas=(0.9, 0.999).")
+        check.check_range(
+            f"betas[{index}]",
+            beta,
+            low=0.0,
+            high=1.0,
+            high_inclusive=False,
+            hint="torch's defaults are betas=(0.9, 0.999).",
+        )
     return betas[0], betas[1]
 
 
 def _check_torch_arguments(lr: optax.ScalarOrSchedule, amsgrad: bool, maximize: bool) -> None:
     for name, flag in (("amsgrad", amsgrad), ("maximize", maximize)):
         check.check_bool(name, flag)
-    check.check_range("lr", lr, low=0.0, allow_schedule=True, finite=True,
-                      hint="Pass a float, or a function of the 0-based step (what a torch LR "
-                           "scheduler stepped once per optimizer step gives).")
+    check.check_range(
+        "lr",
+        lr,
+        low=0.0,
+        allow_schedule=True,
+        finite=True,
+        hint="Pass a float, or a function of the 0-based step (what a torch LR "
+        "scheduler stepped once per optimizer step gives).",
+    )
 
 
 def torch_adamw(
@@ -119,42 +131,76 @@ def torch_adam(
 
 
 def _check_keras_arguments(
-    weight_decay: float, beta_1: float, beta_2: float, epsilon: float, ema_momentum: float,
-    ema_overwrite_frequency: int | None, loss_scale_factor: float | None,
+    weight_decay: float,
+    beta_1: float,
+    beta_2: float,
+    epsilon: float,
+    ema_momentum: float,
+    ema_overwrite_frequency: int | None,
+    loss_scale_factor: float | None,
     gradient_accumulation_steps: int | None,
 ) -> None:
     """Keras' checks, with Keras' argument names in the messages."""
-    check.check_range("weight_decay", weight_decay, low=0.0, finite=True,
-                      hint="Keras' default is 0.004.")
+    check.check_range(
+        "weight_decay", weight_decay, low=0.0, finite=True, hint="Keras' default is 0.004."
+    )
     for name, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
-        check.check_range(name, beta, low=0.0, high=1.0, high_inclusive=False,
-                          hint="Keras' defaults are beta_1=0.9, beta_2=0.999.")
+        check.check_range(
+            name,
+            beta,
+            low=0.0,
+            high=1.0,
+            high_inclusive=False,
+            hint="Keras' defaults are beta_1=0.9, beta_2=0.999.",
+        )
     check.check_range("epsilon", epsilon, low=0.0, finite=True, hint="Keras' default is 1e-7.")
-    check.check_range("ema_momentum", ema_momentum, low=0.0, high=1.0,
-                      hint="Keras' default is 0.99.")
-    check.check_positive_int("ema_overwrite_frequency", ema_overwrite_frequency, allow_none=True,
-                             hint="It is the number of steps between overwrites; None: never.")
-    check.check_positive_int("gradient_accumulation_steps", gradient_accumulation_steps,
-                             allow_none=True, hint="None: no accumulation.")
+    check.check_range(
+        "ema_momentum", ema_momentum, low=0.0, high=1.0, hint="Keras' default is 0.99."
+    )
+    check.check_positive_int(
+        "ema_overwrite_frequency",
+        ema_overwrite_frequency,
+        allow_none=True,
+        hint="It is the number of steps between overwrites; None: never.",
+    )
+    check.check_positive_int(
+        "gradient_accumulation_steps",
+        gradient_accumulation_steps,
+        allow_none=True,
+        hint="None: no accumulation.",
+    )
     if loss_scale_factor is not None:
-        check.check_positive("loss_scale_factor", loss_scale_factor, finite=True,
-                             hint="The loss is multiplied by it; None: no scaling.")
+        check.check_positive(
+            "loss_scale_factor",
+            loss_scale_factor,
+            finite=True,
+            hint="The loss is multiplied by it; None: no scaling.",
+        )
 
 
 def _keras_clipping(
     clipnorm: float | None, clipvalue: float | None, global_clipnorm: float | None
 ) -> list[optax.GradientTransformation]:
     """The one clipping transform Keras allows, or none."""
-    given = {name: value for name, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
-                                             ("global_clipnorm", global_clipnorm))
-             if value is not None}
+    given = {
+        name: value
+        for name, value in (
+            ("clipnorm", clipnorm),
+            ("clipvalue", clipvalue),
+            ("global_clipnorm", global_clipnorm),
+        )
+        if value is not None
+    }
     if len(given) > 1:
         raise ValueError(
             "Only one of clipnorm, clipvalue and global_clipnorm can be set (as in Keras); got "
-            + ", ".join(f"{name}={value!r}" for name, value in given.items()) + "."
+            + ", ".join(f"{name}={value!r}" for name, value in given.items())
+            + "."
         )
     for name, value in given.items():
-        check.check_positive(name, value, hint="It is the clipping threshold; None disables clipping.")
+        check.check_positive(
+            name, value, hint="It is the clipping threshold; None disables clipping."
+        )
     if clipnorm is not None:
         return [clip_by_norm(clipnorm)]
     if clipvalue is not None:
@@ -220,26 +266,48 @@ def keras_adamw(
       An ``optax.GradientTransformationExtraArgs``; read the average with ``ema_params(state)`` when
       ``use_ema`` and ``ema_overwrite_frequency`` is ``None`` (Keras' ``finalize_variable_values``).
     """
-    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True, finite=True,
-                      hint="Pass a float, or a function of the 0-based step.")
+    check.check_range(
+        "learning_rate",
+        learning_rate,
+        low=0.0,
+        allow_schedule=True,
+        finite=True,
+        hint="Pass a float, or a function of the 0-based step.",
+    )
     for name, flag in (("amsgrad", amsgrad), ("use_ema", use_ema)):
         check.check_bool(name, flag)
-    _check_keras_arguments(weight_decay, beta_1, beta_2, epsilon, ema_momentum,
-                           ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps)
+    _check_keras_arguments(
+        weight_decay,
+        beta_1,
+        beta_2,
+        epsilon,
+        ema_momentum,
+        ema_overwrite_frequency,
+        loss_scale_factor,
+        gradient_accumulation_steps,
+    )
     accumulation = gradient_accumulation_steps
     inner = optax.chain(
         *_keras_clipping(clipnorm, clipvalue, global_clipnorm),
         scale_by_adam(beta_1, beta_2, epsilon, eps_mode="hat", amsgrad=amsgrad),
-        add_decayed_weights(weight_decay, mask=(
-            None if exclude_from_weight_decay is None
-            else masks.exclude_from_weight_decay(exclude_from_weight_decay))),
+        add_decayed_weights(
+            weight_decay,
+            mask=(
+                None
+                if exclude_from_weight_decay is None
+                else masks.exclude_from_weight_decay(exclude_from_weight_decay)
+            ),
+        ),
         scale_by_learning_rate(
             micro_step_schedule(learning_rate, accumulation)
-            if accumulation is not None and callable(learning_rate) else learning_rate),
+            if accumulation is not None and callable(learning_rate)
+            else learning_rate
+        ),
     )
     steps = [] if loss_scale_factor is None else [loss_scaling(loss_scale_factor, dynamic=False)]
     steps.append(inner if accumulation is None else accumulate_gradients(accumulation, inner=inner))
     if use_ema:
-        steps.append(param_ema(ema_momentum, ema_overwrite_frequency,
-                               accumulation_steps=accumulation or 1))
+        steps.append(
+            param_ema(ema_momentum, ema_overwrite_frequency, accumulation_steps=accumulation or 1)
+        )
     return optax.chain(*steps)

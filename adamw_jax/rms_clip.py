@@ -27,8 +27,7 @@ from adamw_jax.moments import ScaleByAdamState
 _SECOND_MOMENT = lowbit.moment_storage(None, argument="nu_dtype", second_moment=True)
 
 
-def _clip_factor(g: jax.Array, v_hat: jax.Array, eps: jax.Array, threshold: jax.Array
-                 ) -> jax.Array:
+def _clip_factor(g: jax.Array, v_hat: jax.Array, eps: jax.Array, threshold: jax.Array) -> jax.Array:
     """``1 / max(1, RMS(g²/max(v̂, eps²)) / threshold)`` in at least float32."""
     dtype = num.compute_dtype(g.dtype)
     ratio = num.squared_magnitude(g.astype(dtype)) / jnp.maximum(v_hat, jnp.square(eps))
@@ -52,14 +51,20 @@ def clip_by_update_rms(
       b2: the ``b2`` of that ``scale_by_adam`` (for ``v̂ = v / (1 - β2^t)``).
       eps: ``v̂`` is floored at ``eps²`` (optimi: the Adam ``eps``), >= 0.
     """
-    check.check_positive("rms_clip_threshold", threshold, finite=True,
-                         hint="StableAdamW uses 1.0; pass None to turn the clipping off.")
+    check.check_positive(
+        "rms_clip_threshold",
+        threshold,
+        finite=True,
+        hint="StableAdamW uses 1.0; pass None to turn the clipping off.",
+    )
     check.check_range("b2", b2, low=0.0, high=1.0, high_inclusive=False)
     check.check_range("eps", eps, low=0.0, finite=True)
     inner = optax.with_extra_args_support(inner)
 
     def update_fn(
-        updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: optax.OptState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, optax.OptState]:
         steps, state = inner.update(updates, state, params, **extra_args)

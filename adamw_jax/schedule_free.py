@@ -65,8 +65,14 @@ def schedule_free_adamw(
       state_dtype: storage of ``z`` (``None``: the parameter dtype).
       r: ``t^r`` in the averaging weights (schedulefree's, default 0).
     """
-    check.check_range("learning_rate", learning_rate, low=0.0, allow_schedule=True, finite=True,
-                      hint="Schedule-free AdamW uses about 10x AdamW's rate, e.g. 2.5e-3.")
+    check.check_range(
+        "learning_rate",
+        learning_rate,
+        low=0.0,
+        allow_schedule=True,
+        finite=True,
+        hint="Schedule-free AdamW uses about 10x AdamW's rate, e.g. 2.5e-3.",
+    )
     check.check_positive_int("warmup_steps", warmup_steps, allow_none=True)
     check.check_range("b1", b1, low=0.0, high=1.0, high_inclusive=False)
     if check.concrete_float(b1) == 0.0:
@@ -88,24 +94,31 @@ def schedule_free_adamw(
         check.check_parameter_leaves(params)
         zero = jnp.zeros([], num.hyperparameter_dtype())
         return ScheduleFreeAdamWState(
-            count=num.zero_count(), b1=num.as_hyperparameter(b1), weight_sum=zero, max_lr=zero,
-            z=jax.tree_util.tree_map(lambda p: jnp.array(p, dtype=state_dtype or p.dtype),
-                                     params),
-            nu=jax.tree_util.tree_map(jnp.zeros_like, params))
+            count=num.zero_count(),
+            b1=num.as_hyperparameter(b1),
+            weight_sum=zero,
+            max_lr=zero,
+            z=jax.tree_util.tree_map(lambda p: jnp.array(p, dtype=state_dtype or p.dtype), params),
+            nu=jax.tree_util.tree_map(jnp.zeros_like, params),
+        )
 
     def update_fn(
-        updates: optax.Updates, state: ScheduleFreeAdamWState,
-        params: optax.Params | None = None, **extra_args: Any,
+        updates: optax.Updates,
+        state: ScheduleFreeAdamWState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
     ) -> tuple[optax.Updates, ScheduleFreeAdamWState]:
         del extra_args
         if params is None:
-            raise ValueError("schedule_free_adamw needs the parameters y: call "
-                             "update(grads, state, params).")
+            raise ValueError(
+                "schedule_free_adamw needs the parameters y: call update(grads, state, params)."
+            )
         eta = rate(state.count)
         max_lr = jnp.maximum(state.max_lr, eta)
         step = num.safe_increment(state.count)
-        weight = step.astype(eta.dtype) ** num.as_hyperparameter(r) * max_lr ** \
-            num.as_hyperparameter(weight_lr_power)
+        weight = step.astype(eta.dtype) ** num.as_hyperparameter(
+            r
+        ) * max_lr ** num.as_hyperparameter(weight_lr_power)
         weight_sum = state.weight_sum + weight
         c = jnp.where(weight_sum > 0, weight / jnp.where(weight_sum > 0, weight_sum, 1), 0)
         correction2 = num.bias_correction(num.one_minus(b2), step)
@@ -115,21 +128,26 @@ def schedule_free_adamw(
 
         def leaf(g, y, z, v):
             dtype = num.compute_dtype(y.dtype)
-            g, y32, z32 = (num.limit_magnitude(g.astype(dtype)), y.astype(dtype),
-                           z.astype(dtype))
+            g, y32, z32 = (num.limit_magnitude(g.astype(dtype)), y.astype(dtype), z.astype(dtype))
             v = b2_t * v + num.one_minus(b2) * num.squared_magnitude(g)
             d = g / (jnp.sqrt(v / correction2) + eps_t) + decay * y32
             delta = c * (z32 - y32) + y_step * d
             return delta.astype(y.dtype), (z32 - eta * d).astype(z.dtype), v.astype(y.dtype)
 
         leaves, treedef = jax.tree_util.tree_flatten(updates)
-        out = [leaf(*args) for args in zip(leaves, treedef.flatten_up_to(params),
-                                           treedef.flatten_up_to(state.z),
-                                           treedef.flatten_up_to(state.nu))]
+        out = [
+            leaf(*args)
+            for args in zip(
+                leaves,
+                treedef.flatten_up_to(params),
+                treedef.flatten_up_to(state.z),
+                treedef.flatten_up_to(state.nu),
+            )
+        ]
         part = lambda i: treedef.unflatten([o[i] for o in out])  # noqa: E731
         return part(0), ScheduleFreeAdamWState(
-            count=step, b1=state.b1, weight_sum=weight_sum, max_lr=max_lr, z=part(1),
-            nu=part(2))
+            count=step, b1=state.b1, weight_sum=weight_sum, max_lr=max_lr, z=part(1), nu=part(2)
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -128,7 +128,9 @@ def _fits(shape: tuple[int, ...], layout: _ParamLayout) -> bool:
     )
 
 
-def _zero_split(sharding: NamedSharding, shape: tuple[int, ...], zero_axes: tuple[str, ...]) -> NamedSharding:
+def _zero_split(
+    sharding: NamedSharding, shape: tuple[int, ...], zero_axes: tuple[str, ...]
+) -> NamedSharding:
     """``sharding`` additionally split along ``zero_axes`` on the first dimension that divides
     evenly; unchanged when already split that way or when no dimension divides."""
     entries = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
@@ -140,7 +142,9 @@ def _zero_split(sharding: NamedSharding, shape: tuple[int, ...], zero_axes: tupl
         axes = _spec_axes(entry) + missing
         if size % _axes_size(sharding.mesh, axes) == 0:
             entries[dim] = axes if len(axes) > 1 else axes[0]
-            return NamedSharding(sharding.mesh, PartitionSpec(*entries), memory_kind=sharding.memory_kind)
+            return NamedSharding(
+                sharding.mesh, PartitionSpec(*entries), memory_kind=sharding.memory_kind
+            )
     return sharding
 
 
@@ -168,7 +172,8 @@ def state_shardings(
       A tree with the structure of the state and a ``NamedSharding`` on every array leaf.
     """
     param_leaves, params_def = jax.tree_util.tree_flatten(
-        param_shardings, is_leaf=lambda x: isinstance(x, PartitionSpec))
+        param_shardings, is_leaf=lambda x: isinstance(x, PartitionSpec)
+    )
     mesh = _resolve_mesh(param_leaves, mesh)
     layouts = [_param_layout(leaf, mesh) for leaf in param_leaves]
     zero_axes = _check_zero_axes(zero_axis, mesh)
@@ -199,16 +204,19 @@ def state_shardings(
         pieces = mirrored_pieces(node)
         if pieces is not None:
             mirrored.append(True)
-            return params_def.unflatten([
-                place(layout.sharding, piece) if jax.tree_util.tree_leaves(piece) else piece
-                for piece, layout in zip(pieces, layouts)
-            ])
+            return params_def.unflatten(
+                [
+                    place(layout.sharding, piece) if jax.tree_util.tree_leaves(piece) else piece
+                    for piece, layout in zip(pieces, layouts)
+                ]
+            )
         if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(node)):
             return place(_typed_sharding(node, mesh) or replicated, node)
         if _shares_keys(node, param_shardings) and not _has_structure(params_def, node):
             mismatched.append((path, node))
         children = jax.tree_util.tree_flatten_with_path(
-            node, is_leaf=lambda child: child is not node)[0]
+            node, is_leaf=lambda child: child is not node
+        )[0]
         node_def = jax.tree_util.tree_structure(node, is_leaf=lambda child: child is not node)
         return node_def.unflatten([shard(child, path + key) for key, child in children])
 
@@ -230,20 +238,26 @@ def _has_structure(params_def: Any, node: Any) -> bool:
 
 def _shares_keys(node: Any, param_shardings: Any) -> bool:
     """Whether ``node`` is a mapping keyed like the parameters' (a moment tree, say)."""
-    return (isinstance(node, Mapping) and isinstance(param_shardings, Mapping)
-            and bool(set(node) & set(param_shardings)))
+    return (
+        isinstance(node, Mapping)
+        and isinstance(param_shardings, Mapping)
+        and bool(set(node) & set(param_shardings))
+    )
 
 
 def _raise_mismatch(path: tuple[Any, ...], node: Any, param_shardings: Any) -> None:
     where = jax.tree_util.keystr(path) or "the state"
     only_state = sorted(map(str, set(node) - set(param_shardings)))
     only_params = sorted(map(str, set(param_shardings) - set(node)))
-    detail = (f"keys only in the state: {only_state}; only in param_shardings: {only_params}"
-              if only_state or only_params else
-              f"the state has {jax.tree_util.tree_structure(node)}, param_shardings "
-              f"{jax.tree_util.tree_structure(param_shardings)}")
+    detail = (
+        f"keys only in the state: {only_state}; only in param_shardings: {only_params}"
+        if only_state or only_params
+        else f"the state has {jax.tree_util.tree_structure(node)}, param_shardings "
+        f"{jax.tree_util.tree_structure(param_shardings)}"
+    )
     raise ValueError(
         f"param_shardings does not match the state: {where} is keyed like the parameters but "
         f"does not have their tree structure ({detail}), and no part of the state does, so "
         "every array would be replicated. Pass the shardings of the parameters the state was "
-        "initialised with (the same tree).")
+        "initialised with (the same tree)."
+    )

@@ -128,9 +128,7 @@ def _to_torch(array: jax.Array) -> Any:
     return torch.from_numpy(host.astype(np.float64)).to(dtype)
 
 
-def to_torch_state_dict(
-    opt_state: optax.OptState, like: Mapping[str, Any]
-) -> dict[str, Any]:
+def to_torch_state_dict(opt_state: optax.OptState, like: Mapping[str, Any]) -> dict[str, Any]:
     """A torch ``Adam``/``AdamW`` ``state_dict`` holding the adamw_jax state, for
     ``torch_optimizer.load_state_dict``.
 
@@ -153,8 +151,9 @@ def to_torch_state_dict(
         )
     step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
     step = float(jax.device_get(adam.count))
-    per_param: dict[int, dict[str, Any]] = {i: {"step": torch.tensor(step, dtype=step_dtype)}
-                                             for i in indices}
+    per_param: dict[int, dict[str, Any]] = {
+        i: {"step": torch.tensor(step, dtype=step_dtype)} for i in indices
+    }
     for field, name in _TORCH_MOMENTS.items():
         moments = getattr(adam, field)
         if moments is None:

@@ -15,7 +15,10 @@ from adamw_jax.fused import FusedTransformation
 
 
 def apply_updates(
-    params: optax.Params, updates: optax.Updates, *, stochastic_rounding: bool = False,
+    params: optax.Params,
+    updates: optax.Updates,
+    *,
+    stochastic_rounding: bool = False,
     step: jax.typing.ArrayLike | None = None,
 ) -> optax.Params:
     """Return ``params + updates`` leaf by leaf, each in its parameter's dtype.
@@ -35,8 +38,11 @@ def apply_updates(
         )
     is_none = lambda x: x is None  # noqa: E731
     leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_none)
-    keys = (lowbit.step_keys(step, lowbit.PARAMS_STREAM, len(leaves)) if stochastic_rounding
-            else [None] * len(leaves))
+    keys = (
+        lowbit.step_keys(step, lowbit.PARAMS_STREAM, len(leaves))
+        if stochastic_rounding
+        else [None] * len(leaves)
+    )
 
     def apply(p: jax.Array | None, u: jax.Array | None, key: jax.Array | None) -> jax.Array | None:
         if p is None or u is None:
@@ -44,12 +50,16 @@ def apply_updates(
         return lowbit.add_and_round(p, u, p.dtype, key)
 
     return treedef.unflatten(
-        [apply(*args) for args in zip(leaves, treedef.flatten_up_to(updates), keys)])
+        [apply(*args) for args in zip(leaves, treedef.flatten_up_to(updates), keys)]
+    )
 
 
 def update_and_apply(
-    optimizer: optax.GradientTransformation, grads: optax.Updates, state: optax.OptState,
-    params: optax.Params, **extra_args: Any,
+    optimizer: optax.GradientTransformation,
+    grads: optax.Updates,
+    state: optax.OptState,
+    params: optax.Params,
+    **extra_args: Any,
 ) -> tuple[optax.Params, optax.OptState]:
     """One optimizer step, ``(new_params, new_state)``: ``optimizer.update`` then
     ``apply_updates``, or for ``adamw``/``adam`` with ``fused=True`` both in one pass.
@@ -61,6 +71,7 @@ def update_and_apply(
     """
     if isinstance(optimizer, FusedTransformation):
         return optimizer.step(grads, state, params, **extra_args)
-    updates, state = optax.with_extra_args_support(optimizer).update(grads, state, params,
-                                                                    **extra_args)
+    updates, state = optax.with_extra_args_support(optimizer).update(
+        grads, state, params, **extra_args
+    )
     return apply_updates(params, updates), state

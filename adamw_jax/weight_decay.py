@@ -40,7 +40,9 @@ def _weight_decay_transform(
         return WeightDecayState(count=num.zero_count())
 
     def update_fn(
-        updates: optax.Updates, state: WeightDecayState, params: optax.Params | None = None,
+        updates: optax.Updates,
+        state: WeightDecayState,
+        params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, WeightDecayState]:
         del extra_args
@@ -75,8 +77,14 @@ def add_decayed_weights(
       mask: a tree of bools (or a prefix of the params tree, or a callable returning one); only
         ``True`` leaves are decayed.
     """
-    check.check_range("weight_decay", weight_decay, low=0.0, allow_schedule=True, finite=True,
-                      hint="Use 0.0 to disable decay.")
+    check.check_range(
+        "weight_decay",
+        weight_decay,
+        low=0.0,
+        allow_schedule=True,
+        finite=True,
+        hint="Use 0.0 to disable decay.",
+    )
     return _weight_decay_transform(
         lambda count: num.hyperparameter_at(weight_decay, count), 1.0, mask
     )
@@ -96,8 +104,14 @@ def decoupled_weight_decay(
         schedule divided by its peak; ``None`` means ``s_t = 1``.
       mask: which leaves to decay, as in ``add_decayed_weights``.
     """
-    check.check_range("weight_decay", weight_decay, low=0.0, allow_schedule=True, finite=True,
-                      hint="Use 0.0 to disable decay.")
+    check.check_range(
+        "weight_decay",
+        weight_decay,
+        low=0.0,
+        allow_schedule=True,
+        finite=True,
+        hint="Use 0.0 to disable decay.",
+    )
     check.check_schedule_or_none("schedule_multiplier", schedule_multiplier)
 
     def coefficient(count: jax.Array) -> jax.Array:

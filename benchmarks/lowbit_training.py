@@ -34,17 +34,23 @@ from adamw_jax._demo import smoothed  # noqa: E402
 RUNS = {
     "float32": (jnp.float32, {}),
     "bf16 state": (jnp.float32, dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)),
-    "bf16 state + SR": (jnp.float32, dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16,
-                                          stochastic_rounding=True)),
+    "bf16 state + SR": (
+        jnp.float32,
+        dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True),
+    ),
     "int8 state": (jnp.float32, dict(mu_dtype="int8", nu_dtype="int8")),
-    "bf16 params + SR": (jnp.bfloat16, dict(mu_dtype=jnp.float32, nu_dtype=jnp.float32,
-                                            stochastic_rounding=True)),
+    "bf16 params + SR": (
+        jnp.bfloat16,
+        dict(mu_dtype=jnp.float32, nu_dtype=jnp.float32, stochastic_rounding=True),
+    ),
     "bf16 params + master": (jnp.bfloat16, dict(master_weights=True)),
     "bf16 params, nearest": (jnp.bfloat16, dict(mu_dtype=jnp.float32, nu_dtype=jnp.float32)),
 }
 
 
-def batches(steps: int, batch_size: int, context: int, seed: int) -> tuple[int, np.ndarray, np.ndarray]:
+def batches(
+    steps: int, batch_size: int, context: int, seed: int
+) -> tuple[int, np.ndarray, np.ndarray]:
     """The vocabulary size and ``steps`` stacked (inputs, targets) batches of the fables."""
     vocabulary = ct.Vocabulary(ct.load_fables())
     windows = ct.random_windows(vocabulary.encode(ct.load_fables()), batch_size, context, seed)
@@ -59,9 +65,11 @@ def train(param_dtype, adamw_kwargs: dict, args: argparse.Namespace, data) -> np
     graphdef, params = nnx.split(ct.CharTransformer(config, rngs=nnx.Rngs(args.seed)))
     params = jax.tree_util.tree_map(lambda p: p.astype(param_dtype), params)
     schedule = aw.schedules.warmup_cosine_decay_schedule(
-        0.0, args.peak_learning_rate, args.steps // 10, args.steps, args.peak_learning_rate / 10)
-    optimizer = aw.adamw(schedule, b1=0.9, b2=0.99, weight_decay=0.1, mask=ct.decay_mask,
-                         **adamw_kwargs)
+        0.0, args.peak_learning_rate, args.steps // 10, args.steps, args.peak_learning_rate / 10
+    )
+    optimizer = aw.adamw(
+        schedule, b1=0.9, b2=0.99, weight_decay=0.1, mask=ct.decay_mask, **adamw_kwargs
+    )
 
     def loss_of(params32, x, y):
         return ct.next_character_loss(nnx.merge(graphdef, params32)(x), y)
@@ -97,18 +105,25 @@ def main() -> None:
     tail = max(1, args.steps // 10)
     final = {name: float(np.mean(losses[-tail:])) for name, losses in curves.items()}
     baseline = final["float32"]
-    print(f"char transformer, {args.steps} steps, batch {args.batch_size}x{args.context}, "
-          f"width {args.width}, {args.layers} layers, lr {args.peak_learning_rate:g} warmup-cosine")
+    print(
+        f"char transformer, {args.steps} steps, batch {args.batch_size}x{args.context}, "
+        f"width {args.width}, {args.layers} layers, lr {args.peak_learning_rate:g} warmup-cosine"
+    )
     print(f"{'run':<24}{'final loss':>12}{'vs float32':>12}{'first loss':>12}{'seconds':>9}")
     for name, value in final.items():
-        print(f"{name:<24}{value:>12.4f}{100 * (value / baseline - 1):>+11.2f}%"
-              f"{curves[name][0]:>12.4f}{seconds[name]:>9.1f}")
+        print(
+            f"{name:<24}{value:>12.4f}{100 * (value / baseline - 1):>+11.2f}%"
+            f"{curves[name][0]:>12.4f}{seconds[name]:>9.1f}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure, axis = plt.subplots(figsize=(8, 4.5))
     for name, losses in curves.items():
         axis.plot(smoothed(losses, 0.95), label=f"{name} ({final[name]:.3f})", linewidth=1.2)
-    axis.set(xlabel="step", ylabel="training loss (nats/char, smoothed)",
-             title="Char transformer: low-precision AdamW states and bf16 parameters")
+    axis.set(
+        xlabel="step",
+        ylabel="training loss (nats/char, smoothed)",
+        title="Char transformer: low-precision AdamW states and bf16 parameters",
+    )
     axis.set_ylim(min(final.values()) - 0.2, float(np.max(curves["float32"][: args.steps // 20])))
     axis.legend()
     figure.tight_layout()

@@ -33,8 +33,9 @@ FORMATS = {
     "bf16": dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
     "bf16 + SR": dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True),
     "bf16 mu, f16 nu": dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.float16),
-    "bf16 mu, f16 nu + SR": dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.float16,
-                                 stochastic_rounding=True),
+    "bf16 mu, f16 nu + SR": dict(
+        mu_dtype=jnp.bfloat16, nu_dtype=jnp.float16, stochastic_rounding=True
+    ),
     "int8": dict(mu_dtype="int8", nu_dtype="int8"),
     "int8 + SR": dict(mu_dtype="int8", nu_dtype="int8", stochastic_rounding=True),
 }
@@ -69,8 +70,10 @@ def torch_contenders(tensors: int, size: int) -> tuple[dict[str, tuple[Timer, fl
     makers = {"torch AdamW foreach (peer)": lambda p: torch.optim.AdamW(p, 1e-3, foreach=True)}
     try:
         import bitsandbytes as bnb
-        makers[f"bitsandbytes {bnb.__version__} AdamW8bit (peer)"] = (
-            lambda p: bnb.optim.AdamW8bit(p, 1e-3))
+
+        makers[f"bitsandbytes {bnb.__version__} AdamW8bit (peer)"] = lambda p: bnb.optim.AdamW8bit(
+            p, 1e-3
+        )
     except Exception as error:  # noqa: BLE001 - any import failure is the finding
         notes.append(f"bitsandbytes not run: {type(error).__name__}: {error}")
     for name, make in makers.items():
@@ -83,8 +86,12 @@ def torch_contenders(tensors: int, size: int) -> tuple[dict[str, tuple[Timer, fl
         except Exception as error:  # noqa: BLE001
             notes.append(f"{name} failed its first step: {type(error).__name__}: {error}")
             continue
-        state_bytes = sum(v.nbytes for s in optimizer.state.values() for v in s.values()
-                          if isinstance(v, torch.Tensor))
+        state_bytes = sum(
+            v.nbytes
+            for s in optimizer.state.values()
+            for v in s.values()
+            if isinstance(v, torch.Tensor)
+        )
 
         def once(optimizer=optimizer) -> float:
             start = time.perf_counter()
@@ -116,11 +123,16 @@ def main() -> None:
     args = parser.parse_args()
     keys = jax.random.split(jax.random.key(0), 2 * args.tensors)
     params = {f"w{i}": jax.random.normal(keys[i], (args.size,)) for i in range(args.tensors)}
-    grads = {f"w{i}": 1e-3 * jax.random.normal(keys[args.tensors + i], (args.size,))
-             for i in range(args.tensors)}
+    grads = {
+        f"w{i}": 1e-3 * jax.random.normal(keys[args.tensors + i], (args.size,))
+        for i in range(args.tensors)
+    }
     count = args.tensors * args.size
-    contenders = {(name, mode): jax_contender(kwargs, params, grads, mode == "fused")
-                  for name, kwargs in FORMATS.items() for mode in ("chain", "fused")}
+    contenders = {
+        (name, mode): jax_contender(kwargs, params, grads, mode == "fused")
+        for name, kwargs in FORMATS.items()
+        for mode in ("chain", "fused")
+    }
     peers, notes = torch_contenders(args.tensors, args.size)
     contenders |= {(name, "peer"): timer for name, timer in peers.items()}
     for once, _ in contenders.values():  # compile and warm
@@ -134,30 +146,40 @@ def main() -> None:
             times[key].append(once())
     bandwidth = statistics.median(bandwidths)
     ms = {key: 1e3 * statistics.median(t) for key, t in times.items()}
-    print(f"adamw step, {args.tensors} x {args.size:,} float32 parameters, "
-          f"{jax.devices()[0].platform}, median of {args.repeats} alternating rounds; "
-          f"triad bandwidth {bandwidth / 1e9:.1f} GB/s")
-    print(f"{'state format':<40}{'B/param':>8}{'moved':>7}{'bound ms':>9}{'chain ms':>9}"
-          f"{'vs f32':>8}{'fused ms':>9}{'vs f32':>8}{'of bound':>9}")
+    print(
+        f"adamw step, {args.tensors} x {args.size:,} float32 parameters, "
+        f"{jax.devices()[0].platform}, median of {args.repeats} alternating rounds; "
+        f"triad bandwidth {bandwidth / 1e9:.1f} GB/s"
+    )
+    print(
+        f"{'state format':<40}{'B/param':>8}{'moved':>7}{'bound ms':>9}{'chain ms':>9}"
+        f"{'vs f32':>8}{'fused ms':>9}{'vs f32':>8}{'of bound':>9}"
+    )
     chain32, fused32 = ms["float32", "chain"], ms["float32", "fused"]
     for name in FORMATS:
         state = contenders[name, "fused"][1]
         moved = 12 + 2 * state
         bound = 1e3 * moved * count / bandwidth
         chain, fused = ms[name, "chain"], ms[name, "fused"]
-        print(f"{name:<40}{state:>8.3f}{moved:>7.2f}{bound:>9.2f}{chain:>9.2f}"
-              f"{chain / chain32:>7.2f}x{fused:>9.2f}{fused / fused32:>7.2f}x{bound / fused:>8.0%}")
+        print(
+            f"{name:<40}{state:>8.3f}{moved:>7.2f}{bound:>9.2f}{chain:>9.2f}"
+            f"{chain / chain32:>7.2f}x{fused:>9.2f}{fused / fused32:>7.2f}x{bound / fused:>8.0%}"
+        )
     for name, state in peers.items():
         moved = 12 + 2 * state[1]
         bound = 1e3 * moved * count / bandwidth
         step = ms[name, "peer"]
-        print(f"{name:<40}{state[1]:>8.3f}{moved:>7.2f}{bound:>9.2f}{'':>9}{'':>8}"
-              f"{step:>9.2f}{step / fused32:>7.2f}x{bound / step:>8.0%}")
+        print(
+            f"{name:<40}{state[1]:>8.3f}{moved:>7.2f}{bound:>9.2f}{'':>9}{'':>8}"
+            f"{step:>9.2f}{step / fused32:>7.2f}x{bound / step:>8.0%}"
+        )
     for name in FORMATS:
         if name.endswith(" + SR"):
             nearest = name.removesuffix(" + SR")
-            print(f"{name}: chain {ms[name, 'chain'] / ms[nearest, 'chain']:.2f}x, fused "
-                  f"{ms[name, 'fused'] / ms[nearest, 'fused']:.2f}x the {nearest} step")
+            print(
+                f"{name}: chain {ms[name, 'chain'] / ms[nearest, 'chain']:.2f}x, fused "
+                f"{ms[name, 'fused'] / ms[nearest, 'fused']:.2f}x the {nearest} step"
+            )
     for note in notes:
         print(note)
 

@@ -64,17 +64,35 @@ HYPER = dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2)
 
 def gpt2_shapes(vocab: int = 50257, positions: int = 1024, width: int = 768, layers: int = 12):
     """The 148 tensors of GPT-2 small (124M parameters), or a scaled-down copy."""
-    block = [(width,), (width,), (width, 3 * width), (3 * width,), (width, width), (width,),
-             (width,), (width,), (width, 4 * width), (4 * width,), (4 * width, width), (width,)]
+    block = [
+        (width,),
+        (width,),
+        (width, 3 * width),
+        (3 * width,),
+        (width, width),
+        (width,),
+        (width,),
+        (width,),
+        (width, 4 * width),
+        (4 * width,),
+        (4 * width, width),
+        (width,),
+    ]
     return [(vocab, width), (positions, width)] + block * layers + [(width,), (width,)]
 
 
 def workloads(quick: bool) -> dict[str, list[tuple[int, ...]]]:
     if quick:
-        return {"gpt2_small_shapes": gpt2_shapes(512, 64, 32, 2),
-                "many_small_tensors": [(256,)] * 40, "one_large_tensor": [(1 << 16,)]}
-    return {"many_small_tensors": [(4096,)] * 2000, "one_large_tensor": [(1 << 26,)],
-            "gpt2_small_shapes": gpt2_shapes()}
+        return {
+            "gpt2_small_shapes": gpt2_shapes(512, 64, 32, 2),
+            "many_small_tensors": [(256,)] * 40,
+            "one_large_tensor": [(1 << 16,)],
+        }
+    return {
+        "many_small_tensors": [(4096,)] * 2000,
+        "one_large_tensor": [(1 << 26,)],
+        "gpt2_small_shapes": gpt2_shapes(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,8 +154,9 @@ def _copy(tree):
 def _dispatch_floor(optimizer: optax.GradientTransformation, params, grads):
     """A jitted step that returns its donated params and state untouched (the gradients kept as
     inputs): what JAX costs to pass the step's arrays in and out, below any optimizer."""
-    return _donated_runner(lambda p, s, g: (p, s), params, jax.jit(optimizer.init)(params), grads,
-                           keep_unused=True)
+    return _donated_runner(
+        lambda p, s, g: (p, s), params, jax.jit(optimizer.init)(params), grads, keep_unused=True
+    )
 
 
 def build_jax_contenders(shapes, params, grads) -> dict[str, Callable]:
@@ -146,26 +165,49 @@ def build_jax_contenders(shapes, params, grads) -> dict[str, Callable]:
     flat_grads = layout.pack(grads)
     return {
         "dispatch floor: identity, optax's arrays": lambda: _dispatch_floor(
-            optax.adamw(lr, b1, b2, eps, weight_decay=wd), _copy(params), grads),
+            optax.adamw(lr, b1, b2, eps, weight_decay=wd), _copy(params), grads
+        ),
         "dispatch floor: identity, fused's arrays": lambda: _dispatch_floor(
-            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(params), grads),
+            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(params), grads
+        ),
         "optax.adamw": lambda: _jax_contender(
-            optax.adamw(lr, b1, b2, eps, weight_decay=wd), _copy(params), grads, optax.apply_updates),
+            optax.adamw(lr, b1, b2, eps, weight_decay=wd), _copy(params), grads, optax.apply_updates
+        ),
         "adamw_jax": lambda: _jax_contender(
-            aw.adamw(lr, b1, b2, eps, weight_decay=wd), _copy(params), grads, aw.apply_updates),
+            aw.adamw(lr, b1, b2, eps, weight_decay=wd), _copy(params), grads, aw.apply_updates
+        ),
         # The door every optax loop takes: tx.update, then optax.apply_updates.
         "adamw_jax fused": lambda: _jax_contender(
-            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(params), grads,
-            optax.apply_updates),
+            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True),
+            _copy(params),
+            grads,
+            optax.apply_updates,
+        ),
         "adamw_jax fused, update_and_apply": lambda: _jax_contender(
-            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(params), grads, None),
+            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(params), grads, None
+        ),
         # The variants the one pass runs (AdamC: corrected decay is a scalar of the step).
         "adamw_jax fused AdamC, update_and_apply": lambda: _jax_contender(
-            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True, weight_decay_mode="corrected",
-                     peak_learning_rate=lr), _copy(params), grads, None),
+            aw.adamw(
+                lr,
+                b1,
+                b2,
+                eps,
+                weight_decay=wd,
+                fused=True,
+                weight_decay_mode="corrected",
+                peak_learning_rate=lr,
+            ),
+            _copy(params),
+            grads,
+            None,
+        ),
         "adamw_jax fused, flat params": lambda: _jax_contender(
-            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(flat_params), flat_grads,
-            None),
+            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True),
+            _copy(flat_params),
+            flat_grads,
+            None,
+        ),
     }
 
 
@@ -207,13 +249,20 @@ def build_flax_contenders(params, grads) -> dict[str, Callable]:
     lr, b1, b2, eps, wd = (HYPER[k] for k in ("lr", "b1", "b2", "eps", "weight_decay"))
     return {
         NNX_OPTAX: lambda: _nnx_contender(
-            nnx.Optimizer, optax.adamw(lr, b1, b2, eps, weight_decay=wd), _copy(params), grads),
+            nnx.Optimizer, optax.adamw(lr, b1, b2, eps, weight_decay=wd), _copy(params), grads
+        ),
         "nnx.Optimizer, adamw_jax fused": lambda: _nnx_contender(
-            nnx.Optimizer, aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True), _copy(params),
-            grads),
+            nnx.Optimizer,
+            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True),
+            _copy(params),
+            grads,
+        ),
         "adamw_jax.flax.Optimizer, fused": lambda: _nnx_contender(
-            adamw_jax.flax.Optimizer, aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True),
-            _copy(params), grads),
+            adamw_jax.flax.Optimizer,
+            aw.adamw(lr, b1, b2, eps, weight_decay=wd, fused=True),
+            _copy(params),
+            grads,
+        ),
     }
 
 
@@ -229,8 +278,13 @@ def build_torch_contenders(shapes, grads) -> dict[str, Callable]:
         for p, g in zip(params, host_grads):
             p.grad = torch.from_numpy(np.array(g)).to(device)
         optimizer = torch.optim.AdamW(
-            params, lr=HYPER["lr"], betas=(HYPER["b1"], HYPER["b2"]), eps=HYPER["eps"],
-            weight_decay=HYPER["weight_decay"], **{implementation: True})
+            params,
+            lr=HYPER["lr"],
+            betas=(HYPER["b1"], HYPER["b2"]),
+            eps=HYPER["eps"],
+            weight_decay=HYPER["weight_decay"],
+            **{implementation: True},
+        )
 
         def run() -> None:
             optimizer.step()
@@ -241,8 +295,10 @@ def build_torch_contenders(shapes, grads) -> dict[str, Callable]:
         run()  # torch has no compilation; its first step allocates the state
         return time.perf_counter() - start, run, None
 
-    return {"torch AdamW fused": lambda: contender("fused"),
-            "torch AdamW foreach": lambda: contender("foreach")}
+    return {
+        "torch AdamW fused": lambda: contender("fused"),
+        "torch AdamW foreach": lambda: contender("foreach"),
+    }
 
 
 def build_keras_contender(params, grads) -> dict[str, Callable]:
@@ -251,8 +307,12 @@ def build_keras_contender(params, grads) -> dict[str, Callable]:
     def contender():
         variables = [keras.Variable(p) for p in jax.tree_util.tree_leaves(_copy(params))]
         optimizer = keras.optimizers.AdamW(
-            learning_rate=HYPER["lr"], weight_decay=HYPER["weight_decay"], beta_1=HYPER["b1"],
-            beta_2=HYPER["b2"], epsilon=HYPER["eps"])
+            learning_rate=HYPER["lr"],
+            weight_decay=HYPER["weight_decay"],
+            beta_1=HYPER["b1"],
+            beta_2=HYPER["b2"],
+            epsilon=HYPER["eps"],
+        )
         optimizer.build(variables)
         values = [v.value for v in variables]
         state = [v.value for v in optimizer.variables]
@@ -283,8 +343,9 @@ def triad_bandwidth(elements: int, repeats: int) -> float:
     return 12 * elements / min(times)
 
 
-def run_workload(name: str, shapes, rounds: int, bandwidth: float, peers: bool,
-                 skip: tuple[str, ...] = ()) -> dict:
+def run_workload(
+    name: str, shapes, rounds: int, bandwidth: float, peers: bool, skip: tuple[str, ...] = ()
+) -> dict:
     n = sum(int(np.prod(s)) for s in shapes)
     keys = jax.random.split(jax.random.key(0), len(shapes))
     params = [jnp.ones(s, jnp.float32) for s in shapes]
@@ -293,8 +354,9 @@ def run_workload(name: str, shapes, rounds: int, bandwidth: float, peers: bool,
     if peers:
         builders |= build_torch_contenders(shapes, grads) | build_keras_contender(params, grads)
     # Every contender's arrays stay alive while they alternate (GPT-2 shapes: about 2 GB each).
-    builders = {label: build for label, build in builders.items()
-                if not any(part in label for part in skip)}
+    builders = {
+        label: build for label, build in builders.items() if not any(part in label for part in skip)
+    }
     runners, results = {}, {}
     for label, build in builders.items():
         gc.collect()
@@ -303,8 +365,12 @@ def run_workload(name: str, shapes, rounds: int, bandwidth: float, peers: bool,
         compile_s, run, temp_mb = build()
         for _ in range(2):
             run()
-        results[label] = dict(compile_s=compile_s, times=[], xla_temp_mb=temp_mb,
-                              peak_rss_mb=(_status_kib("VmHWM") - rss_before) / 1024)
+        results[label] = dict(
+            compile_s=compile_s,
+            times=[],
+            xla_temp_mb=temp_mb,
+            peak_rss_mb=(_status_kib("VmHWM") - rss_before) / 1024,
+        )
         runners[label] = run
     for _ in range(rounds):  # alternate, so that machine noise hits every contender alike
         for label, run in runners.items():
@@ -324,10 +390,14 @@ def run_workload(name: str, shapes, rounds: int, bandwidth: float, peers: bool,
 
 
 def format_table(report: dict) -> str:
-    lines = [f"## {report['workload']}: {report['params']:,} params in {report['tensors']} tensors, "
-             f"bound {report['bound_ms']:.1f} ms", "",
-             "| contender | median ms | min ms | / optax | / torch fused | / nnx optax | of bound "
-             "| compile s | peak RSS MB | XLA temp MB |", "|---" * 10 + "|"]
+    lines = [
+        f"## {report['workload']}: {report['params']:,} params in {report['tensors']} tensors, "
+        f"bound {report['bound_ms']:.1f} ms",
+        "",
+        "| contender | median ms | min ms | / optax | / torch fused | / nnx optax | of bound "
+        "| compile s | peak RSS MB | XLA temp MB |",
+        "|---" * 10 + "|",
+    ]
     for label, r in report["results"].items():
         ratio = lambda key: f"{r[key]:.2f}x" if key in r else "-"  # noqa: E731
         lines.append(
@@ -335,7 +405,8 @@ def format_table(report: dict) -> str:
             f"| {ratio('ratio_to_torch AdamW fused')} | {ratio(f'ratio_to_{NNX_OPTAX}')} "
             f"| {100 * r['fraction_of_bound']:.0f}% "
             f"| {r['compile_s']:.2f} | {r['peak_rss_mb']:.0f} "
-            f"| {'-' if r['xla_temp_mb'] is None else format(r['xla_temp_mb'], '.0f')} |")
+            f"| {'-' if r['xla_temp_mb'] is None else format(r['xla_temp_mb'], '.0f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -345,36 +416,59 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=None, help="timed steps per contender")
     parser.add_argument("--no-peers", action="store_true", help="skip torch and keras")
     parser.add_argument("--workload", action="append", help="run only these workloads")
-    parser.add_argument("--skip", action="append", default=[], metavar="TEXT",
-                        help="leave out the contenders whose label contains TEXT (to fit in memory)")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="leave out the contenders whose label contains TEXT (to fit in memory)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 15)
     device = jax.devices()[0]
     bandwidth = triad_bandwidth(1 << (16 if args.quick else 26), rounds)
-    machine = dict(host=socket.gethostname(), platform=platform.platform(),
-                   processor=platform.processor() or platform.machine(), cpus=os.cpu_count(),
-                   device=device.device_kind, jax=jax.__version__, optax=optax.__version__)
-    header = (f"# AdamW step, {datetime.datetime.now():%Y-%m-%d %H:%M} on {machine['host']} "
-              f"({machine['device']}, {machine['cpus']} CPUs)\n\n"
-              f"In-place triad bandwidth: {bandwidth / 1e9:.1f} GB/s; bound = "
-              f"{BYTES_PER_PARAM} bytes/param at that bandwidth.")
+    machine = dict(
+        host=socket.gethostname(),
+        platform=platform.platform(),
+        processor=platform.processor() or platform.machine(),
+        cpus=os.cpu_count(),
+        device=device.device_kind,
+        jax=jax.__version__,
+        optax=optax.__version__,
+    )
+    header = (
+        f"# AdamW step, {datetime.datetime.now():%Y-%m-%d %H:%M} on {machine['host']} "
+        f"({machine['device']}, {machine['cpus']} CPUs)\n\n"
+        f"In-place triad bandwidth: {bandwidth / 1e9:.1f} GB/s; bound = "
+        f"{BYTES_PER_PARAM} bytes/param at that bandwidth."
+    )
     print(header, flush=True)
     reports = []
     for name, shapes in workloads(args.quick).items():
         if args.workload and name not in args.workload:
             continue
-        reports.append(run_workload(name, shapes, rounds, bandwidth, peers=not args.no_peers,
-                                    skip=tuple(args.skip)))
+        reports.append(
+            run_workload(
+                name, shapes, rounds, bandwidth, peers=not args.no_peers, skip=tuple(args.skip)
+            )
+        )
         print("\n" + format_table(reports[-1]), flush=True)
         gc.collect()
-    result = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), machine=machine,
-                  quick=args.quick, rounds=rounds, triad_gb_s=bandwidth / 1e9, workloads=reports)
+    result = dict(
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        machine=machine,
+        quick=args.quick,
+        rounds=rounds,
+        triad_gb_s=bandwidth / 1e9,
+        workloads=reports,
+    )
     stem = f"{datetime.date.today():%Y-%m-%d}_{machine['host']}{'_quick' if args.quick else ''}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     (args.out / f"{stem}.md").write_text(
-        header + "\n\n" + "\n\n".join(format_table(r) for r in reports) + "\n")
+        header + "\n\n" + "\n\n".join(format_table(r) for r in reports) + "\n"
+    )
     return result
 
 

@@ -62,9 +62,12 @@ def plot_ratios(runs: list[dict], path: Path) -> None:
     """One panel per workload: a bar per contender and run, the bound and the dispatch floors
     (a donated identity step over each contender's arrays) as vertical lines."""
     latest_run = {entry["workload"]: run for run in runs for entry in run["workloads"]}
-    workloads = [entry for run in runs for entry in run["workloads"]
-                 if latest_run[entry["workload"]] is run]  # each workload's latest measurement
-    figure, axes = plt.subplots(len(workloads), 1, figsize=(11, 3.4 * len(workloads)), squeeze=False)
+    workloads = [
+        entry for run in runs for entry in run["workloads"] if latest_run[entry["workload"]] is run
+    ]  # each workload's latest measurement
+    figure, axes = plt.subplots(
+        len(workloads), 1, figsize=(11, 3.4 * len(workloads)), squeeze=False
+    )
     height = 0.8 / len(runs)
     for axis, entry in zip(axes[:, 0], workloads):
         names = [name for name in contenders(runs, entry["workload"]) if not name.startswith(FLOOR)]
@@ -100,7 +103,9 @@ def plot_ratios(runs: list[dict], path: Path) -> None:
             ),
         )
         axis.set_xscale("log")
-        axis.set_xlim(low, 1.6 * max(ratios(latest_run[entry["workload"]], entry["workload"]).values()))
+        axis.set_xlim(
+            low, 1.6 * max(ratios(latest_run[entry["workload"]], entry["workload"]).values())
+        )
         for label, value in lines.items():
             if value >= low:
                 axis.axvline(
@@ -140,12 +145,14 @@ def plot_bound(runs: list[dict], path: Path) -> None:
     that measured the workload."""
     latest = {entry["workload"]: (run, entry) for run in runs for entry in run["workloads"]}
     workloads = [entry for _, entry in latest.values()]
-    names = list(dict.fromkeys(
-        name
-        for run, entry in latest.values()
-        for name in contenders([run], entry["workload"])
-        if not name.startswith("dispatch floor")
-    ))
+    names = list(
+        dict.fromkeys(
+            name
+            for run, entry in latest.values()
+            for name in contenders([run], entry["workload"])
+            if not name.startswith("dispatch floor")
+        )
+    )
     figure, axis = plt.subplots(figsize=(11, 5))
     height = 0.8 / len(workloads)
     for index, entry in enumerate(workloads):
@@ -177,8 +184,14 @@ def plot_bound(runs: list[dict], path: Path) -> None:
     )
     axis.set_title(
         "Latest run of each workload: "
-        + ", ".join(sorted({f"{run['date'][:16].replace('T', ' ')} on {run['machine']['host']}"
-                            for run, _ in latest.values()})),
+        + ", ".join(
+            sorted(
+                {
+                    f"{run['date'][:16].replace('T', ' ')} on {run['machine']['host']}"
+                    for run, _ in latest.values()
+                }
+            )
+        ),
         fontsize=10,
     )
     axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8, frameon=False)

@@ -25,8 +25,11 @@ from pathlib import Path
 from adamw_jax import _demo
 
 
-def main(config: _demo.DemoConfig = _demo.DemoConfig(),
-         out: Path = Path("char_transformer_out"), progress: bool = True) -> list[_demo.TrainingRun]:
+def main(
+    config: _demo.DemoConfig = _demo.DemoConfig(),
+    out: Path = Path("char_transformer_out"),
+    progress: bool = True,
+) -> list[_demo.TrainingRun]:
     """Train with adamw_jax and optax.adamw; write ``out/loss_curves.png`` and
     ``out/checkpoint``; return both runs."""
     return _demo.run_demo(out, config, progress=progress)
@@ -35,8 +38,17 @@ def main(config: _demo.DemoConfig = _demo.DemoConfig(),
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = _demo.DemoConfig()
-    for name in ("steps", "batch_size", "context", "width", "heads", "layers",
-                 "peak_learning_rate", "weight_decay", "seed"):
+    for name in (
+        "steps",
+        "batch_size",
+        "context",
+        "width",
+        "heads",
+        "layers",
+        "peak_learning_rate",
+        "weight_decay",
+        "seed",
+    ):
         default = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--out", type=Path, default=Path("char_transformer_out"))

@@ -43,13 +43,16 @@ def train_step(model: nnx.Linear, optimizer: nnx.Optimizer, x: jax.Array, y: jax
     return loss
 
 
-def train(epochs: int = 100, out: Path = Path("linear_classifier.png"), seed: int = 0,
-          progress: bool = True) -> np.ndarray:
+def train(
+    epochs: int = 100,
+    out: Path = Path("linear_classifier.png"),
+    seed: int = 0,
+    progress: bool = True,
+) -> np.ndarray:
     """Train for ``epochs`` epochs, save the loss curve to ``out``; return the epoch losses."""
     features, labels = make_data(seed)
     model = nnx.Linear(FEATURES, CLASSES, rngs=nnx.Rngs(seed))
-    optimizer = nnx.Optimizer(model, aw.adamw(learning_rate=1e-3, weight_decay=1e-2),
-                              wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, aw.adamw(learning_rate=1e-3, weight_decay=1e-2), wrt=nnx.Param)
     rng = np.random.default_rng(seed)
     losses, accuracies = [], []
     bar = tqdm(range(epochs), desc="linear classifier", unit="epoch", disable=not progress)
@@ -57,7 +60,7 @@ def train(epochs: int = 100, out: Path = Path("linear_classifier.png"), seed: in
         order = rng.permutation(SAMPLES)
         batch_losses = []
         for start in range(0, SAMPLES, BATCH):
-            chosen = order[start:start + BATCH]
+            chosen = order[start : start + BATCH]
             loss = train_step(model, optimizer, features[chosen], labels[chosen])
             batch_losses.append(float(loss) * len(chosen))
         losses.append(sum(batch_losses) / SAMPLES)
@@ -72,14 +75,25 @@ def plot(losses: np.ndarray, accuracies: np.ndarray, out: Path) -> None:
     loss_axis = figure.subplots()
     epochs = np.arange(1, len(losses) + 1)
     loss_axis.plot(epochs, losses, color="tab:blue", linewidth=2, label="training loss")
-    loss_axis.set(xlabel="epoch", ylabel="cross-entropy (nats)",
-                  title="Linear classifier, adamw_jax.adamw(lr=1e-3, weight_decay=1e-2)")
+    loss_axis.set(
+        xlabel="epoch",
+        ylabel="cross-entropy (nats)",
+        title="Linear classifier, adamw_jax.adamw(lr=1e-3, weight_decay=1e-2)",
+    )
     loss_axis.grid(alpha=0.3)
     accuracy_axis = loss_axis.twinx()
-    accuracy_axis.plot(epochs, accuracies, color="tab:orange", linewidth=1.5, linestyle="--",
-                       label="training accuracy")
+    accuracy_axis.plot(
+        epochs,
+        accuracies,
+        color="tab:orange",
+        linewidth=1.5,
+        linestyle="--",
+        label="training accuracy",
+    )
     accuracy_axis.set_ylabel("accuracy")
-    handles = loss_axis.get_legend_handles_labels()[0] + accuracy_axis.get_legend_handles_labels()[0]
+    handles = (
+        loss_axis.get_legend_handles_labels()[0] + accuracy_axis.get_legend_handles_labels()[0]
+    )
     loss_axis.legend(handles=handles, loc="center right")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)

@@ -31,8 +31,11 @@ import adamw_jax as aw  # noqa: E402
 WIDTH, HIDDEN, BATCH, STEPS = 64, 256, 128, 20
 OPTIMIZER = aw.adamw(3e-3, weight_decay=1e-2)
 # Megatron-style split of the MLP over "model": first kernel by columns, second by rows.
-MODEL_PARALLEL = {"hidden_kernel": P(None, "model"), "hidden_bias": P("model"),
-                  "out_kernel": P("model", None)}
+MODEL_PARALLEL = {
+    "hidden_kernel": P(None, "model"),
+    "hidden_bias": P("model"),
+    "out_kernel": P("model", None),
+}
 LAYOUTS = {  # name: (mesh shape, axis names, parameter specs, zero_axis)
     "data parallel": ((8,), ("data",), {}, None),
     "data parallel + ZeRO-1": ((8,), ("data",), {}, "data"),
@@ -84,16 +87,23 @@ def train(mesh_shape, axis_names, specs, zero_axis):
     param_sh = {k: NamedSharding(mesh, specs.get(k, P())) for k in init_params()}
     batch_sh = NamedSharding(mesh, P("data"))
     params = jax.jit(init_params, static_argnums=0, out_shardings=param_sh)(0)
-    state_sh = aw.state_shardings(jax.eval_shape(OPTIMIZER.init, params), param_sh, zero_axis=zero_axis)
+    state_sh = aw.state_shardings(
+        jax.eval_shape(OPTIMIZER.init, params), param_sh, zero_axis=zero_axis
+    )
     state = jax.jit(OPTIMIZER.init, out_shardings=state_sh)(params)
-    step = jax.jit(train_step, in_shardings=(param_sh, state_sh, batch_sh),
-                   out_shardings=(param_sh, state_sh, NamedSharding(mesh, P())),
-                   donate_argnums=(0, 1))
+    step = jax.jit(
+        train_step,
+        in_shardings=(param_sh, state_sh, batch_sh),
+        out_shardings=(param_sh, state_sh, NamedSharding(mesh, P())),
+        donate_argnums=(0, 1),
+    )
     for t in range(STEPS):
         params, state, value = step(params, state, jax.device_put(batch_at(t), batch_sh))
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-    summary = (f"loss {float(value):.5f}, optimizer state per device "
-               f"{bytes_per_device(state) / 1024:.0f} KiB of {state_bytes / 1024:.0f} KiB")
+    summary = (
+        f"loss {float(value):.5f}, optimizer state per device "
+        f"{bytes_per_device(state) / 1024:.0f} KiB of {state_bytes / 1024:.0f} KiB"
+    )
     return jax.device_get(params), summary
 
 

@@ -62,7 +62,9 @@ def train(mesh: Mesh, steps: int) -> tuple[dict[str, np.ndarray], float]:
     param_sh = {k: replicated for k in SHAPES}
     batch_sh = NamedSharding(mesh, P("data"))
     params = jax.device_put(initial_params(), param_sh)
-    state_sh = aw.state_shardings(jax.eval_shape(OPTIMIZER.init, params), param_sh, zero_axis="data")
+    state_sh = aw.state_shardings(
+        jax.eval_shape(OPTIMIZER.init, params), param_sh, zero_axis="data"
+    )
     state = jax.jit(OPTIMIZER.init, out_shardings=state_sh)(params)
 
     def step(params, state, batch):
@@ -70,19 +72,25 @@ def train(mesh: Mesh, steps: int) -> tuple[dict[str, np.ndarray], float]:
         updates, state = OPTIMIZER.update(grads, state, params)
         return aw.apply_updates(params, updates), state, value
 
-    step = jax.jit(step, in_shardings=(param_sh, state_sh, batch_sh),
-                   out_shardings=(param_sh, state_sh, replicated), donate_argnums=(0, 1))
+    step = jax.jit(
+        step,
+        in_shardings=(param_sh, state_sh, batch_sh),
+        out_shardings=(param_sh, state_sh, replicated),
+        donate_argnums=(0, 1),
+    )
     for t in range(steps):
         # Each process places only the rows of its own devices. Here every process can build
         # the whole (tiny) batch; a real input pipeline reads just its slice.
         host_batch = global_batch(t)
         batch = tuple(
             jax.make_array_from_callback(a.shape, batch_sh, lambda index, a=a: a[index])
-            for a in host_batch)
+            for a in host_batch
+        )
         params, state, value = step(params, state, batch)
     # Replicated arrays: every process holds the whole value on each of its devices.
     return {k: np.asarray(v.addressable_data(0)) for k, v in params.items()}, float(
-        np.asarray(value.addressable_data(0)))
+        np.asarray(value.addressable_data(0))
+    )
 
 
 def free_port() -> int:
@@ -101,8 +109,18 @@ def spawn(args: argparse.Namespace) -> int:
     print(f"coordinator {coordinator}", flush=True)
     workers = []
     for process_id in range(args.spawn):
-        command = [sys.executable, __file__, "--coordinator", coordinator, "--process-id",
-                   str(process_id), "--num-processes", str(args.spawn), "--steps", str(args.steps)]
+        command = [
+            sys.executable,
+            __file__,
+            "--coordinator",
+            coordinator,
+            "--process-id",
+            str(process_id),
+            "--num-processes",
+            str(args.spawn),
+            "--steps",
+            str(args.steps),
+        ]
         if args.output and process_id == 0:
             command += ["--output", args.output]
         workers.append(subprocess.Popen(command, env=env))
@@ -127,8 +145,11 @@ def main() -> int:
     parser.add_argument("--coordinator", help="host:port of process 0")
     parser.add_argument("--process-id", type=int)
     parser.add_argument("--num-processes", type=int)
-    parser.add_argument("--local-devices", type=int,
-                        help="with --spawn on CPU: host devices per process (sets JAX_NUM_CPU_DEVICES)")
+    parser.add_argument(
+        "--local-devices",
+        type=int,
+        help="with --spawn on CPU: host devices per process (sets JAX_NUM_CPU_DEVICES)",
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--output", help="process 0 saves the final parameters here (.npz)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds, with --spawn")
@@ -138,8 +159,11 @@ def main() -> int:
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
     params, final_loss = train(mesh, args.steps)
-    print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} of "
-          f"{jax.device_count()} devices, loss after {args.steps} steps {final_loss:.6f}", flush=True)
+    print(
+        f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} of "
+        f"{jax.device_count()} devices, loss after {args.steps} steps {final_loss:.6f}",
+        flush=True,
+    )
     if args.output and jax.process_index() == 0:
         np.savez(args.output, **params)
     jax.distributed.shutdown()

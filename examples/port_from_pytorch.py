@@ -62,18 +62,24 @@ def initial_weights(seed: int = 0) -> dict[str, np.ndarray]:
         bound = 1 / np.sqrt(fan_in)  # nn.Linear.reset_parameters
         return rng.uniform(-bound, bound, shape).astype(np.float32)
 
-    return {"0.weight": uniform(FEATURES, (HIDDEN, FEATURES)), "0.bias": uniform(FEATURES, (HIDDEN,)),
-            "2.weight": uniform(HIDDEN, (1, HIDDEN)), "2.bias": uniform(HIDDEN, (1,))}
+    return {
+        "0.weight": uniform(FEATURES, (HIDDEN, FEATURES)),
+        "0.bias": uniform(FEATURES, (HIDDEN,)),
+        "2.weight": uniform(HIDDEN, (1, HIDDEN)),
+        "2.bias": uniform(HIDDEN, (1,)),
+    }
 
 
 def train_torch(steps: int, seed: int = 0) -> list[float]:
     """The original PyTorch loop."""
     x, y = (torch.from_numpy(a) for a in make_data(seed))
-    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.Tanh(),
-                                torch.nn.Linear(HIDDEN, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(FEATURES, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, 1)
+    )
     model.load_state_dict({k: torch.from_numpy(v) for k, v in initial_weights(seed).items()})
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS,
-                                  weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY
+    )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=ETA_MIN)
     losses = []
     for chosen in batch_indices(steps, seed):
@@ -119,21 +125,28 @@ def train_flax(steps: int, seed: int = 0) -> list[float]:
     schedule = aw.schedules.cosine_decay_schedule(LR, steps, alpha=ETA_MIN / LR)
     # torch: torch.optim.AdamW(model.parameters(), lr, betas, eps, weight_decay)
     optimizer = nnx.Optimizer(
-        model, aw.adamw(schedule, BETAS[0], BETAS[1], EPS, weight_decay=WEIGHT_DECAY),
+        model,
+        aw.adamw(schedule, BETAS[0], BETAS[1], EPS, weight_decay=WEIGHT_DECAY),
         wrt=nnx.Param,
     )
-    return [float(train_step(model, optimizer, x[chosen], y[chosen]))
-            for chosen in batch_indices(steps, seed)]
+    return [
+        float(train_step(model, optimizer, x[chosen], y[chosen]))
+        for chosen in batch_indices(steps, seed)
+    ]
 
 
 def plot(curves: dict[str, list[float]], out: Path) -> None:
     figure = Figure(figsize=(7, 4), layout="constrained")
     axis = figure.subplots()
     for (name, losses), style in zip(curves.items(), ("-", "--")):
-        axis.semilogy(np.arange(1, len(losses) + 1), losses, linestyle=style, linewidth=2,
-                      label=name)
-    axis.set(xlabel="step", ylabel="mean squared error",
-             title="PyTorch AdamW and its adamw_jax port, same weights and batches")
+        axis.semilogy(
+            np.arange(1, len(losses) + 1), losses, linestyle=style, linewidth=2, label=name
+        )
+    axis.set(
+        xlabel="step",
+        ylabel="mean squared error",
+        title="PyTorch AdamW and its adamw_jax port, same weights and batches",
+    )
     axis.grid(alpha=0.3, which="both")
     axis.legend()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +171,9 @@ if __name__ == "__main__":
     for name, losses in results.items():
         print(f"{name:>22}: loss {losses[0]:.5f} -> {losses[-1]:.5f}")
     if len(results) == 2:
-        ours, theirs = np.asarray(results["adamw_jax + Flax NNX"]), np.asarray(results["torch.optim.AdamW"])
+        ours, theirs = (
+            np.asarray(results["adamw_jax + Flax NNX"]),
+            np.asarray(results["torch.optim.AdamW"]),
+        )
         print(f"largest relative loss difference: {np.max(np.abs(ours - theirs) / theirs):.2e}")
     print(f"wrote {arguments.out}")

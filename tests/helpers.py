@@ -15,13 +15,17 @@ import adamw_jax as aw
 SHAPES = {"w": (6, 5), "b": (5,), "scalar": (), "conv": (2, 3, 4)}
 
 
-def make_params(seed: int = 0, shapes: dict[str, tuple[int, ...]] = SHAPES) -> dict[str, np.ndarray]:
+def make_params(
+    seed: int = 0, shapes: dict[str, tuple[int, ...]] = SHAPES
+) -> dict[str, np.ndarray]:
     """Float64 parameters with magnitudes around 1."""
     rng = np.random.default_rng(seed)
     return {k: rng.normal(size=s) for k, s in shapes.items()}
 
 
-def gradient_stream(params: dict[str, np.ndarray], steps: int, seed: int = 1) -> list[dict[str, np.ndarray]]:
+def gradient_stream(
+    params: dict[str, np.ndarray], steps: int, seed: int = 1
+) -> list[dict[str, np.ndarray]]:
     """Gradients whose scale drifts over four decades, with exact zeros and sign flips, so every
     regime of the update (|m̂| << eps, >> eps, v̂ from tiny to large) is visited."""
     rng = np.random.default_rng(seed)

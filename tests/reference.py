@@ -91,8 +91,15 @@ def polynomial(t: int, init: float, end: float, power: float, steps: int, begin:
     return (init - end) * (1 - tau / steps) ** power + end
 
 
-def exponential(t: int, init: float, steps: int, rate: float, begin: int = 0, staircase: bool = False,
-                end: float | None = None) -> float:
+def exponential(
+    t: int,
+    init: float,
+    steps: int,
+    rate: float,
+    begin: int = 0,
+    staircase: bool = False,
+    end: float | None = None,
+) -> float:
     """``init·rate^p``, ``p = max(t - begin, 0)/steps`` (floored if staircase), bounded by end."""
     p = max(t - begin, 0) / steps
     value = init * rate ** (np.floor(p) if staircase else p)
@@ -107,8 +114,15 @@ def cosine(t: int, init: float, steps: int, alpha: float = 0.0, exponent: float 
     return init * ((1 - alpha) * c**exponent + alpha)
 
 
-def warmup_cosine(t: int, init: float, peak: float, warmup: int, total: int, end: float = 0.0,
-                  exponent: float = 1.0) -> float:
+def warmup_cosine(
+    t: int,
+    init: float,
+    peak: float,
+    warmup: int,
+    total: int,
+    end: float = 0.0,
+    exponent: float = 1.0,
+) -> float:
     """Linear ``init -> peak`` over ``warmup`` steps, then cosine ``peak -> end`` until ``total``."""
     if t < warmup:
         return init + (peak - init) * t / warmup
@@ -141,12 +155,24 @@ def piecewise_interpolate(t: int, kind: str, init: float, scales: dict[int, floa
     for (b0, v0), (b1, v1) in zip(points, points[1:]):
         if t < b1:
             f = (t - b0) / max(b1 - b0, 1)
-            return v0 + (v1 - v0) * f if kind == "linear" else v1 + (v0 - v1) * (1 + np.cos(np.pi * f)) / 2
+            return (
+                v0 + (v1 - v0) * f
+                if kind == "linear"
+                else v1 + (v0 - v1) * (1 + np.cos(np.pi * f)) / 2
+            )
     return points[-1][1]
 
 
-def warmup_stable_decay(t: int, peak: float, warmup: int, stable: int, decay: int, init: float = 0.0,
-                        end: float = 0.0, shape: str = "linear") -> float:
+def warmup_stable_decay(
+    t: int,
+    peak: float,
+    warmup: int,
+    stable: int,
+    decay: int,
+    init: float = 0.0,
+    end: float = 0.0,
+    shape: str = "linear",
+) -> float:
     if t < warmup:
         return init + (peak - init) * t / warmup
     f = min(max(t - warmup - stable, 0), decay) / decay
@@ -164,8 +190,18 @@ def joined(t: int, pieces: Sequence[Callable[[int], float]], boundaries: Sequenc
     return pieces[-1](t - start)
 
 
-def plateau_scales(values: Sequence[float], *, factor: float, patience: int, rtol: float, atol: float,
-                   cooldown: int, min_scale: float, accumulation_size: int = 1, eps: float = 0.0) -> list[float]:
+def plateau_scales(
+    values: Sequence[float],
+    *,
+    factor: float,
+    patience: int,
+    rtol: float,
+    atol: float,
+    cooldown: int,
+    min_scale: float,
+    accumulation_size: int = 1,
+    eps: float = 0.0,
+) -> list[float]:
     """The scale after each value, as torch ``ReduceLROnPlateau`` reduces the rate: a window
     mean that does not beat ``best·(1 - rtol) - atol`` is a bad epoch; more than ``patience`` of
     them in a row multiply the scale by ``factor`` (not below ``min_scale``, and only by more than
@@ -199,6 +235,6 @@ def dynamic_code_value(byte: int, *, signed: bool) -> float:
     if "1" not in bits:
         return 0.0
     zeros = bits.index("1")
-    fraction = bits[zeros + 1:]
+    fraction = bits[zeros + 1 :]
     k = int(fraction, 2) if fraction else 0
-    return sign * 10.0 ** -zeros * (0.1 + 0.9 * (k + 1) / 2 ** len(fraction))
+    return sign * 10.0**-zeros * (0.1 + 0.9 * (k + 1) / 2 ** len(fraction))

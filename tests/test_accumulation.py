@@ -24,8 +24,10 @@ MICRO_GRADS = gradient_stream(PARAMS, K * UPDATES, seed=2)
 
 def window_means(grads, k):
     """The float64 mean of each window of ``k`` micro-step gradients."""
-    return [{name: np.mean([g[name] for g in grads[i:i + k]], axis=0) for name in grads[0]}
-            for i in range(0, len(grads), k)]
+    return [
+        {name: np.mean([g[name] for g in grads[i : i + k]], axis=0) for name in grads[0]}
+        for i in range(0, len(grads), k)
+    ]
 
 
 def counted(inner, calls):
@@ -38,15 +40,15 @@ def counted(inner, calls):
     return optax.GradientTransformation(inner.init, update_fn)
 
 
-@pytest.mark.parametrize("options", [dict(weight_decay=0.1),
-                                     dict(weight_decay=0.0, amsgrad=True, eps_mode="hat")])
+@pytest.mark.parametrize(
+    "options", [dict(weight_decay=0.1), dict(weight_decay=0.0, amsgrad=True, eps_mode="hat")]
+)
 def test_matches_reference_on_window_means(options):
     optimizer = aw.accumulate_gradients(K, inner=aw.adamw(1e-2, **options))
     actual = trajectory(optimizer, PARAMS, MICRO_GRADS)
-    expected = adamw_trajectory(PARAMS, window_means(MICRO_GRADS, K), learning_rate=1e-2,
-                                **options)
+    expected = adamw_trajectory(PARAMS, window_means(MICRO_GRADS, K), learning_rate=1e-2, **options)
     # Params move only on the last micro-step of each window, and stay bit-identical before it.
-    assert max_abs_error(actual[K - 1::K], expected) <= float32_tolerance(expected)
+    assert max_abs_error(actual[K - 1 :: K], expected) <= float32_tolerance(expected)
     for i, params in enumerate(actual):
         previous = actual[i - 1] if i else PARAMS
         if i % K != K - 1:
@@ -54,8 +56,9 @@ def test_matches_reference_on_window_means(options):
 
 
 def test_matches_optax_multisteps():
-    ours = trajectory(aw.accumulate_gradients(K, inner=aw.adamw(1e-2, weight_decay=0.1)),
-                      PARAMS, MICRO_GRADS)
+    ours = trajectory(
+        aw.accumulate_gradients(K, inner=aw.adamw(1e-2, weight_decay=0.1)), PARAMS, MICRO_GRADS
+    )
     peer = trajectory(optax.MultiSteps(aw.adamw(1e-2, weight_decay=0.1), K), PARAMS, MICRO_GRADS)
     # Same float32 mean (Σg / k) and the same inner optimizer: identical up to the summation
     # order of the accumulator (one ulp per window), so one ulp of |θ| per step suffices.
@@ -68,15 +71,17 @@ def test_matches_keras_gradient_accumulation_with_a_schedule():
     import keras  # after keras_runner, which selects the JAX backend
 
     schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=7, decay_rate=0.5)
-    keras_opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05,
-                                       gradient_accumulation_steps=K)
+    keras_opt = keras.optimizers.AdamW(
+        learning_rate=schedule, weight_decay=0.05, gradient_accumulation_steps=K
+    )
     expected = keras_trajectory(keras_opt, PARAMS, MICRO_GRADS)
 
     def jax_schedule(step):
         return 1e-2 * 0.5 ** (step / 7)
 
-    inner = aw.adamw(aw.micro_step_schedule(jax_schedule, K), eps=1e-7, weight_decay=0.05,
-                     eps_mode="hat")
+    inner = aw.adamw(
+        aw.micro_step_schedule(jax_schedule, K), eps=1e-7, weight_decay=0.05, eps_mode="hat"
+    )
     actual = trajectory(aw.accumulate_gradients(K, inner=inner), PARAMS, MICRO_GRADS)
     # Two float32 runs, each within float32_tolerance of the exact trajectory.
     assert max_abs_error(actual, expected) <= 2 * float32_tolerance(expected)
@@ -108,7 +113,9 @@ def test_inner_update_runs_only_on_the_last_micro_step():
 def test_compiled_update_branches_with_a_conditional():
     params = {"w": jnp.ones((8, 4))}
     optimizer = aw.accumulate_gradients(K, inner=aw.adamw(1e-3, weight_decay=1e-2))
-    hlo = jax.jit(optimizer.update).lower(params, optimizer.init(params), params).compile().as_text()
+    hlo = (
+        jax.jit(optimizer.update).lower(params, optimizer.init(params), params).compile().as_text()
+    )
     assert "conditional(" in hlo
 
 
@@ -118,7 +125,9 @@ def test_peak_memory_is_not_above_optax_multisteps():
 
     def temp_bytes(optimizer):
         state = optimizer.init(params)
-        compiled = jax.jit(optimizer.update, donate_argnums=1).lower(params, state, params).compile()
+        compiled = (
+            jax.jit(optimizer.update, donate_argnums=1).lower(params, state, params).compile()
+        )
         return compiled.memory_analysis().temp_size_in_bytes
 
     ours = temp_bytes(aw.accumulate_gradients(K, inner=aw.adamw(1e-3, weight_decay=1e-2)))
@@ -201,13 +210,22 @@ def test_gradients_wider_than_float16_params_keep_the_inner_state_dtypes():
     branches agree. Gradients are multiples of 1/8 whose window sums and means are exact in
     float32 either way, so both wrappers feed adamw the same mean: bit-identical runs."""
     rng = np.random.default_rng(3)
-    params = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float16),
-              "b": jnp.zeros(3, jnp.float16)}
-    grads = [{k: jnp.asarray(rng.integers(-16, 17, size=v.shape) / 8, jnp.float32)
-              for k, v in params.items()} for _ in range(3 * K)]
+    params = {
+        "w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float16),
+        "b": jnp.zeros(3, jnp.float16),
+    }
+    grads = [
+        {
+            k: jnp.asarray(rng.integers(-16, 17, size=v.shape) / 8, jnp.float32)
+            for k, v in params.items()
+        }
+        for _ in range(3 * K)
+    ]
     runs = []
-    for optimizer in (aw.accumulate_gradients(K, inner=optax.adamw(1e-2)),
-                      optax.MultiSteps(optax.adamw(1e-2), every_k_schedule=K)):
+    for optimizer in (
+        aw.accumulate_gradients(K, inner=optax.adamw(1e-2)),
+        optax.MultiSteps(optax.adamw(1e-2), every_k_schedule=K),
+    ):
         p, state = params, optimizer.init(params)
         update = jax.jit(optimizer.update)
         for g in grads:
@@ -217,7 +235,8 @@ def test_gradients_wider_than_float16_params_keep_the_inner_state_dtypes():
         runs.append((p, inner))
     (ours, ours_inner), (peer, peer_inner) = runs
     assert jax.tree_util.tree_map(lambda x: x.dtype, ours_inner) == jax.tree_util.tree_map(
-        lambda x: x.dtype, peer_inner)
+        lambda x: x.dtype, peer_inner
+    )
     assert ours_inner[0].mu["w"].dtype == jnp.float16
     for key in params:
         np.testing.assert_array_equal(np.asarray(ours[key]), np.asarray(peer[key]))

@@ -50,21 +50,31 @@ def test_adamw_matches_reference(name):
 
 
 def test_without_bias_correction_matches_reference():
-    optimizer = optax.chain(aw.scale_by_adam(bias_correction=False), aw.scale_by_learning_rate(1e-2))
+    optimizer = optax.chain(
+        aw.scale_by_adam(bias_correction=False), aw.scale_by_learning_rate(1e-2)
+    )
     expected = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, bias_correction=False)
-    assert max_abs_error(trajectory(optimizer, PARAMS, GRADS), expected) <= float32_tolerance(expected)
+    assert max_abs_error(trajectory(optimizer, PARAMS, GRADS), expected) <= float32_tolerance(
+        expected
+    )
 
 
 @pytest.mark.parametrize("mode", ["coupled", "decoupled"])
 def test_schedules_for_learning_rate_and_decay(mode):
     decay = 0.1 if mode == "coupled" else 1e-3
     expected = adamw_trajectory(
-        PARAMS, GRADS, learning_rate=warmup_cosine, weight_decay=lambda t: decay * (1 + t / STEPS),
-        weight_decay_mode=mode, peak_learning_rate=1e-2,
+        PARAMS,
+        GRADS,
+        learning_rate=warmup_cosine,
+        weight_decay=lambda t: decay * (1 + t / STEPS),
+        weight_decay_mode=mode,
+        peak_learning_rate=1e-2,
     )
     schedule = aw.schedules.warmup_cosine_decay_schedule(0.0, 1e-2, 20, STEPS, 1e-4)
     optimizer = aw.adamw(
-        schedule, weight_decay=lambda t: decay * (1 + t / STEPS), weight_decay_mode=mode,
+        schedule,
+        weight_decay=lambda t: decay * (1 + t / STEPS),
+        weight_decay_mode=mode,
         peak_learning_rate=1e-2 if mode == "decoupled" else None,
     )
     actual = trajectory(optimizer, PARAMS, GRADS)
@@ -89,12 +99,15 @@ def test_adam_is_adamw_without_decay():
 
 def test_mask_limits_decay_to_selected_leaves():
     mask = {"w": True, "b": False, "scalar": False, "conv": True}
-    expected = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, weight_decay=0.3, decay_mask=mask)
+    expected = adamw_trajectory(
+        PARAMS, GRADS, learning_rate=1e-2, weight_decay=0.3, decay_mask=mask
+    )
     actual = trajectory(aw.adamw(1e-2, weight_decay=0.3, mask=mask), PARAMS, GRADS)
     assert max_abs_error(actual, expected) <= float32_tolerance(expected)
     by_rank = trajectory(
         aw.adamw(1e-2, weight_decay=0.3, mask=lambda p: {k: v.ndim >= 2 for k, v in p.items()}),
-        PARAMS, GRADS,
+        PARAMS,
+        GRADS,
     )
     assert max_abs_error(by_rank, actual) == 0.0
 
@@ -126,8 +139,11 @@ def test_state_structure_does_not_depend_on_float_or_schedule():
         (dict(weight_decay=-0.1), ValueError, "weight_decay"),
         (dict(eps_mode="keras"), ValueError, "eps_mode"),
         (dict(weight_decay_mode="l2"), ValueError, "weight_decay_mode"),
-        (dict(learning_rate=lambda t: 1e-3, weight_decay_mode="decoupled"), ValueError,
-         "peak_learning_rate"),
+        (
+            dict(learning_rate=lambda t: 1e-3, weight_decay_mode="decoupled"),
+            ValueError,
+            "peak_learning_rate",
+        ),
         (dict(peak_learning_rate=1e-3), ValueError, "peak_learning_rate"),
         (dict(mu_dtype="int32"), TypeError, "mu_dtype"),
         (dict(nu_dtype="not-a-dtype"), TypeError, "nu_dtype"),
@@ -150,9 +166,12 @@ def test_mask_that_does_not_fit_is_named_when_first_used(mask, error):
         opt.update(params, opt.init(params), params)
 
 
-OPTAX_TWINS = [(aw.adamw, optax.adamw), (aw.adam, optax.adam),
-               (aw.scale_by_adam, optax.scale_by_adam),
-               (aw.add_decayed_weights, optax.add_decayed_weights)]
+OPTAX_TWINS = [
+    (aw.adamw, optax.adamw),
+    (aw.adam, optax.adam),
+    (aw.scale_by_adam, optax.scale_by_adam),
+    (aw.add_decayed_weights, optax.add_decayed_weights),
+]
 
 
 @pytest.mark.parametrize("ours, theirs", OPTAX_TWINS, ids=lambda f: f.__name__)
@@ -184,8 +203,9 @@ def _constant_gradient_run(optimizer: optax.GradientTransformation, steps: int =
     return float(params["w"])
 
 
-def _constant_gradient_float64(learning_rate: float, weight_decay: float, steps: int = 100
-                               ) -> float:
+def _constant_gradient_float64(
+    learning_rate: float, weight_decay: float, steps: int = 100
+) -> float:
     w, m, v = 5.0, 0.0, 0.0
     for t in range(1, steps + 1):
         m, v = 0.9 * m + 0.1 * 0.1, 0.999 * v + 0.001 * 0.1**2
@@ -213,13 +233,28 @@ def test_swapping_optax_adamw_keeps_the_trajectory(arguments):
 
 def test_optax_positional_order_is_mu_dtype_then_weight_decay():
     positional = aw.adamw(1e-3, 0.8, 0.99, 1e-7, 1e-9, jnp.bfloat16, 0.3, {"w": True})
-    named = aw.adamw(1e-3, b1=0.8, b2=0.99, eps=1e-7, eps_root=1e-9, mu_dtype=jnp.bfloat16,
-                     weight_decay=0.3, mask={"w": True})
+    named = aw.adamw(
+        1e-3,
+        b1=0.8,
+        b2=0.99,
+        eps=1e-7,
+        eps_root=1e-9,
+        mu_dtype=jnp.bfloat16,
+        weight_decay=0.3,
+        mask={"w": True},
+    )
     assert _constant_gradient_run(positional, 5) == _constant_gradient_run(named, 5)
-    assert aw.adamw(1e-3, 0.8, 0.99, 1e-7, 1e-9, jnp.bfloat16).init(
-        {"w": jnp.ones(2)})[0].mu["w"].dtype == jnp.bfloat16
-    assert aw.adam(1e-3, 0.8, 0.99, 1e-7, 0.0, jnp.bfloat16).init(
-        {"w": jnp.ones(2)})[0].mu["w"].dtype == jnp.bfloat16
+    assert (
+        aw.adamw(1e-3, 0.8, 0.99, 1e-7, 1e-9, jnp.bfloat16)
+        .init({"w": jnp.ones(2)})[0]
+        .mu["w"]
+        .dtype
+        == jnp.bfloat16
+    )
+    assert (
+        aw.adam(1e-3, 0.8, 0.99, 1e-7, 0.0, jnp.bfloat16).init({"w": jnp.ones(2)})[0].mu["w"].dtype
+        == jnp.bfloat16
+    )
 
 
 def _structure_and_dtypes(tree):
@@ -231,14 +266,17 @@ def _structure_and_dtypes(tree):
 def test_abstract_init_has_optaxs_state_dtypes(param_dtype, mu_dtype):
     """float16 params are left out: their second moment is kept out of float16's range on
     purpose (float32, or block-scaled for large leaves: adamw_jax.lowbit), where optax's is not."""
-    abstract = {"w": jax.ShapeDtypeStruct((64, 80), param_dtype),
-                "b": jax.ShapeDtypeStruct((80,), param_dtype),
-                "s": jax.ShapeDtypeStruct((), param_dtype)}
+    abstract = {
+        "w": jax.ShapeDtypeStruct((64, 80), param_dtype),
+        "b": jax.ShapeDtypeStruct((80,), param_dtype),
+        "s": jax.ShapeDtypeStruct((), param_dtype),
+    }
     ours = jax.eval_shape(aw.adamw(1e-3, mu_dtype=mu_dtype).init, abstract)[0]
     peer = jax.eval_shape(optax.adamw(1e-3, mu_dtype=mu_dtype).init, abstract)[0]
     for field in ("count", "mu", "nu"):
-        assert (_structure_and_dtypes(getattr(ours, field))
-                == _structure_and_dtypes(getattr(peer, field))), field
+        assert _structure_and_dtypes(getattr(ours, field)) == _structure_and_dtypes(
+            getattr(peer, field)
+        ), field
 
 
 def _sharded_run(optimizer, mesh, params):
@@ -263,8 +301,11 @@ def test_sharded_params_give_optaxs_state_shardings_and_values(axis_type):
     DESIGN §3), so that leaf is held to the single-device run instead, bit for bit."""
     mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
     specs = {"w": P("data", None), "b": P("data"), "s": P()}
-    values = {"w": jnp.linspace(-1.0, 1.0, 64, dtype=jnp.float32).reshape(16, 4),
-              "b": jnp.linspace(-1.0, 1.0, 16, dtype=jnp.bfloat16), "s": jnp.float32(0.5)}
+    values = {
+        "w": jnp.linspace(-1.0, 1.0, 64, dtype=jnp.float32).reshape(16, 4),
+        "b": jnp.linspace(-1.0, 1.0, 16, dtype=jnp.bfloat16),
+        "s": jnp.float32(0.5),
+    }
     params = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in values.items()}
     ours = _sharded_run(aw.adamw(1e-2), mesh, params)
     peer = _sharded_run(optax.adamw(1e-2), mesh, params)
@@ -283,8 +324,9 @@ def test_sharded_params_give_optaxs_state_shardings_and_values(axis_type):
         if x.dtype == jnp.bfloat16:
             np.testing.assert_array_equal(np.asarray(x), np.asarray(z), err_msg=where)
         else:
-            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7,
-                                       err_msg=where)
+            np.testing.assert_allclose(
+                np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7, err_msg=where
+            )
 
 
 def _at(tree, path):
@@ -293,15 +335,16 @@ def _at(tree, path):
     return tree
 
 
-FLAGS = {"adamw": ("nesterov", "amsgrad", "maximize", "fused", "stochastic_rounding",
-                   "master_weights"),
-         "adam": ("nesterov", "amsgrad", "maximize", "fused", "stochastic_rounding",
-                  "master_weights"),
-         "scale_by_adam": ("nesterov", "amsgrad", "bias_correction", "stochastic_rounding")}
+FLAGS = {
+    "adamw": ("nesterov", "amsgrad", "maximize", "fused", "stochastic_rounding", "master_weights"),
+    "adam": ("nesterov", "amsgrad", "maximize", "fused", "stochastic_rounding", "master_weights"),
+    "scale_by_adam": ("nesterov", "amsgrad", "bias_correction", "stochastic_rounding"),
+}
 
 
-@pytest.mark.parametrize("factory, flag",
-                         [(f, flag) for f, flags in FLAGS.items() for flag in flags])
+@pytest.mark.parametrize(
+    "factory, flag", [(f, flag) for f, flags in FLAGS.items() for flag in flags]
+)
 @pytest.mark.parametrize("value", ["no", "False", 1, None])
 def test_flags_must_be_bools(factory, flag, value):
     """'no' and 'False' are truthy: taken as given they would switch the option on."""
@@ -312,20 +355,25 @@ def test_flags_must_be_bools(factory, flag, value):
     build(*learning_rate, **{flag: np.bool_(False)})  # NumPy's bool is a bool
 
 
-@pytest.mark.parametrize("build, name", [
-    (lambda v: aw.adamw(v), "learning_rate"),
-    (lambda v: aw.adam(v), "learning_rate"),
-    (lambda v: aw.adamw(1e-3, eps=v), "eps"),
-    (lambda v: aw.adamw(1e-3, eps_root=v), "eps_root"),
-    (lambda v: aw.adamw(1e-3, weight_decay=v), "weight_decay"),
-    (lambda v: aw.adamw(1e-3, b1=v), "b1"),
-    (lambda v: aw.adamw(1e-3, b2=v), "b2"),
-    (lambda v: aw.adamw(1e-3, weight_decay_mode="decoupled", peak_learning_rate=v),
-     "peak_learning_rate"),
-    (lambda v: aw.scale_by_learning_rate(v), "learning_rate"),
-    (lambda v: aw.add_decayed_weights(v), "weight_decay"),
-    (lambda v: aw.decoupled_weight_decay(v), "weight_decay"),
-])
+@pytest.mark.parametrize(
+    "build, name",
+    [
+        (lambda v: aw.adamw(v), "learning_rate"),
+        (lambda v: aw.adam(v), "learning_rate"),
+        (lambda v: aw.adamw(1e-3, eps=v), "eps"),
+        (lambda v: aw.adamw(1e-3, eps_root=v), "eps_root"),
+        (lambda v: aw.adamw(1e-3, weight_decay=v), "weight_decay"),
+        (lambda v: aw.adamw(1e-3, b1=v), "b1"),
+        (lambda v: aw.adamw(1e-3, b2=v), "b2"),
+        (
+            lambda v: aw.adamw(1e-3, weight_decay_mode="decoupled", peak_learning_rate=v),
+            "peak_learning_rate",
+        ),
+        (lambda v: aw.scale_by_learning_rate(v), "learning_rate"),
+        (lambda v: aw.add_decayed_weights(v), "weight_decay"),
+        (lambda v: aw.decoupled_weight_decay(v), "weight_decay"),
+    ],
+)
 @pytest.mark.parametrize("value", [float("inf"), float("nan"), np.float32("inf")])
 def test_infinite_and_nan_hyperparameters_are_refused_when_built(build, name, value):
     with pytest.raises(ValueError, match=name):
@@ -338,8 +386,11 @@ def test_gradients_with_another_tree_than_the_params_name_the_paths():
         optimizer = aw.adamw(1e-3, fused=fused)
         state = optimizer.init(params)
         extra = {**params, "extra": jnp.ones(1)}
-        with pytest.raises(ValueError, match=r"only in the gradients: \['extra'\]; only in the "
-                           r"parameters: none"):
+        with pytest.raises(
+            ValueError,
+            match=r"only in the gradients: \['extra'\]; only in the "
+            r"parameters: none",
+        ):
             optimizer.update(extra, state, params)
         with pytest.raises(ValueError, match=r"only in the parameters: \['b'\]"):
             jax.jit(optimizer.update)({"w": jnp.ones(3)}, state, params)

@@ -26,8 +26,9 @@ def test_gpt2_shapes_have_124m_parameters_in_148_tensors(step_module):
 
 
 def test_quick_run_times_every_contender_and_saves_results(step_module, tmp_path):
-    result = step_module.main(["--quick", "--rounds", "2", "--workload", "one_large_tensor",
-                               "--out", str(tmp_path)])
+    result = step_module.main(
+        ["--quick", "--rounds", "2", "--workload", "one_large_tensor", "--out", str(tmp_path)]
+    )
     saved = json.loads(next(tmp_path.glob("*_quick.json")).read_text())
     assert saved == json.loads(json.dumps(result))
     assert "AdamW step" in next(tmp_path.glob("*_quick.md")).read_text()
@@ -36,20 +37,31 @@ def test_quick_run_times_every_contender_and_saves_results(step_module, tmp_path
     assert workload["params"] == 1 << 16 and workload["tensors"] == 1
     contenders = workload["results"]
     assert set(contenders) == {
-        "dispatch floor: identity, optax's arrays", "dispatch floor: identity, fused's arrays",
-        "optax.adamw", "adamw_jax", "adamw_jax fused", "adamw_jax fused, update_and_apply",
-        "adamw_jax fused, flat params", "adamw_jax fused AdamC, update_and_apply",
-        "nnx.Optimizer, optax.adamw", "nnx.Optimizer, adamw_jax fused",
+        "dispatch floor: identity, optax's arrays",
+        "dispatch floor: identity, fused's arrays",
+        "optax.adamw",
+        "adamw_jax",
+        "adamw_jax fused",
+        "adamw_jax fused, update_and_apply",
+        "adamw_jax fused, flat params",
+        "adamw_jax fused AdamC, update_and_apply",
+        "nnx.Optimizer, optax.adamw",
+        "nnx.Optimizer, adamw_jax fused",
         "adamw_jax.flax.Optimizer, fused",
-        "torch AdamW fused", "torch AdamW foreach", "keras AdamW"}
+        "torch AdamW fused",
+        "torch AdamW foreach",
+        "keras AdamW",
+    }
     for r in contenders.values():
         assert 0 < r["min_ms"] <= r["median_ms"] and r["compile_s"] > 0
         assert r["xla_temp_mb"] is None or r["xla_temp_mb"] >= 0
         assert r["fraction_of_bound"] == pytest.approx(workload["bound_ms"] / r["median_ms"])
         assert r["ratio_to_optax.adamw"] == pytest.approx(
-            r["median_ms"] / contenders["optax.adamw"]["median_ms"])
+            r["median_ms"] / contenders["optax.adamw"]["median_ms"]
+        )
         assert r["ratio_to_nnx.Optimizer, optax.adamw"] == pytest.approx(
-            r["median_ms"] / contenders["nnx.Optimizer, optax.adamw"]["median_ms"])
+            r["median_ms"] / contenders["nnx.Optimizer, optax.adamw"]["median_ms"]
+        )
     assert contenders["torch AdamW fused"]["ratio_to_torch AdamW fused"] == pytest.approx(1.0)
     # the Flax drop-in donated through nnx.jit: the one-pass step runs in place, as the flat one
     assert contenders["adamw_jax.flax.Optimizer, fused"]["xla_temp_mb"] < 0.25 / 100

@@ -22,12 +22,16 @@ from helpers import gradient_stream, make_params
 STEPS = 12
 SHAPES = {"w": (8, 4), "b": (8,), "scalar": (), "conv": (2, 4, 3)}
 START = {k: jnp.asarray(v, jnp.float32) for k, v in make_params(0, SHAPES).items()}
-GRADS = [{k: jnp.asarray(v, jnp.float32) for k, v in g.items()}
-         for g in gradient_stream(make_params(0, SHAPES), STEPS, seed=2)]
+GRADS = [
+    {k: jnp.asarray(v, jnp.float32) for k, v in g.items()}
+    for g in gradient_stream(make_params(0, SHAPES), STEPS, seed=2)
+]
 # A schedule, AMSGrad and a mask, so that the count, every moment and the mask all matter.
 OPTIMIZER = aw.adamw(
-    aw.schedules.warmup_cosine_decay_schedule(0.0, 1e-2, 3, STEPS, 1e-4), weight_decay=0.1,
-    amsgrad=True, mask={"w": True, "b": False, "scalar": False, "conv": True},
+    aw.schedules.warmup_cosine_decay_schedule(0.0, 1e-2, 3, STEPS, 1e-4),
+    weight_decay=0.1,
+    amsgrad=True,
+    mask={"w": True, "b": False, "scalar": False, "conv": True},
 )
 
 
@@ -106,8 +110,9 @@ def test_nnx_optimizer_resumes_bit_identically(tmp_path):
         train_step(model, trainer)
     save(tmp_path / "checkpoint", {"model": nnx.state(model), "optimizer": nnx.state(trainer)})
     model, trainer = build()
-    restored = restore(tmp_path / "checkpoint",
-                       {"model": nnx.state(model), "optimizer": nnx.state(trainer)})
+    restored = restore(
+        tmp_path / "checkpoint", {"model": nnx.state(model), "optimizer": nnx.state(trainer)}
+    )
     nnx.update(model, restored["model"])
     nnx.update(trainer, restored["optimizer"])
     assert int(trainer.step[...]) == 3
@@ -122,8 +127,12 @@ def test_restore_into_a_sharded_layout_and_continue(tmp_path):
     with the same numbers, since every AdamW operation is elementwise."""
     assert jax.device_count() == 8
     mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
-    param_specs = {"w": PartitionSpec(None, "model"), "b": PartitionSpec(),
-                   "scalar": PartitionSpec(), "conv": PartitionSpec(None, "model")}
+    param_specs = {
+        "w": PartitionSpec(None, "model"),
+        "b": PartitionSpec(),
+        "scalar": PartitionSpec(),
+        "conv": PartitionSpec(None, "model"),
+    }
     param_shardings = {k: NamedSharding(mesh, spec) for k, spec in param_specs.items()}
 
     stop = 5
@@ -132,21 +141,29 @@ def test_restore_into_a_sharded_layout_and_continue(tmp_path):
 
     abstract_state = jax.eval_shape(OPTIMIZER.init, START)
     target = {
-        "params": {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=param_shardings[k])
-                   for k, v in START.items()},
+        "params": {
+            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=param_shardings[k])
+            for k, v in START.items()
+        },
         "opt_state": jax.tree_util.tree_map(
             lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-            abstract_state, state_shardings(abstract_state, param_shardings, zero_axis="data"),
+            abstract_state,
+            state_shardings(abstract_state, param_shardings, zero_axis="data"),
         ),
     }
     restored = restore(tmp_path / "checkpoint", target)
 
-    for array, wanted in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(target)):
+    for array, wanted in zip(
+        jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(target)
+    ):
         assert array.sharding.is_equivalent_to(wanted.sharding, array.ndim)
     moment = restored["opt_state"][0].mu["w"]  # (8, 4): rows over data, columns over model
     assert moment.addressable_shards[0].data.shape == (2, 2)
     assert_bit_identical(restored, {"params": params, "opt_state": opt_state})
 
-    resumed = run(restored["params"], restored["opt_state"],
-                  [jax.device_put(g, param_shardings) for g in GRADS[stop:]])
+    resumed = run(
+        restored["params"],
+        restored["opt_state"],
+        [jax.device_put(g, param_shardings) for g in GRADS[stop:]],
+    )
     assert_bit_identical(resumed, UNINTERRUPTED)

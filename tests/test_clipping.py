@@ -58,8 +58,9 @@ def test_hand_computed_cases():
     np.testing.assert_allclose(out["a"], np.array([3.0, 4.0]) * 2.5 / (5 + 1e-6), rtol=1e-7)
 
 
-@pytest.mark.parametrize("transform", [aw.clip_by_value(1.0), aw.clip_by_norm(1.0),
-                                       aw.clip_by_global_norm(1.0)])
+@pytest.mark.parametrize(
+    "transform", [aw.clip_by_value(1.0), aw.clip_by_norm(1.0), aw.clip_by_global_norm(1.0)]
+)
 def test_zero_gradient_stays_zero_without_nan(transform):
     for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
         out = clipped(transform, {"w": jnp.zeros((3, 2), dtype)})
@@ -102,8 +103,9 @@ def test_global_clipping_properties(a, b, max_norm):
     norm = float(np.sqrt(np.sum(a.astype(np.float64) ** 2) + np.sum(b.astype(np.float64) ** 2)))
     factor = max_norm / max(norm, max_norm)
     for k in grads:  # the same factor for every leaf: directions are kept
-        np.testing.assert_allclose(out[k], np.asarray(grads[k], np.float64) * factor,
-                                   rtol=PEER_RTOL, atol=1e-30)
+        np.testing.assert_allclose(
+            out[k], np.asarray(grads[k], np.float64) * factor, rtol=PEER_RTOL, atol=1e-30
+        )
     assert float(aw.clipping.global_norm(out)) <= max_norm * (1 + PEER_RTOL)
 
 
@@ -113,36 +115,45 @@ def test_value_and_norm_clipping_properties(a, max_value):
     np.testing.assert_array_equal(out, np.clip(a, -np.float32(max_value), np.float32(max_value)))
     out = clip_with_traced_threshold(aw.clip_by_norm, {"a": jnp.asarray(a)}, max_value)["a"]
     norm = float(np.linalg.norm(a.astype(np.float64)))
-    np.testing.assert_allclose(out, a * (max_value / max(norm, max_value)), rtol=PEER_RTOL,
-                               atol=1e-30)
+    np.testing.assert_allclose(
+        out, a * (max_value / max(norm, max_value)), rtol=PEER_RTOL, atol=1e-30
+    )
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e2])
 def test_global_norm_matches_torch_clip_grad_norm(scale):
     import torch
+
     grads = random_grads(0, scale)
     tensors = [torch.tensor(g).requires_grad_() for g in grads.values()]
     for t, g in zip(tensors, grads.values()):
         t.grad = torch.tensor(g)
     torch.nn.utils.clip_grad_norm_(tensors, max_norm=1.0)
-    out = clipped(aw.clip_by_global_norm(1.0, eps=1e-6), {k: jnp.asarray(g) for k, g in grads.items()})
+    out = clipped(
+        aw.clip_by_global_norm(1.0, eps=1e-6), {k: jnp.asarray(g) for k, g in grads.items()}
+    )
     for k, t in zip(grads, tensors):
         np.testing.assert_allclose(out[k], t.grad.numpy(), rtol=PEER_RTOL, atol=1e-30)
 
 
-@pytest.mark.parametrize("option, transform", [
-    ("clipvalue", aw.clip_by_value(0.5)),
-    ("clipnorm", aw.clip_by_norm(0.5)),
-    ("global_clipnorm", aw.clip_by_global_norm(0.5)),
-])
+@pytest.mark.parametrize(
+    "option, transform",
+    [
+        ("clipvalue", aw.clip_by_value(0.5)),
+        ("clipnorm", aw.clip_by_norm(0.5)),
+        ("global_clipnorm", aw.clip_by_global_norm(0.5)),
+    ],
+)
 def test_matches_keras_optimizer_clipping(option, transform):
     """Keras SGD(learning_rate=1) from zero weights moves them to exactly minus the clipped
     gradient, so the optimizer run exposes Keras' own clipping."""
     import keras
+
     grads = random_grads(1, 1.0)
     variables = [keras.Variable(np.zeros_like(g)) for g in grads.values()]
     keras.optimizers.SGD(learning_rate=1.0, **{option: 0.5}).apply(
-        [jnp.asarray(g) for g in grads.values()], variables)
+        [jnp.asarray(g) for g in grads.values()], variables
+    )
     out = clipped(transform, {k: jnp.asarray(g) for k, g in grads.items()})
     for k, v in zip(grads, variables):
         np.testing.assert_allclose(out[k], -np.asarray(v.value), rtol=PEER_RTOL, atol=1e-30)
@@ -170,8 +181,11 @@ def test_bad_thresholds_are_rejected(factory):
 # Rounding of the clipped value to its leaf's dtype (half an ulp, relative) on top of the
 # float32 ulps of PEER_RTOL; absolute: what XLA flushes (float32/bfloat16 results below the
 # smallest normal) or half float16's smallest subnormal.
-DTYPE_RTOL = {jnp.float32: PEER_RTOL, jnp.bfloat16: 2.0**-8 + PEER_RTOL,
-              jnp.float16: 2.0**-11 + PEER_RTOL}
+DTYPE_RTOL = {
+    jnp.float32: PEER_RTOL,
+    jnp.bfloat16: 2.0**-8 + PEER_RTOL,
+    jnp.float16: 2.0**-11 + PEER_RTOL,
+}
 DTYPE_ATOL = {jnp.float32: 1.2e-38, jnp.bfloat16: 1.2e-38, jnp.float16: 2.0**-25}
 
 
@@ -190,17 +204,20 @@ def assert_matches_reference(out, grads, expected):
         assert out[k].dtype == g.dtype
         actual = np.asarray(out[k], np.float32).astype(np.float64)
         assert np.all(np.isfinite(actual)), (k, actual)
-        np.testing.assert_allclose(actual, expected[k], rtol=DTYPE_RTOL[dtype],
-                                   atol=DTYPE_ATOL[dtype])
+        np.testing.assert_allclose(
+            actual, expected[k], rtol=DTYPE_RTOL[dtype], atol=DTYPE_ATOL[dtype]
+        )
 
 
 OVERFLOWING = {
     "every element 1e20": {"w": jnp.full((8, 4), 1e20), "b": jnp.full((3,), -1e20)},
     "1000 elements of 6e17": {"w": jnp.full((1000,), 6e17)},
     "the float32 maximum": {"w": jnp.array([3.4e38, -3.4e38, 1.0])},
-    "mixed dtypes": {"w": jnp.full((5,), 3e38, jnp.bfloat16),
-                     "h": jnp.full((6,), -6e4, jnp.float16),
-                     "f": jnp.array([1e-30, 2.0, 3e37])},
+    "mixed dtypes": {
+        "w": jnp.full((5,), 3e38, jnp.bfloat16),
+        "h": jnp.full((6,), -6e4, jnp.float16),
+        "f": jnp.array([1e-30, 2.0, 3e37]),
+    },
     "tiny normals": {"w": jnp.full((100,), 2e-38), "b": jnp.array([1e-36, -3e-37])},
 }
 
@@ -210,12 +227,19 @@ OVERFLOWING = {
 def test_norms_do_not_overflow_and_match_float64(case, max_norm):
     """Sums of squares beyond float32's range (1e20² = 1e40) clip to the exact answer."""
     grads = OVERFLOWING[case]
-    assert_matches_reference(clipped(aw.clip_by_global_norm(max_norm), grads), grads,
-                             reference_clip(grads, max_norm))
-    assert_matches_reference(clipped(aw.clip_by_global_norm(max_norm, eps=1e-6), grads), grads,
-                             reference_clip(grads, max_norm, eps=1e-6))
-    assert_matches_reference(clipped(aw.clip_by_norm(max_norm), grads), grads,
-                             reference_clip(grads, max_norm, per_tensor=True))
+    assert_matches_reference(
+        clipped(aw.clip_by_global_norm(max_norm), grads), grads, reference_clip(grads, max_norm)
+    )
+    assert_matches_reference(
+        clipped(aw.clip_by_global_norm(max_norm, eps=1e-6), grads),
+        grads,
+        reference_clip(grads, max_norm, eps=1e-6),
+    )
+    assert_matches_reference(
+        clipped(aw.clip_by_norm(max_norm), grads),
+        grads,
+        reference_clip(grads, max_norm, per_tensor=True),
+    )
 
 
 def test_global_norm_is_exact_beyond_the_float32_square_range():
@@ -228,22 +252,31 @@ def test_global_norm_is_exact_beyond_the_float32_square_range():
     assert float(jax.jit(aw.clipping.global_norm)(OVERFLOWING["the float32 maximum"])) == np.inf
 
 
-@pytest.mark.parametrize("transform", [aw.clip_by_norm(1.0), aw.clip_by_global_norm(1.0),
-                                       aw.clip_by_global_norm(1e-30)])
+@pytest.mark.parametrize(
+    "transform", [aw.clip_by_norm(1.0), aw.clip_by_global_norm(1.0), aw.clip_by_global_norm(1e-30)]
+)
 def test_subnormal_gradients_pass_bit_for_bit(transform):
     """Subnormals (1e-45; XLA flushes them in arithmetic) are below every threshold and come
     back as they went in."""
-    for grads in ({"w": jnp.full((7,), 1e-45), "b": jnp.array([-1e-40, 3e-39])},
-                  {"w": jnp.full((7,), 1e-45, jnp.float16)}):
+    for grads in (
+        {"w": jnp.full((7,), 1e-45), "b": jnp.array([-1e-40, 3e-39])},
+        {"w": jnp.full((7,), 1e-45, jnp.float16)},
+    ):
         out = clipped(transform, grads)
         for k in grads:
-            np.testing.assert_array_equal(np.asarray(out[k]).view(np.uint8),
-                                          np.asarray(grads[k]).view(np.uint8))
+            np.testing.assert_array_equal(
+                np.asarray(out[k]).view(np.uint8), np.asarray(grads[k]).view(np.uint8)
+            )
 
 
-@pytest.mark.parametrize("transform", [aw.clip_by_global_norm(float("inf")),
-                                       aw.clip_by_norm(float("inf")),
-                                       aw.clip_by_value(float("inf"))])
+@pytest.mark.parametrize(
+    "transform",
+    [
+        aw.clip_by_global_norm(float("inf")),
+        aw.clip_by_norm(float("inf")),
+        aw.clip_by_value(float("inf")),
+    ],
+)
 def test_infinite_threshold_never_clips(transform):
     big = {"w": jnp.full((3,), 3e38), "h": jnp.full((2,), 6e4, jnp.float16)}
     jax.tree_util.tree_map(np.testing.assert_array_equal, clipped(transform, big), big)
@@ -251,8 +284,11 @@ def test_infinite_threshold_never_clips(transform):
 
 def test_zero_threshold_zeroes_every_gradient_as_optax():
     grads = {"a": jnp.array([3.0, -4.0]), "b": jnp.zeros(2)}
-    for ours, peer in ((aw.clip_by_global_norm(0.0), None), (aw.clip_by_norm(0.0), None),
-                       (aw.clip_by_value(0.0), optax.clip(0.0))):
+    for ours, peer in (
+        (aw.clip_by_global_norm(0.0), None),
+        (aw.clip_by_norm(0.0), None),
+        (aw.clip_by_value(0.0), optax.clip(0.0)),
+    ):
         out = clipped(ours, grads)
         for k in grads:
             np.testing.assert_array_equal(out[k], np.zeros(2, np.float32))
@@ -279,8 +315,10 @@ def test_values_equal_optax(scale, max_norm):
     """Where optax is finite and right (its sum of squares does not overflow): equal to float32
     rounding. ``clip_by_norm(c)`` is ``optax.clip_by_block_rms(c / sqrt(size))`` leaf by leaf."""
     grads = {k: jnp.asarray(v) for k, v in random_grads(2, scale).items()}
-    pairs = [(aw.clip_by_global_norm(max_norm), optax.clip_by_global_norm(max_norm)),
-             (aw.clip_by_value(max_norm * scale / 3), optax.clip(max_norm * scale / 3))]
+    pairs = [
+        (aw.clip_by_global_norm(max_norm), optax.clip_by_global_norm(max_norm)),
+        (aw.clip_by_value(max_norm * scale / 3), optax.clip(max_norm * scale / 3)),
+    ]
     for ours, peer in pairs:
         out, expected = clipped(ours, grads), clipped(peer, grads)
         for k in grads:
@@ -324,13 +362,17 @@ def any_magnitude_grads(draw):
 
 @given(grads=any_magnitude_grads(), max_norm=st.floats(1e-6, 1e6), per_tensor=st.booleans())
 def test_any_finite_gradient_clips_to_a_finite_gradient_within_the_threshold(
-        grads, max_norm, per_tensor):
+    grads, max_norm, per_tensor
+):
     factory = aw.clip_by_norm if per_tensor else aw.clip_by_global_norm
     out = clip_with_traced_threshold(factory, grads, max_norm)
     assert_matches_reference(out, grads, reference_clip(grads, max_norm, per_tensor=per_tensor))
     out64 = {k: np.asarray(v, np.float32).astype(np.float64) for k, v in out.items()}
-    norms = [np.linalg.norm(v) for v in out64.values()] if per_tensor else [
-        np.sqrt(sum(np.sum(v**2) for v in out64.values()))]
+    norms = (
+        [np.linalg.norm(v) for v in out64.values()]
+        if per_tensor
+        else [np.sqrt(sum(np.sum(v**2) for v in out64.values()))]
+    )
     rtol = max(DTYPE_RTOL[jnp.dtype(g.dtype).type] for g in grads.values())
     atol = np.sqrt(sum(g.size for g in grads.values())) * 2.0**-25  # float16 subnormal rounding
     assert max(norms) <= max_norm * (1 + rtol) + atol

@@ -17,11 +17,15 @@ GRADS = gradient_stream(PARAMS, 120, seed=4)
 
 
 def test_chain_with_optax_blocks_equals_adamw():
-    chained = optax.chain(aw.scale_by_adam(), aw.add_decayed_weights(0.1), aw.scale_by_learning_rate(1e-2))
+    chained = optax.chain(
+        aw.scale_by_adam(), aw.add_decayed_weights(0.1), aw.scale_by_learning_rate(1e-2)
+    )
     a = trajectory(chained, PARAMS, GRADS)
     b = trajectory(aw.adamw(1e-2, weight_decay=0.1), PARAMS, GRADS)
     assert max_abs_error(a, b) == 0.0
-    with_clip = trajectory(optax.chain(optax.clip(1e9), aw.adamw(1e-2, weight_decay=0.1)), PARAMS, GRADS)
+    with_clip = trajectory(
+        optax.chain(optax.clip(1e9), aw.adamw(1e-2, weight_decay=0.1)), PARAMS, GRADS
+    )
     assert max_abs_error(with_clip, b) == 0.0
 
 
@@ -32,7 +36,9 @@ def test_optax_masked_freezes_the_unselected_leaves():
     expected_b = PARAMS["b"] + np.cumsum([g["b"] for g in GRADS], axis=0)
     np.testing.assert_allclose([p["b"] for p in out], expected_b, rtol=1e-5, atol=1e-5)
     expected_w = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, weight_decay=1e-2)
-    assert max(np.max(np.abs(p["w"] - q["w"])) for p, q in zip(out, expected_w)) <= float32_tolerance(expected_w)
+    assert max(
+        np.max(np.abs(p["w"] - q["w"])) for p, q in zip(out, expected_w)
+    ) <= float32_tolerance(expected_w)
 
 
 def test_inject_hyperparams_runtime_rate_equals_a_schedule_with_one_compilation():
@@ -56,7 +62,9 @@ def test_inject_hyperparams_runtime_rate_equals_a_schedule_with_one_compilation(
         history.append({k: np.asarray(v, np.float64) for k, v in p.items()})
     assert compiles == 1
     assert state.hyperparams["learning_rate"].dtype == jnp.float32
-    expected = adamw_trajectory(PARAMS, GRADS, learning_rate=lambda t: float(rates[t]), weight_decay=0.1)
+    expected = adamw_trajectory(
+        PARAMS, GRADS, learning_rate=lambda t: float(rates[t]), weight_decay=0.1
+    )
     assert max_abs_error(history, expected) <= float32_tolerance(expected)
 
 
@@ -72,7 +80,9 @@ def test_vmap_over_a_batch_of_learning_rates():
 
     batched = jax.jit(jax.vmap(one))(rates)
     for i, rate in enumerate(np.asarray(rates)):
-        expected = adamw_trajectory(PARAMS, GRADS[:1], learning_rate=float(rate), weight_decay=0.1)[0]
+        expected = adamw_trajectory(PARAMS, GRADS[:1], learning_rate=float(rate), weight_decay=0.1)[
+            0
+        ]
         for k in p:
             np.testing.assert_allclose(batched[k][i], expected[k], rtol=1e-6, atol=1e-7)
 

@@ -51,13 +51,17 @@ def test_hand_computed_steps():
 def test_average_of_the_reference_trajectory():
     optimizer = optax.chain(aw.adamw(1e-2, weight_decay=0.1), aw.param_ema(0.9))
     params = {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()}
-    _, averages = run_with_ema(optimizer, params, [{k: jnp.float32(g[k]) for k in g} for g in GRADS])
+    _, averages = run_with_ema(
+        optimizer, params, [{k: jnp.float32(g[k]) for k in g} for g in GRADS]
+    )
     reference = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, weight_decay=0.1)
     expected, average = [], None
     for p in reference:
         average = p if average is None else {k: 0.9 * average[k] + 0.1 * p[k] for k in p}
         expected.append(average)
-    actual = [{k: np.asarray(averages[k][i], np.float64) for k in PARAMS} for i in range(len(GRADS))]
+    actual = [
+        {k: np.asarray(averages[k][i], np.float64) for k in PARAMS} for i in range(len(GRADS))
+    ]
     # An average of float32 parameters, each within float32_tolerance of the reference.
     assert max_abs_error(actual, expected) <= float32_tolerance(reference)
 
@@ -67,8 +71,13 @@ def test_matches_keras_use_ema(overwrite_every, accumulation):
     import keras  # after keras_runner, which selects the JAX backend
 
     keras_opt = keras.optimizers.AdamW(
-        learning_rate=1e-2, weight_decay=0.05, use_ema=True, ema_momentum=0.9,
-        ema_overwrite_frequency=overwrite_every, gradient_accumulation_steps=accumulation)
+        learning_rate=1e-2,
+        weight_decay=0.05,
+        use_ema=True,
+        ema_momentum=0.9,
+        ema_overwrite_frequency=overwrite_every,
+        gradient_accumulation_steps=accumulation,
+    )
     expected = keras_trajectory(keras_opt, PARAMS, GRADS)
     inner = aw.adamw(1e-2, eps=1e-7, weight_decay=0.05, eps_mode="hat")
     ema = aw.param_ema(0.9, overwrite_every, accumulation_steps=accumulation or 1)
@@ -84,14 +93,19 @@ def test_matches_keras_use_ema(overwrite_every, accumulation):
 def test_found_anywhere_in_a_nested_state():
     optimizer = optax.chain(
         aw.loss_scaling(4.0),
-        aw.skip_nonfinite(aw.accumulate_gradients(
-            2, inner=optax.chain(aw.adamw(1e-3, weight_decay=1e-2), aw.param_ema()))),
+        aw.skip_nonfinite(
+            aw.accumulate_gradients(
+                2, inner=optax.chain(aw.adamw(1e-3, weight_decay=1e-2), aw.param_ema())
+            )
+        ),
     )
     params = {"w": jnp.full(3, 2.0)}
     state = optimizer.init(params)
     for _ in range(2):
         _, state = jax.jit(optimizer.update)({"w": jnp.ones(3)}, state, params)
-    np.testing.assert_allclose(jax.jit(aw.ema_params)(state)["w"], 2.0 - 1e-3 * (1 + 2e-2), rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(aw.ema_params)(state)["w"], 2.0 - 1e-3 * (1 + 2e-2), rtol=1e-6
+    )
 
 
 def test_missing_or_ambiguous_ema_is_a_clear_error():
@@ -107,12 +121,12 @@ def test_bfloat16_params_with_a_float32_average():
     optimizer = aw.param_ema(0.999, ema_dtype=jnp.float32)
     state = optimizer.init(params)
     update = jax.jit(optimizer.update)
-    step = {"w": jnp.full(4, 2.0 ** -6, jnp.bfloat16)}
+    step = {"w": jnp.full(4, 2.0**-6, jnp.bfloat16)}
     _, state = update(step, state, params)  # copy: θ̄ = 1 + 2⁻⁶
     moved = {"w": params["w"] + 2 * step["w"]}
     _, state = update(step, state, moved)  # θ' = 1 + 3·2⁻⁶, θ̄ = 1 + 2⁻⁶·(0.999 + 0.003)
     assert state.ema["w"].dtype == jnp.float32
-    np.testing.assert_allclose(state.ema["w"], 1 + 2.0 ** -6 * 1.002, rtol=1e-7)
+    np.testing.assert_allclose(state.ema["w"], 1 + 2.0**-6 * 1.002, rtol=1e-7)
 
 
 def test_bad_arguments_are_rejected():

@@ -18,8 +18,16 @@ from adamw_jax import _demo
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SMALL = _demo.DemoConfig(steps=40, batch_size=8, context=32, width=32, heads=2, layers=1,
-                         held_out_batches=2, sample_length=10)
+SMALL = _demo.DemoConfig(
+    steps=40,
+    batch_size=8,
+    context=32,
+    width=32,
+    heads=2,
+    layers=1,
+    held_out_batches=2,
+    sample_length=10,
+)
 
 
 def load_example(name: str) -> ModuleType:
@@ -35,8 +43,9 @@ def assert_png(path: Path) -> None:
 
 
 def test_linear_classifier_learns_and_plots(tmp_path):
-    losses = load_example("linear_classifier").train(epochs=10, out=tmp_path / "curve.png",
-                                                     progress=False)
+    losses = load_example("linear_classifier").train(
+        epochs=10, out=tmp_path / "curve.png", progress=False
+    )
     assert len(losses) == 10
     # Measured: 1.07 -> 0.67 over 10 epochs at lr 1e-3; the chance level is ln 2 = 0.69.
     assert losses[-1] < 0.75 * losses[0]
@@ -56,10 +65,13 @@ def test_char_transformer_learns_matches_optax_and_checkpoints(tmp_path):
     np.testing.assert_allclose(ours.losses, theirs.losses, rtol=0, atol=1e-4)
     assert ours.tokens_per_second > 0
     assert_png(tmp_path / "loss_curves.png")
-    restored = _demo.restore_checkpoint(tmp_path / "checkpoint",
-                                        {"params": ours.params, "opt_state": ours.opt_state})
-    for a, b in zip(jax.tree_util.tree_leaves(restored),
-                    jax.tree_util.tree_leaves({"params": ours.params, "opt_state": ours.opt_state})):
+    restored = _demo.restore_checkpoint(
+        tmp_path / "checkpoint", {"params": ours.params, "opt_state": ours.opt_state}
+    )
+    for a, b in zip(
+        jax.tree_util.tree_leaves(restored),
+        jax.tree_util.tree_leaves({"params": ours.params, "opt_state": ours.opt_state}),
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -90,9 +102,7 @@ def test_demo_command_rejects_bad_steps(steps, capsys):
     assert "--steps" in capsys.readouterr().err
 
 
-def test_demo_command_names_the_extra_to_install_when_a_dependency_is_missing(
-    monkeypatch, capsys
-):
+def test_demo_command_names_the_extra_to_install_when_a_dependency_is_missing(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # as if tqdm were not installed
     monkeypatch.delitem(sys.modules, "adamw_jax._demo", raising=False)
     monkeypatch.delattr(adamw_jax, "_demo", raising=False)

@@ -22,14 +22,19 @@ MIXED = {
 
 def _params(tree):
     return jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x, x.dtype if x.dtype != np.float64 else jnp.float32), tree)
+        lambda x: jnp.asarray(x, x.dtype if x.dtype != np.float64 else jnp.float32), tree
+    )
 
 
-@given(shapes=st.lists(st.lists(st.integers(0, 5), max_size=3).map(tuple), min_size=1, max_size=6),
-       multiple=st.integers(1, 9))
+@given(
+    shapes=st.lists(st.lists(st.integers(0, 5), max_size=3).map(tuple), min_size=1, max_size=6),
+    multiple=st.integers(1, 9),
+)
 def test_round_trip_is_exact_and_padded(shapes, multiple):
-    params = {f"p{i}": jnp.arange(np.prod(s), dtype=jnp.float32).reshape(s) + i
-              for i, s in enumerate(shapes)}
+    params = {
+        f"p{i}": jnp.arange(np.prod(s), dtype=jnp.float32).reshape(s) + i
+        for i, s in enumerate(shapes)
+    }
     _, layout = flat.flatten(params, multiple=multiple)
     buffers = jax.jit(lambda p: flat.flatten(p, multiple=multiple)[0])(params)
     total = sum(int(np.prod(s)) for s in shapes)
@@ -59,8 +64,11 @@ def test_gradients_on_flat_buffers_are_the_flattened_gradients():
     buffers, layout = flat.flatten(params, multiple=4)
 
     def loss(p, scale):
-        return scale * (jnp.sum(p["dense"]["kernel"] ** 2) + jnp.sum(jnp.sin(p["dense"]["bias"]))
-                        + p["norm"] * jnp.sum(p["embed"].astype(jnp.float32)))
+        return scale * (
+            jnp.sum(p["dense"]["kernel"] ** 2)
+            + jnp.sum(jnp.sin(p["dense"]["bias"]))
+            + p["norm"] * jnp.sum(p["embed"].astype(jnp.float32))
+        )
 
     flat_grads = jax.jit(jax.grad(flat.on_flat(loss, layout)))(buffers, 3.0)
     tree_grads = jax.grad(loss)(params, 3.0)
@@ -77,8 +85,10 @@ def test_training_flat_params_matches_training_the_tree(fused):
     """The same masked AdamW run on the pytree and on its flat buffers gives the same params:
     the update is elementwise, so only the order of leaves in memory differs."""
     rng = np.random.default_rng(0)
-    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
-              "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
+    params = {
+        "w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32),
+    }
     mask = {"w": True, "b": False}
     data = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
 

@@ -83,8 +83,9 @@ def test_nnx_optimizer_gives_the_plain_optax_trajectory():
     assert losses[-1] < 0.5 * losses[0]  # it learns
     # Same XLA ops on the same inputs on one CPU device: nothing but the wrapper differs.
     np.testing.assert_array_equal(losses, expected_losses)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, nnx.state(model, nnx.Param),
-                           expected_params)
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal, nnx.state(model, nnx.Param), expected_params
+    )
 
 
 def test_split_nnx_params_take_the_one_pass_step(monkeypatch):
@@ -106,8 +107,9 @@ def test_split_nnx_params_take_the_one_pass_step(monkeypatch):
     for _ in range(STEPS):
         params, opt_state = train_step(params, opt_state)
     # 25 steps of |u| <= 3e-2 on |θ| ~ 1: a few float32 ulps each
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-5),
-                           params, expected_params)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-5), params, expected_params
+    )
 
 
 def test_linen_train_state_gives_the_plain_optax_trajectory():
@@ -152,9 +154,15 @@ def test_decay_mask_from_flax_paths_spares_biases_and_norm_scales():
     )
     after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     for module, name in [("encoder", "kernel"), ("head", "kernel")]:
-        np.testing.assert_allclose(after[module][name], before[module][name] * (1 - 0.5 * 0.1),
-                                   rtol=1e-7)
-    for module, name in [("encoder", "bias"), ("norm", "scale"), ("norm", "bias"), ("head", "bias")]:
+        np.testing.assert_allclose(
+            after[module][name], before[module][name] * (1 - 0.5 * 0.1), rtol=1e-7
+        )
+    for module, name in [
+        ("encoder", "bias"),
+        ("norm", "scale"),
+        ("norm", "bias"),
+        ("head", "bias"),
+    ]:
         np.testing.assert_array_equal(after[module][name], before[module][name])
 
 
@@ -202,17 +210,27 @@ def test_per_module_learning_rates_follow_the_reference():
     update = nnx.jit(lambda m, t, g: t.update(m, g))
     actual = []
     for grad in grads:
-        update(model, trainer, jax.tree_util.tree_unflatten(
-            treedef, [jnp.asarray(grad[name], jnp.float32) for name in names]))
+        update(
+            model,
+            trainer,
+            jax.tree_util.tree_unflatten(
+                treedef, [jnp.asarray(grad[name], jnp.float32) for name in names]
+            ),
+        )
         leaves = jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))
         actual.append({name: np.asarray(leaf, np.float64) for name, leaf in zip(names, leaves)})
 
     masks = dict(zip(names, jax.tree_util.tree_leaves(decay_mask(params))))
     for label, rate in rates.items():
-        chosen = [name for name in names if (name.startswith("['encoder']")) == (label == "encoder")]
+        chosen = [
+            name for name in names if (name.startswith("['encoder']")) == (label == "encoder")
+        ]
         expected = adamw_trajectory(
-            {n: start[n] for n in chosen}, [{n: g[n] for n in chosen} for g in grads],
-            learning_rate=rate, weight_decay=0.1, decay_mask={n: masks[n] for n in chosen},
+            {n: start[n] for n in chosen},
+            [{n: g[n] for n in chosen} for g in grads],
+            learning_rate=rate,
+            weight_decay=0.1,
+            decay_mask={n: masks[n] for n in chosen},
         )
         observed = [{n: step[n] for n in chosen} for step in actual]
         assert max_abs_error(observed, expected) <= float32_tolerance(expected)

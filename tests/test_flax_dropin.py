@@ -56,8 +56,9 @@ def nnx_loss(model: NnxRegressor) -> jax.Array:
 TWO_CALL = {  # transformations that are not fused: update_and_apply calls update + apply_updates
     "aw.adamw": lambda: aw.adamw(LEARNING_RATE, weight_decay=0.1, mask=decay_mask),
     "optax.adamw": lambda: optax.adamw(LEARNING_RATE, weight_decay=0.1),
-    "optax.chain": lambda: optax.chain(optax.clip_by_global_norm(0.5),
-                                       aw.adamw(LEARNING_RATE, weight_decay=0.1, fused=True)),
+    "optax.chain": lambda: optax.chain(
+        optax.clip_by_global_norm(0.5), aw.adamw(LEARNING_RATE, weight_decay=0.1, fused=True)
+    ),
 }
 
 
@@ -86,8 +87,13 @@ def fused_tolerance(params: Any) -> float:
 
 
 def nnx_run(
-    optimizer_class: type, tx: optax.GradientTransformation, steps: int = STEPS, *,
-    with_value: bool = False, model: NnxRegressor | None = None, optimizer: Any = None,
+    optimizer_class: type,
+    tx: optax.GradientTransformation,
+    steps: int = STEPS,
+    *,
+    with_value: bool = False,
+    model: NnxRegressor | None = None,
+    optimizer: Any = None,
 ) -> tuple[NnxRegressor, Any, list[float]]:
     """``steps`` steps of the loop from Flax's docs, ``nnx.jit`` with model and optimizer
     donated; ``with_value`` passes ``value=loss`` to ``update``."""
@@ -109,7 +115,10 @@ def pure_params(model: nnx.Module) -> dict:
 
 
 def linen_run(
-    state_class: type, tx: optax.GradientTransformation, steps: int = STEPS, *,
+    state_class: type,
+    tx: optax.GradientTransformation,
+    steps: int = STEPS,
+    *,
     apply: Callable | None = None,
 ) -> tuple[Any, list[float]]:
     """``steps`` steps of the loop from Flax's docs, ``jax.jit`` with the state donated;
@@ -121,7 +130,8 @@ def linen_run(
 
     def train_step(state):
         loss, grads = jax.value_and_grad(
-            lambda p: mean_squared_error(state.apply_fn({"params": p}, INPUTS)))(state.params)
+            lambda p: mean_squared_error(state.apply_fn({"params": p}, INPUTS))
+        )(state.params)
         return apply(state, grads, loss), loss
 
     train_step = jax.jit(train_step, donate_argnums=0)
@@ -139,8 +149,9 @@ def assert_trees_equal(actual: Any, expected: Any) -> None:
 
 def assert_trees_close(actual: Any, expected: Any, atol: float) -> None:
     assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=atol),
-                           actual, expected)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=atol), actual, expected
+    )
 
 
 @pytest.fixture(params=["native", "xla"])
@@ -162,8 +173,9 @@ def test_optimizer_gives_flax_trajectory_bit_for_bit_on_the_two_call_path(name):
     assert flax_losses[-1] < 0.5 * flax_losses[0]  # it learns
     np.testing.assert_array_equal(losses, flax_losses)
     assert_trees_equal(pure_params(model), pure_params(flax_model))
-    assert_trees_equal(nnx.to_pure_dict(nnx.state(optimizer)),
-                       nnx.to_pure_dict(nnx.state(flax_optimizer)))
+    assert_trees_equal(
+        nnx.to_pure_dict(nnx.state(optimizer)), nnx.to_pure_dict(nnx.state(flax_optimizer))
+    )
     assert int(optimizer.step[...]) == STEPS
 
 
@@ -206,15 +218,20 @@ def test_optimizer_update_returns_the_applied_update():
     applied = jax.tree_util.tree_map(lambda new, old: new - old, pure_params(model), before)
     assert_trees_equal(jax.device_get(nnx.to_pure_dict(returned[awf.Optimizer])), applied)
     # |θ| < 4: θ + u is rounded to at most ½ ulp(4) = 2.4e-7
-    assert_trees_close(nnx.to_pure_dict(returned[awf.Optimizer]),
-                       nnx.to_pure_dict(returned[nnx.Optimizer]), atol=2.4e-7)
+    assert_trees_close(
+        nnx.to_pure_dict(returned[awf.Optimizer]),
+        nnx.to_pure_dict(returned[nnx.Optimizer]),
+        atol=2.4e-7,
+    )
 
 
 def plateau_chain(adamw: Callable[..., optax.GradientTransformation], **adamw_kwargs):
     """adamw then reduce_on_plateau fed value=loss: a large rate makes the loss stall, so the
     scale really drops within 50 steps."""
-    return optax.chain(adamw(0.3, weight_decay=0.1, **adamw_kwargs),
-                       optax.contrib.reduce_on_plateau(factor=0.5, patience=2, cooldown=0))
+    return optax.chain(
+        adamw(0.3, weight_decay=0.1, **adamw_kwargs),
+        optax.contrib.reduce_on_plateau(factor=0.5, patience=2, cooldown=0),
+    )
 
 
 def plateau_scale(opt_state: Any) -> float:
@@ -225,17 +242,20 @@ def fused_adamw(*args: Any, **kwargs: Any) -> optax.GradientTransformation:
     return aw.adamw(*args, **kwargs, fused=True)
 
 
-@pytest.mark.parametrize("adamw", [optax.adamw, aw.adamw, fused_adamw],
-                         ids=["optax", "adamw_jax", "adamw_jax fused"])
+@pytest.mark.parametrize(
+    "adamw", [optax.adamw, aw.adamw, fused_adamw], ids=["optax", "adamw_jax", "adamw_jax fused"]
+)
 def test_optimizer_forwards_value_to_reduce_on_plateau_as_flax_does(adamw):
     model, optimizer, losses = nnx_run(awf.Optimizer, plateau_chain(adamw), with_value=True)
-    flax_model, flax_optimizer, flax_losses = nnx_run(nnx.Optimizer, plateau_chain(adamw),
-                                                      with_value=True)
+    flax_model, flax_optimizer, flax_losses = nnx_run(
+        nnx.Optimizer, plateau_chain(adamw), with_value=True
+    )
     assert plateau_scale(nnx.as_pure(flax_optimizer.opt_state)) < 0.5  # the plateau acted
     np.testing.assert_array_equal(losses, flax_losses)
     assert_trees_equal(pure_params(model), pure_params(flax_model))
-    assert_trees_equal(nnx.to_pure_dict(nnx.state(optimizer)),
-                       nnx.to_pure_dict(nnx.state(flax_optimizer)))
+    assert_trees_equal(
+        nnx.to_pure_dict(nnx.state(optimizer)), nnx.to_pure_dict(nnx.state(flax_optimizer))
+    )
 
 
 @pytest.mark.parametrize("make_tx", [unfused, fused], ids=["unfused", "fused"])
@@ -254,12 +274,15 @@ def test_optimizer_checkpoint_round_trips(make_tx, tmp_path):
     nnx.update((fresh_model, fresh_optimizer), state)
     assert int(fresh_optimizer.step[...]) == 20
 
-    nnx_run(awf.Optimizer, make_tx(), steps=STEPS - 20, model=fresh_model,
-            optimizer=fresh_optimizer)
+    nnx_run(
+        awf.Optimizer, make_tx(), steps=STEPS - 20, model=fresh_model, optimizer=fresh_optimizer
+    )
     straight, straight_optimizer, _ = nnx_run(awf.Optimizer, make_tx())
     assert_trees_equal(pure_params(fresh_model), pure_params(straight))
-    assert_trees_equal(nnx.to_pure_dict(nnx.state(fresh_optimizer)),
-                       nnx.to_pure_dict(nnx.state(straight_optimizer)))
+    assert_trees_equal(
+        nnx.to_pure_dict(nnx.state(fresh_optimizer)),
+        nnx.to_pure_dict(nnx.state(straight_optimizer)),
+    )
 
 
 LARGE = 1 << 16  # a leaf this large is its own group of the fused layout, kept in its shape
@@ -271,7 +294,7 @@ class Wide(nnx.Module):
         self.b = nnx.Param(jnp.zeros((7,)))
 
     def __call__(self) -> jax.Array:
-        return jnp.sum(jnp.sin(self.w)) + jnp.sum(self.b ** 2)
+        return jnp.sum(jnp.sin(self.w)) + jnp.sum(self.b**2)
 
 
 def buffer_of(x: jax.Array) -> int:
@@ -283,15 +306,18 @@ def test_optimizer_steps_in_place_under_nnx_jit_with_donation(kernel):
     buffers: the old arrays are consumed and the new ones live at the same addresses."""
     model = Wide(nnx.Rngs(0))
     optimizer = awf.Optimizer(model, aw.adamw(1e-2, weight_decay=0.1, fused=True), wrt=nnx.Param)
-    step = nnx.jit(lambda m, o: o.update(m, nnx.grad(lambda m: m())(m)) and None,
-                   donate_argnums=(0, 1))
+    step = nnx.jit(
+        lambda m, o: o.update(m, nnx.grad(lambda m: m())(m)) and None, donate_argnums=(0, 1)
+    )
     step(model, optimizer)  # compile; the state now lives in XLA's output buffers
     old_w, old_mu = model.w.get_value(), optimizer.opt_state.mu[-1].get_value()
     addresses = buffer_of(old_w), buffer_of(old_mu)
     step(model, optimizer)
     assert old_w.is_deleted() and old_mu.is_deleted()
-    assert (buffer_of(model.w.get_value()),
-            buffer_of(optimizer.opt_state.mu[-1].get_value())) == addresses
+    assert (
+        buffer_of(model.w.get_value()),
+        buffer_of(optimizer.opt_state.mu[-1].get_value()),
+    ) == addresses
 
 
 def test_optimizer_steps_in_place_under_jax_jit_of_split_state(kernel):
@@ -361,15 +387,23 @@ def test_train_state_one_pass_matches_flax_to_float32_rounding(kernel):
 def test_train_state_forwards_extra_args_to_tx_update(adamw):
     """Flax's TrainState cannot pass value=loss; ``extra_args`` does, with the trajectory of
     tx.update(..., value=loss) + apply_updates, written out by hand."""
+
     def by_hand(state, grads, loss):
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
-        return state.replace(step=state.step + 1, opt_state=opt_state,
-                             params=optax.apply_updates(state.params, updates))
+        return state.replace(
+            step=state.step + 1,
+            opt_state=opt_state,
+            params=optax.apply_updates(state.params, updates),
+        )
 
-    state, losses = linen_run(awf.TrainState, plateau_chain(adamw), apply=lambda s, g, loss:
-                              s.apply_gradients(grads=g, extra_args={"value": loss}))
-    expected, expected_losses = linen_run(train_state.TrainState, plateau_chain(adamw),
-                                          apply=by_hand)
+    state, losses = linen_run(
+        awf.TrainState,
+        plateau_chain(adamw),
+        apply=lambda s, g, loss: s.apply_gradients(grads=g, extra_args={"value": loss}),
+    )
+    expected, expected_losses = linen_run(
+        train_state.TrainState, plateau_chain(adamw), apply=by_hand
+    )
     assert plateau_scale(expected.opt_state) < 0.5
     np.testing.assert_array_equal(losses, expected_losses)
     assert_trees_equal(state.params, expected.params)
@@ -380,8 +414,11 @@ def test_train_state_checkpoint_round_trips(tmp_path):
     state, _ = linen_run(awf.TrainState, fused(), steps=1)
     path = tmp_path / "state.msgpack"
     path.write_bytes(serialization.to_bytes(state))
-    template = awf.TrainState.create(apply_fn=state.apply_fn, params=jax.tree_util.tree_map(
-        jnp.zeros_like, state.params), tx=fused())
+    template = awf.TrainState.create(
+        apply_fn=state.apply_fn,
+        params=jax.tree_util.tree_map(jnp.zeros_like, state.params),
+        tx=fused(),
+    )
     restored = serialization.from_bytes(template, path.read_bytes())
     assert_trees_equal(jax.device_get(restored.params), jax.device_get(state.params))
     assert_trees_equal(jax.device_get(restored.opt_state), jax.device_get(state.opt_state))
@@ -390,11 +427,15 @@ def test_train_state_checkpoint_round_trips(tmp_path):
 
 def test_train_state_steps_in_place_under_jax_jit_with_donation(kernel):
     params = {"w": jax.random.normal(jax.random.key(0), (LARGE,)), "b": jnp.zeros((7,))}
-    state = awf.TrainState.create(apply_fn=None, params=params,
-                                  tx=aw.adamw(1e-2, weight_decay=0.1, fused=True))
-    step = jax.jit(lambda s: s.apply_gradients(grads=jax.grad(
-        lambda p: jnp.sum(jnp.sin(p["w"])) + jnp.sum(p["b"] ** 2))(s.params)),
-        donate_argnums=0)
+    state = awf.TrainState.create(
+        apply_fn=None, params=params, tx=aw.adamw(1e-2, weight_decay=0.1, fused=True)
+    )
+    step = jax.jit(
+        lambda s: s.apply_gradients(
+            grads=jax.grad(lambda p: jnp.sum(jnp.sin(p["w"])) + jnp.sum(p["b"] ** 2))(s.params)
+        ),
+        donate_argnums=0,
+    )
     state = step(state)
     old_w, old_mu = state.params["w"], state.opt_state.mu[-1]
     addresses = buffer_of(old_w), buffer_of(old_mu)
@@ -409,11 +450,15 @@ def test_train_state_keeps_flax_overwrite_with_gradient_collection():
     from flax.linen.fp8_ops import OVERWRITE_WITH_GRADIENT
 
     params = {"params": {"w": jnp.ones((3,))}, OVERWRITE_WITH_GRADIENT: {"scale": jnp.ones(())}}
-    grads = {"params": {"w": jnp.full((3,), 0.5)},
-             OVERWRITE_WITH_GRADIENT: {"scale": jnp.full((), 7.0)}}
+    grads = {
+        "params": {"w": jnp.full((3,), 0.5)},
+        OVERWRITE_WITH_GRADIENT: {"scale": jnp.full((), 7.0)},
+    }
     for tx in (fused(), optax.adamw(1e-2)):
-        ours, theirs = (cls.create(apply_fn=None, params=params, tx=tx).apply_gradients(grads=grads)
-                        for cls in (awf.TrainState, train_state.TrainState))
+        ours, theirs = (
+            cls.create(apply_fn=None, params=params, tx=tx).apply_gradients(grads=grads)
+            for cls in (awf.TrainState, train_state.TrainState)
+        )
         assert_trees_close(ours.params, theirs.params, atol=1e-7)  # one step, |θ| = 1
         assert float(ours.params[OVERWRITE_WITH_GRADIENT]["scale"]) == 7.0
 
@@ -432,5 +477,8 @@ def test_import_adamw_jax_does_not_import_flax():
     """Flax is imported by ``import adamw_jax.flax`` only (a fresh interpreter: this session has
     imported Flax already)."""
     code = "import sys, adamw_jax; assert 'flax' not in sys.modules, 'flax imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ | {
-        "PYTHONPATH": os.pathsep.join(sys.path)})
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)},
+    )

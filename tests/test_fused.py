@@ -56,39 +56,54 @@ def test_schedules_for_learning_rate_decay_and_b1(mode):
     decay = 0.1 if mode == "coupled" else 1e-3
     schedule = aw.schedules.warmup_cosine_decay_schedule(0.0, 1e-2, 20, STEPS, 1e-4)
     expected = adamw_trajectory(
-        PARAMS, GRADS, learning_rate=lambda t: float(schedule(t)),
-        b1=lambda t: 0.85 + 0.1 * t / STEPS, weight_decay=lambda t: decay * (1 + t / STEPS),
-        weight_decay_mode=mode, peak_learning_rate=1e-2,
+        PARAMS,
+        GRADS,
+        learning_rate=lambda t: float(schedule(t)),
+        b1=lambda t: 0.85 + 0.1 * t / STEPS,
+        weight_decay=lambda t: decay * (1 + t / STEPS),
+        weight_decay_mode=mode,
+        peak_learning_rate=1e-2,
     )
     optimizer = aw.adamw(
-        schedule, b1=lambda t: 0.85 + 0.1 * t / STEPS,
-        weight_decay=lambda t: decay * (1 + t / STEPS), weight_decay_mode=mode,
-        peak_learning_rate=1e-2 if mode == "decoupled" else None, fused=True,
+        schedule,
+        b1=lambda t: 0.85 + 0.1 * t / STEPS,
+        weight_decay=lambda t: decay * (1 + t / STEPS),
+        weight_decay_mode=mode,
+        peak_learning_rate=1e-2 if mode == "decoupled" else None,
+        fused=True,
     )
-    assert max_abs_error(trajectory(optimizer, PARAMS, GRADS), expected) <= float32_tolerance(expected)
+    assert max_abs_error(trajectory(optimizer, PARAMS, GRADS), expected) <= float32_tolerance(
+        expected
+    )
 
 
 def test_without_bias_correction_matches_reference():
     optimizer = fused_adam_family(1e-2, dict(bias_correction=False), maximize=False)
     expected = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, bias_correction=False)
-    assert max_abs_error(trajectory(optimizer, PARAMS, GRADS), expected) <= float32_tolerance(expected)
+    assert max_abs_error(trajectory(optimizer, PARAMS, GRADS), expected) <= float32_tolerance(
+        expected
+    )
 
 
 def test_matches_optax_adamw():
     """The real optax, run on the same stream (optax's eps_root and decay are the same form)."""
     optimizer = optax.adamw(1e-2, b1=0.9, b2=0.99, eps=1e-6, weight_decay=0.1, mask=MASK)
     reference = trajectory(optimizer, PARAMS, GRADS)
-    fused = trajectory(aw.adamw(1e-2, 0.9, 0.99, 1e-6, weight_decay=0.1, mask=MASK, fused=True),
-                       PARAMS, GRADS)
-    expected = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, b2=0.99, eps=1e-6,
-                                weight_decay=0.1, decay_mask=MASK)
+    fused = trajectory(
+        aw.adamw(1e-2, 0.9, 0.99, 1e-6, weight_decay=0.1, mask=MASK, fused=True), PARAMS, GRADS
+    )
+    expected = adamw_trajectory(
+        PARAMS, GRADS, learning_rate=1e-2, b2=0.99, eps=1e-6, weight_decay=0.1, decay_mask=MASK
+    )
     assert max_abs_error(fused, reference) <= float32_tolerance(expected)
 
 
 def test_moments_are_a_few_flat_buffers_per_dtype_and_mask():
     params = {
-        "a": jnp.ones((3, 4), jnp.float32), "b": jnp.ones((5,), jnp.bfloat16),
-        "c": jnp.ones((), jnp.float32), "d": jnp.ones((2, 2), jnp.bfloat16),
+        "a": jnp.ones((3, 4), jnp.float32),
+        "b": jnp.ones((5,), jnp.bfloat16),
+        "c": jnp.ones((), jnp.float32),
+        "d": jnp.ones((2, 2), jnp.bfloat16),
         "e": jnp.ones((7,), jnp.float32),
     }
     mask = {"a": True, "b": True, "c": False, "d": True, "e": True}
@@ -119,7 +134,8 @@ def test_padding_to_a_multiple_stays_zero_and_changes_nothing():
     assert [x.shape for x in states[0].mu] == [(64,)]  # 30 + 5 + 1 + 24 = 60 -> 64
     for g in grads:
         (u_padded, states[0]), (u_plain, states[1]) = (
-            jax.jit(t.update)(g, s, params) for t, s in zip((padded, plain), states))
+            jax.jit(t.update)(g, s, params) for t, s in zip((padded, plain), states)
+        )
         for key in params:
             np.testing.assert_allclose(u_padded[key], u_plain[key], rtol=0, atol=0)
     np.testing.assert_array_equal(states[0].mu[0][60:], 0.0)
@@ -150,8 +166,9 @@ def test_half_precision_parameters_round_once():
         results.append(jax.jit(optimizer.update)(grads, optimizer.init(params), params)[0])
     for key in params:
         assert results[0][key].dtype == jnp.bfloat16
-        np.testing.assert_allclose(np.float32(results[0][key]), np.float32(results[1][key]),
-                                   rtol=2 * 2.0**-8, atol=0)
+        np.testing.assert_allclose(
+            np.float32(results[0][key]), np.float32(results[1][key]), rtol=2 * 2.0**-8, atol=0
+        )
 
 
 def test_count_saturates():
@@ -173,18 +190,26 @@ def test_state_structure_does_not_depend_on_float_or_schedule():
 
 @given(
     shapes=st.lists(st.lists(st.integers(0, 4), max_size=3).map(tuple), min_size=1, max_size=5),
-    b1=st.floats(0.0, 0.99), b2=st.floats(0.5, 0.9999), eps=st.sampled_from([1e-8, 1e-4, 1e-1]),
-    weight_decay=st.floats(0.0, 0.5), amsgrad=st.booleans(), nesterov=st.booleans(),
+    b1=st.floats(0.0, 0.99),
+    b2=st.floats(0.5, 0.9999),
+    eps=st.sampled_from([1e-8, 1e-4, 1e-1]),
+    weight_decay=st.floats(0.0, 0.5),
+    amsgrad=st.booleans(),
+    nesterov=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_one_step_matches_unfused_for_any_tree(shapes, b1, b2, eps, weight_decay, amsgrad,
-                                               nesterov, seed):
+def test_one_step_matches_unfused_for_any_tree(
+    shapes, b1, b2, eps, weight_decay, amsgrad, nesterov, seed
+):
     rng = np.random.default_rng(seed)
     params = {f"p{i}": jnp.asarray(rng.normal(size=s), jnp.float32) for i, s in enumerate(shapes)}
-    grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
-             for _ in range(3)]
-    kwargs = dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                  nesterov=nesterov)
+    grads = [
+        jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        for _ in range(3)
+    ]
+    kwargs = dict(
+        b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, nesterov=nesterov
+    )
     results = []
     for fused in (True, False):
         optimizer = aw.adamw(1e-2, fused=fused, **kwargs)
@@ -196,8 +221,9 @@ def test_one_step_matches_unfused_for_any_tree(shapes, b1, b2, eps, weight_decay
     for fused_updates, unfused_updates in zip(*results):
         for key in params:
             # |u| <= η·(|m̂|/(sqrt(v̂)+eps) + λ|θ|); a few float32 ulps of it
-            np.testing.assert_allclose(fused_updates[key], unfused_updates[key], rtol=1e-5,
-                                       atol=1e-8)
+            np.testing.assert_allclose(
+                fused_updates[key], unfused_updates[key], rtol=1e-5, atol=1e-8
+            )
 
 
 def test_adam_without_params_and_adamw_needs_them():
@@ -218,10 +244,12 @@ def test_state_of_other_parameters_is_a_clear_error():
 
 
 @pytest.mark.parametrize("native_setting", ["0", "1"])
-@pytest.mark.parametrize("leaf, shape", [("small", (2, 4)), ("small", (9,)),
-                                         ("large", (256, 257)), ("large", (65536,))])
-def test_gradients_of_other_shapes_are_named_at_trace_time(leaf, shape, native_setting,
-                                                           monkeypatch):
+@pytest.mark.parametrize(
+    "leaf, shape", [("small", (2, 4)), ("small", (9,)), ("large", (256, 257)), ("large", (65536,))]
+)
+def test_gradients_of_other_shapes_are_named_at_trace_time(
+    leaf, shape, native_setting, monkeypatch
+):
     """A gradient whose shape is not its parameter's (same size or not, in a packed or an own
     buffer, kernel or XLA pass): a ValueError naming the leaf path while tracing, on both doors,
     instead of an FFI aliasing error or a broadcast failure."""
@@ -230,9 +258,11 @@ def test_gradients_of_other_shapes_are_named_at_trace_time(leaf, shape, native_s
     grads = {"layer": {**params["layer"], leaf: jnp.ones(shape)}}
     optimizer = aw.adamw(1e-3, fused=True)
     state = optimizer.init(params)
-    message = (rf"gradient at \['layer'\]\['{leaf}'\] has shape {re.escape(str(shape))} but the "
-               rf"parameter there has shape {re.escape(str(params['layer'][leaf].shape))}: pass "
-               "the gradients of the parameters")
+    message = (
+        rf"gradient at \['layer'\]\['{leaf}'\] has shape {re.escape(str(shape))} but the "
+        rf"parameter there has shape {re.escape(str(params['layer'][leaf].shape))}: pass "
+        "the gradients of the parameters"
+    )
     for door in (optimizer.update, functools.partial(aw.update_and_apply, optimizer)):
         with pytest.raises(ValueError, match=message):
             jax.eval_shape(door, grads, state, params)
@@ -251,8 +281,11 @@ def test_gradients_of_another_dtype_step_as_on_the_unfused_path():
     for key in params:
         assert results[1][key].dtype == params[key].dtype
         # one float32 rounding of the update apart (see test_one_step_matches_unfused_for_any_tree)
-        np.testing.assert_allclose(np.asarray(results[1][key], np.float32),
-                                   np.asarray(results[0][key], np.float32), rtol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(results[1][key], np.float32),
+            np.asarray(results[0][key], np.float32),
+            rtol=1e-6,
+        )
 
 
 @pytest.mark.parametrize(
@@ -292,8 +325,14 @@ def _run(optimizer, params, grads, dtype=jnp.float32):
 # Blockwise formats: "big" has a buffer of its own (66000 elements, not a multiple of 256), "mid"
 # and "mid2" (>= 4096) share a block-aligned buffer, "s1" and "s2" (< 4096 each, 4300 together)
 # share one the unfused path would keep in float32 leaf by leaf.
-BLOCK_SHAPES = {"big": (300, 220), "mid": (70, 71), "mid2": (4100,), "s1": (50, 50), "s2": (40, 45),
-                "b": (5,)}
+BLOCK_SHAPES = {
+    "big": (300, 220),
+    "mid": (70, 71),
+    "mid2": (4100,),
+    "s1": (50, 50),
+    "s2": (40, 45),
+    "b": (5,),
+}
 BLOCK_MASK = {"big": True, "mid": True, "mid2": True, "s1": True, "s2": True, "b": False}
 
 
@@ -302,10 +341,12 @@ def _stored_leaf(stored, slot=None):
     the leaf's part of a fused group buffer."""
     if isinstance(stored, lowbit.BlockwiseArray):
         first = 0 if slot is None else slot.offset // lowbit.BLOCK_SIZE
-        rows = slice(0, None) if slot is None else slice(first, first + lowbit.block_count(slot.size))
+        rows = (
+            slice(0, None) if slot is None else slice(first, first + lowbit.block_count(slot.size))
+        )
         return np.asarray(stored.values[rows]), np.asarray(stored.scales[rows])
     flat = np.asarray(stored, np.float32).reshape(-1)
-    return (flat,) if slot is None else (flat[slot.offset:slot.offset + slot.size],)
+    return (flat,) if slot is None else (flat[slot.offset : slot.offset + slot.size],)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, "int8"])
@@ -358,9 +399,13 @@ def test_stochastic_rounding_stores_a_neighbour_of_the_exact_moment(dtype):
 
     m, (m_near, _), (m_sr, scales) = decoded(exact)[0], decoded(nearest), decoded(sr)
     if scales is None:  # the bf16 neighbours of m: nearest and the next one towards m
-        other = np.asarray(jnp.nextafter(jnp.asarray(m_near, jnp.bfloat16),
-                                         jnp.asarray(np.where(m > m_near, np.inf, -np.inf), jnp.bfloat16)),
-                           np.float32)
+        other = np.asarray(
+            jnp.nextafter(
+                jnp.asarray(m_near, jnp.bfloat16),
+                jnp.asarray(np.where(m > m_near, np.inf, -np.inf), jnp.bfloat16),
+            ),
+            np.float32,
+        )
         assert np.all((m_sr == m_near) | (m_sr == other))
     else:  # the widest gap of the signed code is 0.9/64 of the block's scale
         bound = np.repeat(scales, lowbit.BLOCK_SIZE)[:5000] * 0.9 / 64
@@ -374,8 +419,15 @@ def test_master_weights_follow_the_unfused_master():
     params = make_params(1, {"w": (16, 12), "b": (12,)})
     params = {k: np.asarray(jnp.asarray(v, jnp.bfloat16), np.float64) for k, v in params.items()}
     grads = gradient_stream(params, 20, seed=4)
-    runs = [_run(aw.adamw(1e-2, weight_decay=0.1, master_weights=True, fused=fused), params, grads,
-                 jnp.bfloat16) for fused in (True, False)]
+    runs = [
+        _run(
+            aw.adamw(1e-2, weight_decay=0.1, master_weights=True, fused=fused),
+            params,
+            grads,
+            jnp.bfloat16,
+        )
+        for fused in (True, False)
+    ]
     (fused_params, fused), (_, unfused) = runs
     assert isinstance(fused.inner_state, FusedAdamState)
     tolerance = float32_tolerance([jax.device_get(unfused.master)] * len(grads))
@@ -384,13 +436,18 @@ def test_master_weights_follow_the_unfused_master():
         np.testing.assert_array_equal(fused_params[key], fused.master[key].astype(jnp.bfloat16))
 
 
-EXTREME_GRADIENTS = np.array([np.finfo(np.float32).max, -np.finfo(np.float32).max, 1e30, -1e30,
-                              1e-30, -1e-30, 0.0, 1.0], np.float32)
+EXTREME_GRADIENTS = np.array(
+    [np.finfo(np.float32).max, -np.finfo(np.float32).max, 1e30, -1e30, 1e-30, -1e-30, 0.0, 1.0],
+    np.float32,
+)
 
 
 @pytest.mark.parametrize("eps", [1e-8, 0.0])
-@pytest.mark.parametrize("options", [{}, dict(nesterov=True, amsgrad=True), dict(eps_mode="hat")],
-                         ids=["adam", "nesterov_amsgrad", "hat"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, dict(nesterov=True, amsgrad=True), dict(eps_mode="hat")],
+    ids=["adam", "nesterov_amsgrad", "hat"],
+)
 def test_extreme_gradients_step_like_the_unfused_chain(eps, options):
     """|g| from float32's maximum down to 1e-30 and 0, with eps = 0 too: the gradient is clamped
     before squaring and m/0 is sign(m), so each step is finite with the gradient's sign, and
@@ -431,5 +488,7 @@ def test_building_starts_no_backend():
         "jnp.ones(1)\n"
         "assert xla_bridge._backends\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr

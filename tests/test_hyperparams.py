@@ -20,12 +20,27 @@ GRADS = gradient_stream(PARAMS, STEPS, seed=4)
 SCHEDULE = aw.schedules.warmup_cosine_decay_schedule(0.0, 1e-2, 10, STEPS, 1e-4)
 
 
-@pytest.mark.parametrize("options, dtype", [
-    (dict(learning_rate=1e-2, weight_decay=0.1), jnp.bfloat16),
-    (dict(learning_rate=SCHEDULE, weight_decay=lambda t: 0.1 * (1 + t / STEPS), b1=0.8, amsgrad=True),
-     jnp.float32),
-    (dict(learning_rate=1e-2, weight_decay=1e-3, weight_decay_mode="decoupled", nesterov=True), jnp.bfloat16),
-])
+@pytest.mark.parametrize(
+    "options, dtype",
+    [
+        (dict(learning_rate=1e-2, weight_decay=0.1), jnp.bfloat16),
+        (
+            dict(
+                learning_rate=SCHEDULE,
+                weight_decay=lambda t: 0.1 * (1 + t / STEPS),
+                b1=0.8,
+                amsgrad=True,
+            ),
+            jnp.float32,
+        ),
+        (
+            dict(
+                learning_rate=1e-2, weight_decay=1e-3, weight_decay_mode="decoupled", nesterov=True
+            ),
+            jnp.bfloat16,
+        ),
+    ],
+)
 def test_trajectory_is_bitwise_the_plain_optimizers(options, dtype):
     """optax #1532: injecting must not change a single bit (b1, b2, eps stay Python floats)."""
     plain = trajectory(aw.adamw(**options), PARAMS, GRADS, dtype)
@@ -64,12 +79,18 @@ def test_run_time_learning_rate_equals_schedule_with_one_compilation():
     for index, grads in enumerate(GRADS):
         state = aw.set_hyperparams(state, learning_rate=table[index])
         assert float(aw.current_learning_rate(state)) == table[index]
-        params, state = step(params, state, {k: jnp.asarray(v, jnp.float32) for k, v in grads.items()})
+        params, state = step(
+            params, state, {k: jnp.asarray(v, jnp.float32) for k, v in grads.items()}
+        )
         run_time.append({k: np.asarray(v, np.float64) for k, v in params.items()})
     assert len(traces) == 1
-    scheduled = trajectory(aw.adamw(lambda count: jnp.asarray(table)[count], weight_decay=0.05), PARAMS, GRADS)
+    scheduled = trajectory(
+        aw.adamw(lambda count: jnp.asarray(table)[count], weight_decay=0.05), PARAMS, GRADS
+    )
     assert max_abs_error(run_time, scheduled) == 0.0
-    expected = adamw_trajectory(PARAMS, GRADS, learning_rate=lambda t: float(table[t]), weight_decay=0.05)
+    expected = adamw_trajectory(
+        PARAMS, GRADS, learning_rate=lambda t: float(table[t]), weight_decay=0.05
+    )
     assert max_abs_error(run_time, expected) <= float32_tolerance(expected)
 
 
@@ -80,7 +101,9 @@ def test_state_holds_the_next_steps_values():
     update = jax.jit(opt.update)
     for count in range(1, 5):
         # Eager and jitted evaluations of the schedule may differ by an ulp.
-        assert float(aw.current_learning_rate(state)) == pytest.approx(float(SCHEDULE(count - 1)), rel=2e-7)
+        assert float(aw.current_learning_rate(state)) == pytest.approx(
+            float(SCHEDULE(count - 1)), rel=2e-7
+        )
         _, state = update(params, state, params)
     # A value set by hand lasts one step, then the schedule refills it.
     state = aw.set_hyperparams(state, learning_rate=0.5, weight_decay=0.2)
@@ -92,8 +115,10 @@ def test_state_holds_the_next_steps_values():
 
 def test_learning_rate_includes_plateau_scale_in_a_chain():
     params = {"w": jnp.ones(2)}
-    opt = optax.chain(aw.inject_hyperparams(aw.adamw)(learning_rate=1e-3),
-                      aw.reduce_on_plateau(factor=0.5, patience=0))
+    opt = optax.chain(
+        aw.inject_hyperparams(aw.adamw)(learning_rate=1e-3),
+        aw.reduce_on_plateau(factor=0.5, patience=0),
+    )
     state = opt.init(params)
     update = jax.jit(lambda s, v: opt.update(params, s, params, value=v))
     for value, rate in ((1.0, 1e-3), (1.0, 5e-4), (1.0, 2.5e-4)):
@@ -104,7 +129,9 @@ def test_learning_rate_includes_plateau_scale_in_a_chain():
 
 
 def test_other_runtime_names_and_factories():
-    opt = aw.inject_hyperparams(aw.adam, runtime=("learning_rate", "b1"))(learning_rate=1e-3, b1=0.5)
+    opt = aw.inject_hyperparams(aw.adam, runtime=("learning_rate", "b1"))(
+        learning_rate=1e-3, b1=0.5
+    )
     params = {"w": jnp.ones(2)}
     state = opt.init(params)
     assert sorted(aw.current_hyperparams(state)) == ["b1", "learning_rate"]
@@ -115,13 +142,16 @@ def test_other_runtime_names_and_factories():
     assert list(aw.current_hyperparams(state)) == ["learning_rate"]
 
 
-@pytest.mark.parametrize("build, error, words", [
-    (lambda: aw.inject_hyperparams(aw.adamw, runtime=("lr",)), ValueError, "lr"),
-    (lambda: aw.inject_hyperparams(aw.adamw, runtime="learning_rate"), TypeError, "runtime"),
-    (lambda: aw.inject_hyperparams(aw.adamw)(learning_rate=-1.0), ValueError, "learning_rate"),
-    (lambda: aw.inject_hyperparams(aw.adamw)(learning_rate="fast"), TypeError, "learning_rate"),
-    (lambda: aw.inject_hyperparams(aw.adamw)(1e-3, b3=0.9), TypeError, "b3"),
-])
+@pytest.mark.parametrize(
+    "build, error, words",
+    [
+        (lambda: aw.inject_hyperparams(aw.adamw, runtime=("lr",)), ValueError, "lr"),
+        (lambda: aw.inject_hyperparams(aw.adamw, runtime="learning_rate"), TypeError, "runtime"),
+        (lambda: aw.inject_hyperparams(aw.adamw)(learning_rate=-1.0), ValueError, "learning_rate"),
+        (lambda: aw.inject_hyperparams(aw.adamw)(learning_rate="fast"), TypeError, "learning_rate"),
+        (lambda: aw.inject_hyperparams(aw.adamw)(1e-3, b3=0.9), TypeError, "b3"),
+    ],
+)
 def test_bad_arguments_are_named_when_built(build, error, words):
     with pytest.raises(error, match=words):
         build()
@@ -159,17 +189,23 @@ def test_optax_inject_hyperparams_float16_computes_in_float32():
     except where a gradient underflows to 0 in float16: with eps = 0 its m̂/√v̂ is 0/0 = NaN
     there, and adamw_jax's step is 0 (DESIGN §3: a zero gradient never produces NaN)."""
     ours = _low_precision_run(optax.inject_hyperparams(aw.adamw)(learning_rate=1e-3), jnp.float16)
-    rounded = {name: _rounded(value, jnp.float16) for name, value in
-               dict(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4).items()}
+    rounded = {
+        name: _rounded(value, jnp.float16)
+        for name, value in dict(
+            learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4
+        ).items()
+    }
     plain = _low_precision_run(aw.adamw(**rounded), jnp.float16)
-    peer = _low_precision_run(optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3),
-                              jnp.float16)
+    peer = _low_precision_run(
+        optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3), jnp.float16
+    )
     for key in ours:
         np.testing.assert_array_equal(ours[key], plain[key])
         assert np.all(np.isfinite(ours[key]))
         finite = np.isfinite(peer[key])
-        np.testing.assert_allclose(ours[key][finite], peer[key][finite], rtol=2.0**-9,
-                                   atol=2.0**-24)
+        np.testing.assert_allclose(
+            ours[key][finite], peer[key][finite], rtol=2.0**-9, atol=2.0**-24
+        )
 
 
 def test_optax_inject_hyperparams_bfloat16_steps_finitely():
@@ -196,14 +232,23 @@ def test_optax_inject_hyperparams_bfloat16_steps_finitely():
         np.testing.assert_allclose(ours[key], theta, rtol=2.0**-7, atol=0)
 
 
-@pytest.mark.parametrize("name, value", [
-    ("learning_rate", -1e-3), ("learning_rate", float("nan")), ("learning_rate", float("inf")),
-    ("weight_decay", -0.1), ("weight_decay", float("nan")), ("b2", 1.0), ("b1", -0.5),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("learning_rate", -1e-3),
+        ("learning_rate", float("nan")),
+        ("learning_rate", float("inf")),
+        ("weight_decay", -0.1),
+        ("weight_decay", float("nan")),
+        ("b2", 1.0),
+        ("b1", -0.5),
+    ],
+)
 def test_set_hyperparams_checks_concrete_values(name, value):
     params = {"w": jnp.ones(2)}
     state = aw.inject_hyperparams(aw.adamw, runtime=("learning_rate", "weight_decay", "b1", "b2"))(
-        1e-3).init(params)
+        1e-3
+    ).init(params)
     with pytest.raises(ValueError, match=rf"{name} must .*set_hyperparams\(state, {name}=\.\.\.\)"):
         aw.set_hyperparams(state, **{name: value})
     # A traced value cannot be inspected: it is set as given.

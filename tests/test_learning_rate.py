@@ -38,8 +38,10 @@ def test_state_is_the_same_for_float_and_schedule():
     assert a.count.dtype == b.count.dtype == jnp.int32
 
 
-@pytest.mark.parametrize("bad, error", [(-0.1, ValueError), ("0.1", TypeError), (None, TypeError),
-                                        (np.array([0.1, 0.2]), TypeError)])
+@pytest.mark.parametrize(
+    "bad, error",
+    [(-0.1, ValueError), ("0.1", TypeError), (None, TypeError), (np.array([0.1, 0.2]), TypeError)],
+)
 def test_bad_learning_rate_is_named(bad, error):
     with pytest.raises(error, match="learning_rate"):
         aw.scale_by_learning_rate(bad)

@@ -37,15 +37,17 @@ def poisoned(grads, bad_steps, value=np.nan):
 def test_dynamic_scale_follows_torch_grad_scaler(finite, interval):
     """torch._amp_update_scale_ is the kernel behind torch.amp.GradScaler.update."""
     # torch's scale has no floor or ceiling: bounds out of reach of 40 steps from 2^10.
-    optimizer = aw.loss_scaling(2.0 ** 10, growth_interval=interval, min_scale=2.0**-40,
-                                max_scale=2.0**60)
+    optimizer = aw.loss_scaling(
+        2.0**10, growth_interval=interval, min_scale=2.0**-40, max_scale=2.0**60
+    )
     update = jax.jit(optimizer.update)
     state = optimizer.init({})
-    torch_scale, tracker = torch.tensor([2.0 ** 10]), torch.zeros(1, dtype=torch.int32)
+    torch_scale, tracker = torch.tensor([2.0**10]), torch.zeros(1, dtype=torch.int32)
     for ok in finite:
         _, state = update({"g": jnp.array([1.0 if ok else jnp.inf])}, state)
-        torch._amp_update_scale_(torch_scale, tracker, torch.tensor([0.0 if ok else 1.0]),
-                                 2.0, 0.5, interval)
+        torch._amp_update_scale_(
+            torch_scale, tracker, torch.tensor([0.0 if ok else 1.0]), 2.0, 0.5, interval
+        )
         assert float(aw.current_loss_scale(state)) == float(torch_scale[0])
         assert int(state.finite_steps) == int(tracker[0])
 
@@ -79,8 +81,9 @@ def test_loss_scaling_with_inner_skips_and_counts_overflowed_steps():
     for bad in (jnp.inf, jnp.nan, -jnp.inf):
         updates, new = update({"w": jnp.array([1.0, bad, 1.0])}, state, params)
         np.testing.assert_array_equal(updates["w"], 0.0)
-        jax.tree_util.tree_map(np.testing.assert_array_equal, new[1].inner_state,
-                               state[1].inner_state)
+        jax.tree_util.tree_map(
+            np.testing.assert_array_equal, new[1].inner_state, state[1].inner_state
+        )
         assert float(aw.current_loss_scale(new)) == float(aw.current_loss_scale(state)) / 2
         state = new
     assert aw.skipped_steps(state) == (3, 3)
@@ -107,14 +110,16 @@ def test_static_scale_never_changes():
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_mixed_precision_chain_skips_bad_steps_and_matches_reference(value):
     """loss × S, then unscale and skip: the params follow AdamW on the finite steps alone."""
-    scale = 2.0 ** 12
-    optimizer = optax.chain(aw.loss_scaling(scale, dynamic=False),
-                            aw.skip_nonfinite(aw.adamw(1e-2, weight_decay=0.1)))
+    scale = 2.0**12
+    optimizer = optax.chain(
+        aw.loss_scaling(scale, dynamic=False), aw.skip_nonfinite(aw.adamw(1e-2, weight_decay=0.1))
+    )
     stream = poisoned([{k: g[k] * scale for k in g} for g in GRADS], BAD_STEPS, value)
     actual = trajectory(optimizer, PARAMS, stream)
     good = [i for i in range(len(GRADS)) if i not in BAD_STEPS]
-    expected = adamw_trajectory(PARAMS, [GRADS[i] for i in good], learning_rate=1e-2,
-                                weight_decay=0.1)
+    expected = adamw_trajectory(
+        PARAMS, [GRADS[i] for i in good], learning_rate=1e-2, weight_decay=0.1
+    )
     assert max_abs_error([actual[i] for i in good], expected) <= float32_tolerance(expected)
     for i in BAD_STEPS:  # a skipped step leaves the params bit for bit
         assert all(np.array_equal(actual[i][k], actual[i - 1][k]) for k in PARAMS)
@@ -137,8 +142,10 @@ def test_counts_and_max_consecutive_match_optax_apply_if_finite():
     for max_consecutive in (0, 1, 2):
         peer = optax.apply_if_finite(aw.adamw(1e-2), max_consecutive_errors=max_consecutive)
         # optax's positional order and keyword, and ours
-        for ours in (aw.skip_nonfinite(aw.adamw(1e-2), max_consecutive),
-                     aw.skip_nonfinite(aw.adamw(1e-2), max_consecutive_errors=max_consecutive)):
+        for ours in (
+            aw.skip_nonfinite(aw.adamw(1e-2), max_consecutive),
+            aw.skip_nonfinite(aw.adamw(1e-2), max_consecutive_errors=max_consecutive),
+        ):
             expected_run = trajectory(peer, PARAMS, stream)
             for actual, expected in zip(trajectory(ours, PARAMS, stream), expected_run):
                 for k in PARAMS:  # NaN once a bad step is let through: equal, NaN for NaN
@@ -243,12 +250,15 @@ def test_extra_arguments_reach_the_inner_transform():
         def update(updates, state, params=None, *, value, **extra_args):
             del params, extra_args
             return jax.tree_util.tree_map(lambda g: g * value, updates), state
+
         return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
     grads = {"w": jnp.array([1.0, 2.0])}
     doubled = {"w": grads["w"] * 2}
-    for transform, scaled in ((aw.skip_nonfinite(scale_by_value()), grads),
-                              (aw.loss_scaling(2.0, inner=scale_by_value()), doubled)):
+    for transform, scaled in (
+        (aw.skip_nonfinite(scale_by_value()), grads),
+        (aw.loss_scaling(2.0, inner=scale_by_value()), doubled),
+    ):
         assert isinstance(transform, optax.GradientTransformationExtraArgs)
         update = jax.jit(lambda g, t=transform: t.update(g, t.init(g), value=3 * jnp.ones([])))
         out, _ = update(scaled)

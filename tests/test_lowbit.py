@@ -24,8 +24,13 @@ from reference import dynamic_code_value
 
 # Values spread over eight decades with both signs and exact zeros: every decade of the code.
 spread_values = hnp.arrays(
-    np.float32, 700,
-    elements=st.one_of(st.just(0.0), st.floats(2.0**-20, 2.0**7, width=32), st.floats(-(2.0**7), -(2.0**-20), width=32)),
+    np.float32,
+    700,
+    elements=st.one_of(
+        st.just(0.0),
+        st.floats(2.0**-20, 2.0**7, width=32),
+        st.floats(-(2.0**7), -(2.0**-20), width=32),
+    ),
 )
 
 
@@ -50,7 +55,9 @@ def test_code_table_is_the_bitwise_dynamic_tree_code(signed):
     table = lowbit.dynamic_code(signed=signed)
     assert len(table) == (255 if signed else 256) and np.all(np.diff(table) > 0)
     np.testing.assert_allclose(np.sort(list(decoded)), table, rtol=1e-7)
-    assert table[-1] == 1.0 and np.min(np.abs(table[table != 0])) == pytest.approx(1e-6 if signed else 1e-7)
+    assert table[-1] == 1.0 and np.min(np.abs(table[table != 0])) == pytest.approx(
+        1e-6 if signed else 1e-7
+    )
 
 
 @pytest.mark.parametrize("values_dtype", [jnp.int8, jnp.uint8])
@@ -82,7 +89,9 @@ def _code_index_by_gathers(normalized, code, uniform):
     with_zero = jnp.asarray(np.concatenate([[0.0], magnitudes]).astype(np.float32))
     magnitude = jnp.abs(normalized)
     top_bits = 6 if signed else 7
-    zeros = sum((magnitude < np.float32(10.0**-z)).astype(jnp.int32) for z in range(1, top_bits + 1))
+    zeros = sum(
+        (magnitude < np.float32(10.0**-z)).astype(jnp.int32) for z in range(1, top_bits + 1)
+    )
     steps = 2.0 ** (top_bits - np.arange(top_bits + 1))
     slope = jnp.asarray(10.0 ** np.arange(top_bits + 1) / 0.9 * steps, jnp.float32)[zeros]
     offset = jnp.asarray(0.1 / 0.9 * steps - steps + 2, jnp.float32)[zeros]
@@ -136,8 +145,9 @@ def test_code_index_is_the_nearest_entry_bit_for_bit_as_before(signed):
 
 
 @pytest.mark.parametrize("signed", [True, False])
-@given(x=hnp.arrays(np.float32, 512, elements=st.floats(-1, 1, width=32)),
-       seed=st.integers(0, 2**16))
+@given(
+    x=hnp.arrays(np.float32, 512, elements=st.floats(-1, 1, width=32)), seed=st.integers(0, 2**16)
+)
 def test_stochastic_code_index_draws_as_before(signed, x, seed):
     """With the same uniform noise the stochastic index is the previous one, draw for draw."""
     code = lowbit.dynamic_code(signed=signed)
@@ -148,18 +158,24 @@ def test_stochastic_code_index_draws_as_before(signed, x, seed):
     np.testing.assert_array_equal(got, want)
 
 
-@given(x=hnp.arrays(np.float32, 8, elements=st.floats(width=32, allow_nan=False, allow_infinity=False)))
+@given(
+    x=hnp.arrays(np.float32, 8, elements=st.floats(width=32, allow_nan=False, allow_infinity=False))
+)
 def test_bfloat16_stochastic_rounding_is_exactly_unbiased(x):
     """Over all 2^16 values of the 16 random bits, the mean of the bf16 rounding of ``x`` is
     ``x`` exactly (float64 mean, exact for 2^16 bf16 values); beyond bf16's largest finite value
     it saturates (tested above), subnormals may be flushed by XLA."""
     uniform = jnp.arange(2**16, dtype=jnp.float32) / 2**16
-    draws = jax.jit(jax.vmap(lambda u: lowbit.round_to_dtype(jnp.asarray(x), jnp.bfloat16,
-                                                             jnp.full(x.shape, u))))(uniform)
+    draws = jax.jit(
+        jax.vmap(
+            lambda u: lowbit.round_to_dtype(jnp.asarray(x), jnp.bfloat16, jnp.full(x.shape, u))
+        )
+    )(uniform)
     draws = np.asarray(draws.astype(jnp.float32), np.float64)
     magnitude = np.abs(x)
     inside = (magnitude <= float(jnp.finfo(jnp.bfloat16).max)) & (
-        (magnitude >= np.finfo(np.float32).tiny) | (x == 0))
+        (magnitude >= np.finfo(np.float32).tiny) | (x == 0)
+    )
     np.testing.assert_array_equal(draws.mean(axis=0)[inside], np.float64(x)[inside])
     assert np.all(np.isfinite(draws))
 
@@ -196,7 +212,9 @@ _round_jitted = jax.jit(lowbit.round_to_dtype, static_argnums=1)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-@given(x=hnp.arrays(np.float32, 64, elements=st.floats(-1e4, 1e4, width=32)), seed=st.integers(0, 99))
+@given(
+    x=hnp.arrays(np.float32, 64, elements=st.floats(-1e4, 1e4, width=32)), seed=st.integers(0, 99)
+)
 def test_stochastic_rounding_picks_one_of_the_two_neighbours(dtype, x, seed):
     x = jnp.asarray(x)
     uniform = jax.random.uniform(jax.random.key(seed), x.shape)
@@ -204,7 +222,11 @@ def test_stochastic_rounding_picks_one_of_the_two_neighbours(dtype, x, seed):
     down = jnp.nextafter(x.astype(dtype), jnp.asarray(-jnp.inf, dtype)).astype(jnp.float32)
     up = jnp.nextafter(x.astype(dtype), jnp.asarray(jnp.inf, dtype)).astype(jnp.float32)
     nearest = x.astype(dtype).astype(jnp.float32)
-    assert bool(jnp.all((rounded == nearest) | ((rounded == down) & (down < x)) | ((rounded == up) & (up > x))))
+    assert bool(
+        jnp.all(
+            (rounded == nearest) | ((rounded == down) & (down < x)) | ((rounded == up) & (up > x))
+        )
+    )
     assert bool(jnp.all(jnp.where(nearest == x, rounded == x, True)))
 
 
@@ -223,8 +245,11 @@ def test_stochastic_rounding_is_unbiased_and_keeps_non_finite_values(dtype):
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-@given(exponent=hnp.arrays(np.float32, 16, elements=st.floats(-45, 38.5, width=32)),
-       negative=hnp.arrays(np.bool_, 16), stochastic=st.booleans())
+@given(
+    exponent=hnp.arrays(np.float32, 16, elements=st.floats(-45, 38.5, width=32)),
+    negative=hnp.arrays(np.bool_, 16),
+    stochastic=st.booleans(),
+)
 def test_rounding_saturates_instead_of_overflowing(dtype, exponent, negative, stochastic):
     """Any finite float32 (1e-45 … 3.4e38) rounds to a finite value: beyond the format's largest
     finite value (65504 in float16; bfloat16's 3.3895e38 is below float32's) it saturates there;
@@ -257,12 +282,15 @@ def test_add_and_round_saturates_at_the_parameter_format(dtype):
     np.testing.assert_array_equal(out, [largest, -largest, 3.0])
 
 
-@pytest.mark.parametrize("mu_dtype, nu_dtype, expected", [
-    (jnp.float32, jnp.float32, 8.0),
-    (jnp.bfloat16, jnp.bfloat16, 4.0),
-    (jnp.bfloat16, jnp.float16, 4.0 + 4 / 256),
-    ("int8", "int8", 2.0 + 8 / 256),
-])
+@pytest.mark.parametrize(
+    "mu_dtype, nu_dtype, expected",
+    [
+        (jnp.float32, jnp.float32, 8.0),
+        (jnp.bfloat16, jnp.bfloat16, 4.0),
+        (jnp.bfloat16, jnp.float16, 4.0 + 4 / 256),
+        ("int8", "int8", 2.0 + 8 / 256),
+    ],
+)
 def test_state_bytes_per_parameter_measured_from_the_arrays(mu_dtype, nu_dtype, expected):
     params = {"w": jax.ShapeDtypeStruct((1024, 1024), jnp.float32)}
     state = jax.eval_shape(aw.scale_by_adam(mu_dtype=mu_dtype, nu_dtype=nu_dtype).init, params)
@@ -274,8 +302,13 @@ def test_small_tensors_keep_float32_and_large_ones_are_blockwise():
     params = {"small": jnp.zeros((4095,)), "large": jnp.zeros((4096,))}
     state = aw.scale_by_adam(mu_dtype="int8", nu_dtype="int8").init(params)
     assert state.mu["small"].dtype == jnp.float32 and state.nu["small"].dtype == jnp.float32
-    assert state.mu["large"].values.dtype == jnp.int8 and state.nu["large"].values.dtype == jnp.uint8
-    assert state.mu["large"].values.shape == (16, 256) and state.mu["large"].scales.dtype == jnp.float32
+    assert (
+        state.mu["large"].values.dtype == jnp.int8 and state.nu["large"].values.dtype == jnp.uint8
+    )
+    assert (
+        state.mu["large"].values.shape == (16, 256)
+        and state.mu["large"].scales.dtype == jnp.float32
+    )
 
 
 @functools.cache
@@ -285,19 +318,30 @@ def _one_step_setup(mu_dtype, nu_dtype):
     mu_storage = lowbit.moment_storage(mu_dtype, argument="mu_dtype", second_moment=False)
     nu_storage = lowbit.moment_storage(nu_dtype, argument="nu_dtype", second_moment=True)
     first_step = jax.jit(lambda g: low.update(g, low.init(g))[1])
-    return (jax.jit(low.update), jax.jit(aw.scale_by_adam().update), first_step,
-            mu_storage, nu_storage, jax.jit(mu_storage.decode), jax.jit(nu_storage.decode))
+    return (
+        jax.jit(low.update),
+        jax.jit(aw.scale_by_adam().update),
+        first_step,
+        mu_storage,
+        nu_storage,
+        jax.jit(mu_storage.decode),
+        jax.jit(nu_storage.decode),
+    )
 
 
-@pytest.mark.parametrize("mu_dtype, nu_dtype", [("int8", "int8"), (jnp.bfloat16, jnp.bfloat16),
-                                                (jnp.bfloat16, jnp.float16)])
+@pytest.mark.parametrize(
+    "mu_dtype, nu_dtype",
+    [("int8", "int8"), (jnp.bfloat16, jnp.bfloat16), (jnp.bfloat16, jnp.float16)],
+)
 @given(seed=st.integers(0, 2**16), log_scale=st.floats(-6, 2))
 def test_one_step_differs_from_float32_state_by_at_most_the_quantization_step(
-        mu_dtype, nu_dtype, seed, log_scale):
+    mu_dtype, nu_dtype, seed, log_scale
+):
     """From the same (decoded) state and gradient, the direction is the same and the new
     stored moments are the float32 ones rounded once: within half a step of the format."""
     low_update, full_update, first_step, mu_storage, nu_storage, mu_decode, nu_decode = (
-        _one_step_setup(mu_dtype, nu_dtype))
+        _one_step_setup(mu_dtype, nu_dtype)
+    )
     rng = np.random.default_rng(seed)
     shape = (40, 130)  # 5200 elements: blockwise, with a padded last block
     g = {"w": jnp.asarray(rng.standard_t(3, shape) * 10**log_scale, jnp.float32)}
@@ -309,7 +353,10 @@ def test_one_step_differs_from_float32_state_by_at_most_the_quantization_step(
     # b1·m + (1-b1)·g can cancel, and XLA fuses the two programs differently (FMA or not):
     # allow a few float32 ulps of the terms (|u| <= ~3 here), not of the result.
     np.testing.assert_allclose(u_low["w"], u_full["w"], rtol=1e-6, atol=1e-6)
-    for stored, exact, name in ((low_state.mu, next_full.mu, "mu"), (low_state.nu, next_full.nu, "nu")):
+    for stored, exact, name in (
+        (low_state.mu, next_full.mu, "mu"),
+        (low_state.nu, next_full.nu, "nu"),
+    ):
         decode = mu_decode if name == "mu" else nu_decode
         got = np.asarray(decode(stored, g)["w"], np.float64)
         want = np.asarray(exact["w"], np.float64)
@@ -376,7 +423,9 @@ def test_master_weights_follow_float32_adamw_bit_for_bit():
     master = low["state"].master
     for key in ("w", "b"):
         np.testing.assert_array_equal(np.asarray(master[key]), full[key].astype(np.float32))
-        np.testing.assert_array_equal(low[key], np.asarray(master[key].astype(jnp.bfloat16), np.float64))
+        np.testing.assert_array_equal(
+            low[key], np.asarray(master[key].astype(jnp.bfloat16), np.float64)
+        )
 
 
 @pytest.mark.parametrize("how", ["apply_updates", "adamw"])
@@ -389,15 +438,25 @@ def test_stochastic_rounding_keeps_bf16_params_learning_below_half_an_ulp(how):
     moved = {}
     for stochastic in (False, True):
         if how == "apply_updates":
+
             def step(p, index, stochastic=stochastic):
                 update = {"w": jnp.full((size,), -1e-4, jnp.float32)}
-                return aw.apply_updates(p, update, stochastic_rounding=stochastic,
-                                        step=index if stochastic else None), None
+                return aw.apply_updates(
+                    p, update, stochastic_rounding=stochastic, step=index if stochastic else None
+                ), None
+
             final = jax.jit(lambda p: jax.lax.scan(step, p, jnp.arange(steps))[0])(params)
         else:  # sign-constant gradient: Adam's step is exactly lr
-            final = {"w": jnp.asarray(_train(
-                aw.adam(1e-4, stochastic_rounding=stochastic), {"w": np.ones(size)},
-                [{"w": np.ones(size)}] * steps, jnp.bfloat16)["w"])}
+            final = {
+                "w": jnp.asarray(
+                    _train(
+                        aw.adam(1e-4, stochastic_rounding=stochastic),
+                        {"w": np.ones(size)},
+                        [{"w": np.ones(size)}] * steps,
+                        jnp.bfloat16,
+                    )["w"]
+                )
+            }
         moved[stochastic] = 1.0 - float(jnp.mean(final["w"].astype(jnp.float32)))
     assert moved[False] == 0.0
     assert abs(moved[True] - steps * 1e-4) <= 5 * 2**-7 * np.sqrt(steps / 4) / np.sqrt(size)
@@ -406,7 +465,9 @@ def test_stochastic_rounding_keeps_bf16_params_learning_below_half_an_ulp(how):
 def test_stochastic_rounding_is_reproducible_from_the_step():
     p = {"w": jnp.ones((256,), jnp.bfloat16)}
     u = {"w": jnp.full((256,), 1e-3, jnp.float32)}
-    first, again, other = (aw.apply_updates(p, u, stochastic_rounding=True, step=s) for s in (3, 3, 4))
+    first, again, other = (
+        aw.apply_updates(p, u, stochastic_rounding=True, step=s) for s in (3, 3, 4)
+    )
     np.testing.assert_array_equal(first["w"], again["w"])
     assert not np.array_equal(first["w"], other["w"])
 
@@ -422,10 +483,13 @@ def test_amsgrad_and_stochastic_moments_run_jitted_with_int8_state():
     assert bool(jnp.all(jnp.isfinite(updates["w"]))) and int(inner.count) == 3
 
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    (dict(mu_dtype="int4"), TypeError, "mu_dtype.*'int8'"),
-    (dict(nu_dtype=jnp.int32), TypeError, "nu_dtype.*'int8'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(mu_dtype="int4"), TypeError, "mu_dtype.*'int8'"),
+        (dict(nu_dtype=jnp.int32), TypeError, "nu_dtype.*'int8'"),
+    ],
+)
 def test_bad_storage_is_named_when_built(kwargs, error, words):
     with pytest.raises(error, match=words):
         aw.adamw(1e-3, **kwargs)
@@ -468,8 +532,9 @@ LOW_PRECISION_RUNS = [
     dict(param=jnp.float16, mu_dtype=jnp.float16, nu_dtype=jnp.float16, stochastic_rounding=True),
     dict(param=jnp.float16, mu_dtype="int8", nu_dtype="int8", master_weights=True),
     dict(param=jnp.bfloat16),
-    dict(param=jnp.bfloat16, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16,
-         stochastic_rounding=True),
+    dict(
+        param=jnp.bfloat16, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True
+    ),
     dict(param=jnp.bfloat16, mu_dtype=jnp.float16, nu_dtype="int8"),
     dict(param=jnp.float32, mu_dtype=jnp.float16, nu_dtype=jnp.float16),
     dict(param=jnp.float32, mu_dtype="int8", nu_dtype=jnp.bfloat16, amsgrad=True),
@@ -479,6 +544,7 @@ LOW_PRECISION_RUNS = [
 def _huge_gradients(params, step):
     """Step by step: elements at the format's largest finite value (either sign), an inf element
     (clamped by scale_by_adam) on every third step, ordinary values in between."""
+
     def leaf(p):
         rng = np.random.default_rng(step)
         largest = float(jnp.finfo(p.dtype).max)
@@ -487,18 +553,26 @@ def _huge_gradients(params, step):
         if step % 3 == 0:
             g.flat[step % g.size] = np.inf
         return jnp.asarray(g.astype(np.float32), p.dtype)
+
     return jax.tree_util.tree_map(leaf, params)
 
 
-@pytest.mark.parametrize("run", LOW_PRECISION_RUNS, ids=lambda r: "-".join(
-    f"{k}={v if isinstance(v, (str, bool)) else jnp.dtype(v).name}" for k, v in r.items()))
+@pytest.mark.parametrize(
+    "run",
+    LOW_PRECISION_RUNS,
+    ids=lambda r: "-".join(
+        f"{k}={v if isinstance(v, (str, bool)) else jnp.dtype(v).name}" for k, v in r.items()
+    ),
+)
 def test_low_precision_storage_stays_finite_under_huge_and_clamped_gradients(run):
     """Finite gradients at the top of the range and clamped inf elements, 30 steps: the float16
     first moment saturates at 65504 instead of holding inf (the next step would be NaN)."""
     run = dict(run)
     dtype = run.pop("param")
-    params = {"small": jnp.linspace(-1, 1, 24, dtype=dtype).reshape(4, 6),
-              "large": jnp.linspace(-1, 1, 4096, dtype=dtype)}
+    params = {
+        "small": jnp.linspace(-1, 1, 24, dtype=dtype).reshape(4, 6),
+        "large": jnp.linspace(-1, 1, 4096, dtype=dtype),
+    }
     opt = aw.adamw(1e-2, weight_decay=0.1, **run)
     state, step = opt.init(params), jax.jit(lambda g, s, p: opt.update(g, s, p))
     for i in range(30):
@@ -529,6 +603,7 @@ def test_low_precision_params_passes_extra_arguments_down():
         def update(updates, state, params=None, **extra_args):
             seen.append(sorted(extra_args))
             return updates, state
+
         return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
 
     opt = lowbit.low_precision_params(recorder(), stochastic_rounding=True)
@@ -543,16 +618,23 @@ def test_low_precision_params_passes_extra_arguments_down():
 
 
 EXPLICIT_CASES = [  # (shape, parameter spec): a sharded axis inside, first, last; padded blocks
-    ((16, 512), P(None, "data")), ((8, 513), P("data")), ((8, 8, 80), P("data")),
+    ((16, 512), P(None, "data")),
+    ((8, 513), P("data")),
+    ((8, 8, 80), P("data")),
     ((64, 128), P("data")),
 ]
 
 
 @pytest.mark.parametrize("axis_type", [jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto])
-@pytest.mark.parametrize("storage", [dict(param=jnp.float16),
-                                     dict(param=jnp.float32, mu_dtype="int8", nu_dtype="int8"),
-                                     dict(param=jnp.bfloat16, nu_dtype=jnp.float16, amsgrad=True)],
-                         ids=["f16-params", "int8-moments", "f16-nu-amsgrad"])
+@pytest.mark.parametrize(
+    "storage",
+    [
+        dict(param=jnp.float16),
+        dict(param=jnp.float32, mu_dtype="int8", nu_dtype="int8"),
+        dict(param=jnp.bfloat16, nu_dtype=jnp.float16, amsgrad=True),
+    ],
+    ids=["f16-params", "int8-moments", "f16-nu-amsgrad"],
+)
 def test_block_storage_on_explicit_and_auto_meshes_steps_like_one_device(axis_type, storage):
     """Blocks of 256 cut across the shards of a parameter sharded on 8 devices (Explicit axes:
     sharding in types, where the flattening reshape needs its output sharding): three jitted

@@ -28,20 +28,29 @@ class Norm(NamedTuple):
 def test_names_are_slash_joined_key_paths():
     params = {"layers": [{"kernel": 1.0, "bias": 2.0}, Norm(3.0, 4.0)], "embed": 5.0}
     assert aw.masks.parameter_names(params) == {
-        "layers": [{"kernel": "layers/0/kernel", "bias": "layers/0/bias"},
-                   Norm("layers/1/scale", "layers/1/offset")],
+        "layers": [
+            {"kernel": "layers/0/kernel", "bias": "layers/0/bias"},
+            Norm("layers/1/scale", "layers/1/offset"),
+        ],
         "embed": "embed",
     }
 
 
 def test_patterns_exclude_matching_names_anywhere():
-    params = {"encoder": {"dense": {"kernel": 1.0, "bias": 1.0}, "layer_norm": {"scale": 1.0}},
-              "embed": 1.0, "unembed": 1.0}
-    mask = jax.jit(lambda p: jax.tree_util.tree_map(
-        jnp.asarray, aw.exclude_from_weight_decay(["bias", "norm", r"^embed$"])(p)))(params)
+    params = {
+        "encoder": {"dense": {"kernel": 1.0, "bias": 1.0}, "layer_norm": {"scale": 1.0}},
+        "embed": 1.0,
+        "unembed": 1.0,
+    }
+    mask = jax.jit(
+        lambda p: jax.tree_util.tree_map(
+            jnp.asarray, aw.exclude_from_weight_decay(["bias", "norm", r"^embed$"])(p)
+        )
+    )(params)
     assert jax.tree_util.tree_map(bool, mask) == {
         "encoder": {"dense": {"kernel": True, "bias": False}, "layer_norm": {"scale": False}},
-        "embed": False, "unembed": True,
+        "embed": False,
+        "unembed": True,
     }
     assert aw.exclude_from_weight_decay([])(params)["embed"] is True
 
@@ -68,7 +77,10 @@ def test_same_variables_decay_as_keras_exclude_from_weight_decay():
     keras_opt = keras.optimizers.AdamW(learning_rate=0.1, weight_decay=0.5)
     keras_opt.exclude_from_weight_decay(var_names=["bias", "norm"])
     zero = {k: np.zeros_like(v) for k, v in params.items()}
-    keras_moved = {k: not np.allclose(v, 1.0) for k, v in keras_trajectory(keras_opt, params, [zero])[0].items()}
+    keras_moved = {
+        k: not np.allclose(v, 1.0)
+        for k, v in keras_trajectory(keras_opt, params, [zero])[0].items()
+    }
     optimizer = aw.adamw(0.1, weight_decay=0.5, mask=aw.exclude_from_weight_decay(["bias", "norm"]))
     ours = trajectory(optimizer, params, [zero])[0]
     assert {k: not np.allclose(v, 1.0) for k, v in ours.items()} == keras_moved
@@ -78,10 +90,19 @@ def test_same_variables_decay_as_keras_exclude_from_weight_decay():
 def test_adamw_with_the_mask_matches_reference():
     params = make_params(0, {"kernel": (4, 3), "bias": (3,), "norm_scale": (3,)})
     grads = gradient_stream(params, 50, seed=5)
-    optimizer = aw.adamw(1e-2, weight_decay=0.3, mask=aw.exclude_from_weight_decay(["bias", "norm"]))
-    expected = adamw_trajectory(params, grads, learning_rate=1e-2, weight_decay=0.3,
-                                decay_mask={"kernel": True, "bias": False, "norm_scale": False})
-    assert max_abs_error(trajectory(optimizer, params, grads), expected) <= float32_tolerance(expected)
+    optimizer = aw.adamw(
+        1e-2, weight_decay=0.3, mask=aw.exclude_from_weight_decay(["bias", "norm"])
+    )
+    expected = adamw_trajectory(
+        params,
+        grads,
+        learning_rate=1e-2,
+        weight_decay=0.3,
+        decay_mask={"kernel": True, "bias": False, "norm_scale": False},
+    )
+    assert max_abs_error(trajectory(optimizer, params, grads), expected) <= float32_tolerance(
+        expected
+    )
 
 
 def test_bad_patterns_are_rejected():

@@ -22,8 +22,10 @@ def _one_step(transform, grads, state=None):
     return jax.jit(transform.update)(grads, state)
 
 
-@pytest.mark.parametrize("mu_dtype, nu_dtype", [(None, None), (jnp.bfloat16, None),
-                                                (None, jnp.bfloat16), (jnp.float16, jnp.float32)])
+@pytest.mark.parametrize(
+    "mu_dtype, nu_dtype",
+    [(None, None), (jnp.bfloat16, None), (None, jnp.bfloat16), (jnp.float16, jnp.float32)],
+)
 def test_moments_are_stored_in_their_dtypes(mu_dtype, nu_dtype):
     params = {"a": jnp.ones((3,), jnp.float32), "b": jnp.ones((2, 2), jnp.bfloat16)}
     transform = aw.scale_by_adam(mu_dtype=mu_dtype, nu_dtype=nu_dtype, amsgrad=True)
@@ -43,8 +45,9 @@ def test_b2_is_not_rounded_to_the_parameter_dtype():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
-@pytest.mark.parametrize("kwargs", [{}, {"eps_root": 1e-12}, {"eps_mode": "hat"},
-                                    {"amsgrad": True}, {"nesterov": True}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"eps_root": 1e-12}, {"eps_mode": "hat"}, {"amsgrad": True}, {"nesterov": True}]
+)
 def test_zero_gradient_gives_zero_update_not_nan(dtype, kwargs):
     """eps = 1e-8 is 0 in float16; it must never be cast there (optax #1754)."""
     g = {"w": jnp.zeros((3,), dtype)}
@@ -125,7 +128,9 @@ def test_b1_schedule_uses_the_current_value():
     b1 = lambda count: jnp.where(count < 1, 0.5, 0.8)  # noqa: E731
     params = {"w": np.zeros(2)}
     grads = [{"w": np.array([1.0, -2.0])}, {"w": np.array([0.5, 0.25])}]
-    expected = adamw_trajectory(params, grads, learning_rate=1.0, b1=lambda t: 0.5 if t < 1 else 0.8)
+    expected = adamw_trajectory(
+        params, grads, learning_rate=1.0, b1=lambda t: 0.5 if t < 1 else 0.8
+    )
     transform = optax.chain(aw.scale_by_adam(b1=b1), optax.scale(-1.0))
     p = {"w": jnp.zeros(2)}
     state = transform.init(p)
@@ -144,10 +149,16 @@ def test_empty_and_none_leaves_are_passed_through():
 
 
 @given(
-    g=hnp.arrays(np.float32, hnp.array_shapes(min_dims=0, max_dims=3, max_side=5),
-                 elements=st.floats(-1e3, 1e3, width=32)),
-    b1=st.floats(0.0, 0.99), b2=st.floats(0.0, 0.9999), eps=st.floats(1e-10, 1e-2),
-    eps_mode=st.sampled_from(["adam", "hat"]), amsgrad=st.booleans(),
+    g=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=0, max_dims=3, max_side=5),
+        elements=st.floats(-1e3, 1e3, width=32),
+    ),
+    b1=st.floats(0.0, 0.99),
+    b2=st.floats(0.0, 0.9999),
+    eps=st.floats(1e-10, 1e-2),
+    eps_mode=st.sampled_from(["adam", "hat"]),
+    amsgrad=st.booleans(),
     dtype=st.sampled_from([jnp.float32, jnp.bfloat16, jnp.float16]),
 )
 def test_two_steps_match_the_formulas(g, b1, b2, eps, eps_mode, amsgrad, dtype):
@@ -156,8 +167,15 @@ def test_two_steps_match_the_formulas(g, b1, b2, eps, eps_mode, amsgrad, dtype):
     g_cast = jnp.asarray(g, dtype)
     g64 = np.asarray(np.float32(g_cast), np.float64)
     transform = optax.chain(
-        aw.scale_by_adam(b1, b2, eps, eps_mode=eps_mode, amsgrad=amsgrad, mu_dtype=jnp.float32,
-                         nu_dtype=jnp.float32),
+        aw.scale_by_adam(
+            b1,
+            b2,
+            eps,
+            eps_mode=eps_mode,
+            amsgrad=amsgrad,
+            mu_dtype=jnp.float32,
+            nu_dtype=jnp.float32,
+        ),
         optax.scale(-1.0),
     )
     state = transform.init({"w": g_cast})
@@ -165,8 +183,16 @@ def test_two_steps_match_the_formulas(g, b1, b2, eps, eps_mode, amsgrad, dtype):
     for _ in range(2):
         u, state = jax.jit(transform.update)({"w": g_cast}, state)
         p = aw.apply_updates(p, jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), u))
-    expected = adamw_trajectory({"w": np.zeros(g.shape)}, [{"w": g64}] * 2, learning_rate=1.0,
-                                b1=b1, b2=b2, eps=eps, eps_mode=eps_mode, amsgrad=amsgrad)[-1]["w"]
+    expected = adamw_trajectory(
+        {"w": np.zeros(g.shape)},
+        [{"w": g64}] * 2,
+        learning_rate=1.0,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_mode=eps_mode,
+        amsgrad=amsgrad,
+    )[-1]["w"]
     # Each step's output is rounded to `dtype` (relative eps_dtype / 2); |u| <= ~1/(1 - b1)·√...
     # is bounded by the formulas themselves, so a relative tolerance of two output roundings.
     rtol = 2 * float(jnp.finfo(dtype).eps) + 1e-5

@@ -35,7 +35,11 @@ def run_launcher(*arguments: str) -> str:
     """Run the example's launcher in its own process group, killed whole if it overruns."""
     launcher = subprocess.Popen(
         [sys.executable, str(EXAMPLE), *arguments, "--timeout", str(TIMEOUT_S)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = launcher.communicate(timeout=TIMEOUT_S + 30)
     except subprocess.TimeoutExpired:
@@ -56,8 +60,9 @@ def is_running(pid: int) -> bool:
 
 def test_two_processes_of_four_devices_match_the_single_process_run(tmp_path):
     output_file = tmp_path / "params.npz"
-    output = run_launcher("--spawn", "2", "--local-devices", "4", "--steps", str(STEPS),
-                          "--output", str(output_file))
+    output = run_launcher(
+        "--spawn", "2", "--local-devices", "4", "--steps", str(STEPS), "--output", str(output_file)
+    )
     assert "process 0/2: 4 of 8 devices" in output and "process 1/2: 4 of 8 devices" in output
 
     pids = [int(pid) for pid in re.findall(r"worker \d pid (\d+)", output)]
@@ -70,7 +75,9 @@ def test_two_processes_of_four_devices_match_the_single_process_run(tmp_path):
         probe.bind(("localhost", port))
 
     example = load_example()
-    one_device = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1], axis_types=(AxisType.Auto,))
+    one_device = jax.make_mesh(
+        (1,), ("data",), devices=jax.devices()[:1], axis_types=(AxisType.Auto,)
+    )
     expected, _ = example.train(one_device, STEPS)
     with np.load(output_file) as saved:
         actual = {k: saved[k] for k in saved.files}

@@ -70,19 +70,31 @@ def _one_pass_trajectory(optimizer, params, grads):
 def test_one_pass_step_matches_reference(name):
     options = {"weight_decay": 0.0, **OPTIONS[name]}
     expected = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, **options)
-    actual = _one_pass_trajectory(aw.adamw(1e-2, fused=True, **_adamw_kwargs(options)),
-                                  PARAMS, GRADS)
+    actual = _one_pass_trajectory(
+        aw.adamw(1e-2, fused=True, **_adamw_kwargs(options)), PARAMS, GRADS
+    )
     assert max_abs_error(actual, expected) <= float32_tolerance(expected)
 
 
 def test_schedules_and_decoupled_decay_match_reference():
     schedule = aw.schedules.warmup_cosine_decay_schedule(0.0, 1e-2, 10, STEPS, 1e-4)
     expected = adamw_trajectory(
-        PARAMS, GRADS, learning_rate=lambda t: float(schedule(t)),
-        b1=lambda t: 0.85 + 0.1 * t / STEPS, weight_decay=1e-3, weight_decay_mode="decoupled",
-        peak_learning_rate=1e-2)
-    optimizer = aw.adamw(schedule, b1=lambda t: 0.85 + 0.1 * t / STEPS, weight_decay=1e-3,
-                         weight_decay_mode="decoupled", peak_learning_rate=1e-2, fused=True)
+        PARAMS,
+        GRADS,
+        learning_rate=lambda t: float(schedule(t)),
+        b1=lambda t: 0.85 + 0.1 * t / STEPS,
+        weight_decay=1e-3,
+        weight_decay_mode="decoupled",
+        peak_learning_rate=1e-2,
+    )
+    optimizer = aw.adamw(
+        schedule,
+        b1=lambda t: 0.85 + 0.1 * t / STEPS,
+        weight_decay=1e-3,
+        weight_decay_mode="decoupled",
+        peak_learning_rate=1e-2,
+        fused=True,
+    )
     actual = _one_pass_trajectory(optimizer, PARAMS, GRADS)
     assert max_abs_error(actual, expected) <= float32_tolerance(expected)
 
@@ -105,20 +117,38 @@ def test_matches_optax_adamw():
 
 @given(
     shapes=st.lists(st.lists(st.integers(0, 5), max_size=3).map(tuple), min_size=1, max_size=6),
-    b1=st.floats(0.0, 0.99), b2=st.floats(0.5, 0.9999), eps=st.sampled_from([0.0, 1e-8, 1e-1]),
-    weight_decay=st.floats(0.0, 0.5), amsgrad=st.booleans(), nesterov=st.booleans(),
-    maximize=st.booleans(), eps_mode=st.sampled_from(["adam", "hat"]), seed=st.integers(0, 2**16),
+    b1=st.floats(0.0, 0.99),
+    b2=st.floats(0.5, 0.9999),
+    eps=st.sampled_from([0.0, 1e-8, 1e-1]),
+    weight_decay=st.floats(0.0, 0.5),
+    amsgrad=st.booleans(),
+    nesterov=st.booleans(),
+    maximize=st.booleans(),
+    eps_mode=st.sampled_from(["adam", "hat"]),
+    seed=st.integers(0, 2**16),
 )
-def test_any_tree_and_options_step_like_the_unfused_chain(shapes, b1, b2, eps, weight_decay,
-                                                          amsgrad, nesterov, maximize, eps_mode,
-                                                          seed):
+def test_any_tree_and_options_step_like_the_unfused_chain(
+    shapes, b1, b2, eps, weight_decay, amsgrad, nesterov, maximize, eps_mode, seed
+):
     rng = np.random.default_rng(seed)
     params = {f"p{i}": jnp.asarray(rng.normal(size=s), jnp.float32) for i, s in enumerate(shapes)}
-    grads = [jax.tree_util.tree_map(
-        lambda p: jnp.asarray(rng.normal(size=p.shape) * 10.0 ** rng.integers(-8, 3), p.dtype),
-        params) for _ in range(3)]
-    kwargs = dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                  nesterov=nesterov and eps_mode == "adam", maximize=maximize, eps_mode=eps_mode)
+    grads = [
+        jax.tree_util.tree_map(
+            lambda p: jnp.asarray(rng.normal(size=p.shape) * 10.0 ** rng.integers(-8, 3), p.dtype),
+            params,
+        )
+        for _ in range(3)
+    ]
+    kwargs = dict(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        nesterov=nesterov and eps_mode == "adam",
+        maximize=maximize,
+        eps_mode=eps_mode,
+    )
     fused, plain = aw.adamw(1e-2, fused=True, **kwargs), aw.adamw(1e-2, **kwargs)
     one_pass = jax.jit(_one_pass(fused))
     two_calls = jax.jit(_one_pass(plain))
@@ -141,13 +171,17 @@ def test_many_leaves_mixed_dtypes_and_large_leaves():
     """Over LEAVES_PER_CALL small leaves (several calls threading the moments), a leaf large
     enough for a buffer of its own, bf16 leaves (the XLA pass) and a mask."""
     rng = np.random.default_rng(0)
-    params = {f"s{i}": jnp.asarray(rng.normal(size=(i % 7 + 1, 3)), jnp.float32)
-              for i in range(LEAVES_PER_CALL + 40)}
+    params = {
+        f"s{i}": jnp.asarray(rng.normal(size=(i % 7 + 1, 3)), jnp.float32)
+        for i in range(LEAVES_PER_CALL + 40)
+    }
     params["big"] = jnp.asarray(rng.normal(size=(300, 300)), jnp.float32)
     params["half"] = jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16)
     mask = {k: not k.startswith("s1") for k in params}
-    grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype),
-                                    params) for _ in range(3)]
+    grads = [
+        jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        for _ in range(3)
+    ]
     fused = aw.adamw(1e-2, weight_decay=0.1, mask=mask, amsgrad=True, fused=True)
     plain = aw.adamw(1e-2, weight_decay=0.1, mask=mask, amsgrad=True)
     assert _uses_kernel(_one_pass(fused), grads[0], fused.init(params), params)
@@ -157,14 +191,21 @@ def test_many_leaves_mixed_dtypes_and_large_leaves():
         p1, s1 = fused_step(g, s1, p1)
         p2, s2 = plain_step(g, s2, p2)
     for key in params:
-        np.testing.assert_allclose(np.asarray(p1[key], np.float32), np.asarray(p2[key], np.float32),
-                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            np.asarray(p1[key], np.float32), np.asarray(p2[key], np.float32), rtol=1e-5, atol=1e-7
+        )
         assert p1[key].dtype == params[key].dtype and p1[key].shape == params[key].shape
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(weight_decay=0.1), dict(amsgrad=True, nesterov=True, maximize=True),
-    dict(eps_mode="hat", eps=0.0, weight_decay=0.2, amsgrad=True), dict(b1=0.0, eps=1e-1)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(weight_decay=0.1),
+        dict(amsgrad=True, nesterov=True, maximize=True),
+        dict(eps_mode="hat", eps=0.0, weight_decay=0.2, amsgrad=True),
+        dict(b1=0.0, eps=1e-1),
+    ],
+)
 def test_update_of_a_large_leaf_writes_the_moments_natively_and_no_update_buffer(kwargs):
     """``update`` on a leaf with a buffer of its own: the kernel writes the moments, XLA forms
     ``u`` from them inside the caller's ``θ + u`` (no scratch buffer the size of the leaf, which
@@ -177,11 +218,14 @@ def test_update_of_a_large_leaf_writes_the_moments_natively_and_no_update_buffer
         def step(params, state, grads):  # donated arguments in the order of the results
             updates, state = optimizer.update(grads, state, params)
             return optax.apply_updates(params, updates), state
+
         return step
 
     state, grads = fused.init(params), jax.tree.map(jnp.ones_like, params)
     assert _uses_kernel(two_calls(fused), params, state, grads)
-    compiled = jax.jit(two_calls(fused), donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    compiled = (
+        jax.jit(two_calls(fused), donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    )
     assert compiled.memory_analysis().temp_size_in_bytes < params["w"].nbytes // 8
     (p1, s1), (p2, s2) = (params, state), (params, plain.init(params))
     fused_step, plain_step = jax.jit(two_calls(fused)), jax.jit(two_calls(plain))
@@ -228,9 +272,20 @@ def test_the_kernel_reports_bad_operands_as_an_error():
     moments = (jnp.zeros((8,)), jnp.zeros((8,)))
 
     def call(offset: int):
-        return jax.jit(lambda: native.adam_step(
-            jnp.zeros((12,)), moments, [], [jnp.ones((4,))], np.array([offset]), amsgrad=False,
-            nesterov=False, maximize=False, decayed=False, write_params=False))()
+        return jax.jit(
+            lambda: native.adam_step(
+                jnp.zeros((12,)),
+                moments,
+                [],
+                [jnp.ones((4,))],
+                np.array([offset]),
+                amsgrad=False,
+                nesterov=False,
+                maximize=False,
+                decayed=False,
+                write_params=False,
+            )
+        )()
 
     outputs, _ = call(4)  # the leaf fills the moments' second half: fine
     np.testing.assert_array_equal(outputs[0], 0.0)
@@ -243,8 +298,7 @@ def test_undonated_inputs_are_left_intact():
     optimizer = aw.adamw(1e-1, fused=True, weight_decay=1e-2)
     state = optimizer.init(params)
     grads = jax.tree_util.tree_map(jnp.ones_like, params)
-    new_params, new_state = jax.jit(_one_pass(optimizer))(
-        grads, state, params)
+    new_params, new_state = jax.jit(_one_pass(optimizer))(grads, state, params)
     np.testing.assert_array_equal(params["w"], 2.0)
     np.testing.assert_array_equal(state.mu[0], 0.0)
     assert float(new_params["w"][0]) < 2.0 and float(new_state.mu[0][0]) > 0.0
@@ -259,7 +313,7 @@ def test_gradient_and_vmap_flow_through_the_kernel():
         os.environ[native.ENVIRONMENT_VARIABLE] = env
         optimizer = aw.adamw(learning_rate, eps_root=1e-8, weight_decay=0.1, fused=True)
         p, _ = aw.update_and_apply(optimizer, grads, optimizer.init(params), params)
-        return sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(p))
+        return sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(p))
 
     native_grad = jax.grad(loss)(0.1, "1")
     xla_grad = jax.grad(loss)(0.1, "0")
@@ -281,8 +335,10 @@ def test_gradient_and_vmap_flow_through_the_kernel():
 @pytest.mark.parametrize("eps, eps_root", [(0.0, 0.0), (1e-8, 0.0)])
 def test_extreme_and_zero_gradients_step_like_the_xla_pass(eps, eps_root, monkeypatch):
     params = {"w": jnp.ones((8,)), "b": jnp.ones((4,))}
-    grads = {"w": jnp.array([3e38, -3e38, 1e-30, -1e-30, 0.0, 1e-45, 2e19, -2e19]),
-             "b": jnp.zeros((4,))}
+    grads = {
+        "w": jnp.array([3e38, -3e38, 1e-30, -1e-30, 0.0, 1e-45, 2e19, -2e19]),
+        "b": jnp.zeros((4,)),
+    }
     results = []
     for setting in ("1", "0"):
         monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, setting)
@@ -331,8 +387,7 @@ def test_sharded_parameters_keep_their_values_on_eight_devices(axis_type):
     params = {"w": jax.device_put(jnp.linspace(-1, 1, 64), sharding)}
     grads = {"w": jax.device_put(jnp.sin(jnp.arange(64.0)), sharding)}
     optimizer = aw.adamw(1e-2, fused=True)
-    p, _ = jax.jit(_one_pass(optimizer))(
-        grads, optimizer.init(params), params)
+    p, _ = jax.jit(_one_pass(optimizer))(grads, optimizer.init(params), params)
     updates, _ = aw.adamw(1e-2).update(grads, aw.adamw(1e-2).init(params), params)
     np.testing.assert_allclose(p["w"], aw.apply_updates(params, updates)["w"], rtol=0, atol=1e-7)
 
@@ -374,8 +429,13 @@ def test_without_a_compiler_the_xla_pass_runs_with_a_warning(tmp_path):
         assert len(messages) == 1 and "no C++ compiler" in messages[0], messages
         print(float(p["w"][1]))
     """)
-    env = dict(os.environ, ADAMW_JAX_NATIVE="1", CXX="no-such-compiler",
-               ADAMW_JAX_CACHE_DIR=str(tmp_path), XLA_FLAGS="")
+    env = dict(
+        os.environ,
+        ADAMW_JAX_NATIVE="1",
+        CXX="no-such-compiler",
+        ADAMW_JAX_CACHE_DIR=str(tmp_path),
+        XLA_FLAGS="",
+    )
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert abs(float(done.stdout) - (1.0 - 1e-2 * (1 + 1e-2))) < 1e-6  # sign step plus decay
@@ -395,10 +455,14 @@ def test_bfloat16_moments_are_stored_as_the_xla_pass_stores_them(monkeypatch):
     before rounding differs from XLA's by its fused multiply-adds, so a value that falls on a
     rounding boundary can land one bf16 ulp away; everything else is bit for bit."""
     rng = np.random.default_rng(1)
-    params = {"big": jnp.asarray(rng.normal(size=(256, 300)), jnp.float32),
-              "small": jnp.asarray(rng.normal(size=(40,)), jnp.float32)}
-    grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype),
-                                    params) for _ in range(4)]
+    params = {
+        "big": jnp.asarray(rng.normal(size=(256, 300)), jnp.float32),
+        "small": jnp.asarray(rng.normal(size=(40,)), jnp.float32),
+    }
+    grads = [
+        jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        for _ in range(4)
+    ]
     kwargs = dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, amsgrad=True, weight_decay=0.1)
     runs = []
     for setting in ("1", "0"):
@@ -411,21 +475,25 @@ def test_bfloat16_moments_are_stored_as_the_xla_pass_stores_them(monkeypatch):
             p, s = step(g, s, p)
         runs.append((p, s))
     (p_native, s_native), (p_xla, s_xla) = runs
-    for ours, theirs in zip(s_native.mu + s_native.nu + s_native.nu_max,
-                            s_xla.mu + s_xla.nu + s_xla.nu_max):
+    for ours, theirs in zip(
+        s_native.mu + s_native.nu + s_native.nu_max, s_xla.mu + s_xla.nu + s_xla.nu_max
+    ):
         assert ours.dtype == theirs.dtype == jnp.bfloat16
         ours, theirs = np.asarray(ours, np.float32), np.asarray(theirs, np.float32)
         assert np.mean(ours != theirs) < 1e-3
-        np.testing.assert_allclose(ours, theirs, rtol=2.0 ** -7, atol=1e-30)  # one bf16 ulp
+        np.testing.assert_allclose(ours, theirs, rtol=2.0**-7, atol=1e-30)  # one bf16 ulp
     for key in params:  # a moment one bf16 ulp away moves a step of 1e-2 by < 1e-4
         np.testing.assert_allclose(p_native[key], p_xla[key], rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True),
-    dict(mu_dtype=jnp.bfloat16),  # mixed: bf16 mu, float32 nu
-    dict(mu_dtype="int8", nu_dtype="int8"),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True),
+        dict(mu_dtype=jnp.bfloat16),  # mixed: bf16 mu, float32 nu
+        dict(mu_dtype="int8", nu_dtype="int8"),
+    ],
+)
 def test_other_state_formats_keep_the_xla_pass(kwargs):
     params = {"w": jnp.ones((64, 80))}
     optimizer = aw.adamw(1e-3, fused=True, **kwargs)
@@ -434,8 +502,10 @@ def test_other_state_formats_keep_the_xla_pass(kwargs):
 
 NONFINITE_SHAPES = {"small": (8,), "other": (3,), "large": (256, 256)}  # large: its own buffer
 NONFINITE_CASES = {  # (which array, value) put at element 5 of "small" and of "large"
-    "nan_gradient": ("grads", np.nan), "inf_gradient": ("grads", np.inf),
-    "negative_inf_gradient": ("grads", -np.inf), "nan_parameter": ("params", np.nan),
+    "nan_gradient": ("grads", np.nan),
+    "inf_gradient": ("grads", np.inf),
+    "negative_inf_gradient": ("grads", -np.inf),
+    "nan_parameter": ("params", np.nan),
 }
 
 
@@ -449,6 +519,7 @@ def _with_nonfinite(tree, value):
 def _two_steps(optimizer, door, params, grads, finite_grads):
     """Params after a step on ``grads`` and one on ``finite_grads`` (jitted), and the moments'
     NaN count (flat buffers and leaves alike)."""
+
     def two_calls(g, s, p):
         updates, s = optimizer.update(g, s, p)
         return optax.apply_updates(p, updates), s
@@ -472,17 +543,22 @@ def test_nonfinite_inputs_have_one_outcome_on_every_path(case, amsgrad, monkeypa
     params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in NONFINITE_SHAPES.items()}
     grads = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in NONFINITE_SHAPES.items()}
     where, value = NONFINITE_CASES[case]
-    bad_params, bad_grads = (_with_nonfinite(params, value), grads) if where == "params" else (
-        params, _with_nonfinite(grads, value))
+    bad_params, bad_grads = (
+        (_with_nonfinite(params, value), grads)
+        if where == "params"
+        else (params, _with_nonfinite(grads, value))
+    )
     kwargs = dict(weight_decay=0.1, amsgrad=amsgrad)
-    expected, expected_nans = _two_steps(aw.adamw(1e-2, **kwargs), "update", bad_params,
-                                         bad_grads, grads)
+    expected, expected_nans = _two_steps(
+        aw.adamw(1e-2, **kwargs), "update", bad_params, bad_grads, grads
+    )
     assert (expected_nans > 0) == (case == "nan_gradient")  # a NaN θ leaves the moments finite
     for setting in ("1", "0"):
         monkeypatch.setenv(native.ENVIRONMENT_VARIABLE, setting)
         for door in ("update", "update_and_apply"):
-            history, nans = _two_steps(aw.adamw(1e-2, fused=True, **kwargs), door, bad_params,
-                                       bad_grads, grads)
+            history, nans = _two_steps(
+                aw.adamw(1e-2, fused=True, **kwargs), door, bad_params, bad_grads, grads
+            )
             assert nans == expected_nans, (setting, door)
             for got, want in zip(history, expected):
                 for key in NONFINITE_SHAPES:

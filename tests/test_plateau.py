@@ -35,19 +35,39 @@ def scales_of(transform: optax.GradientTransformationExtraArgs, values) -> np.nd
 # spikes, so improvements, plateaus and equal values all occur; comparisons against
 # best·(1 - rtol) - atol are never within a float32 rounding of a tie for these grids.
 losses = st.lists(st.integers(0, 12), min_size=1, max_size=80).map(
-    lambda steps: [4.0 - 0.015625 * sum(steps[:i]) + 0.25 * (s % 5 == 0) for i, s in enumerate(steps)])
+    lambda steps: [
+        4.0 - 0.015625 * sum(steps[:i]) + 0.25 * (s % 5 == 0) for i, s in enumerate(steps)
+    ]
+)
 
 
-@given(values=losses, factor=st.sampled_from([0.1, 0.5, 0.25]), patience=st.integers(0, 4),
-       tolerance=st.sampled_from([(1e-4, 0.0), (0.0, 0.05), (0.01, 0.01)]), cooldown=st.integers(0, 3),
-       min_scale=st.sampled_from([0.0, 0.01, 0.3]), accumulation_size=st.integers(1, 3))
-def test_scale_follows_torch_rule(values, factor, patience, tolerance, cooldown, min_scale, accumulation_size):
+@given(
+    values=losses,
+    factor=st.sampled_from([0.1, 0.5, 0.25]),
+    patience=st.integers(0, 4),
+    tolerance=st.sampled_from([(1e-4, 0.0), (0.0, 0.05), (0.01, 0.01)]),
+    cooldown=st.integers(0, 3),
+    min_scale=st.sampled_from([0.0, 0.01, 0.3]),
+    accumulation_size=st.integers(1, 3),
+)
+def test_scale_follows_torch_rule(
+    values, factor, patience, tolerance, cooldown, min_scale, accumulation_size
+):
     rtol, atol = tolerance
-    options = dict(factor=factor, patience=patience, rtol=rtol, atol=atol, cooldown=cooldown,
-                   min_scale=min_scale, accumulation_size=accumulation_size)
+    options = dict(
+        factor=factor,
+        patience=patience,
+        rtol=rtol,
+        atol=atol,
+        cooldown=cooldown,
+        min_scale=min_scale,
+        accumulation_size=accumulation_size,
+    )
     expected = plateau_scales(values, **options)
     # The scale is a product of at most a few float32 factors: a few ulps.
-    np.testing.assert_allclose(scales_of(aw.reduce_on_plateau(**options), values), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        scales_of(aw.reduce_on_plateau(**options), values), expected, rtol=1e-6
+    )
 
 
 def test_eps_skips_reductions_too_small_to_matter():
@@ -55,7 +75,9 @@ def test_eps_skips_reductions_too_small_to_matter():
     options = dict(factor=0.1, patience=0, rtol=1e-4, atol=0.0, cooldown=0, min_scale=0.0, eps=2e-3)
     expected = plateau_scales(values, **options)
     assert expected[-1] == pytest.approx(1e-3)  # 1e-3 -> 1e-4 lowers it by 9e-4 < eps: skipped
-    np.testing.assert_allclose(scales_of(aw.reduce_on_plateau(**options), values), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        scales_of(aw.reduce_on_plateau(**options), values), expected, rtol=1e-6
+    )
 
 
 def test_patience_counts_tolerated_bad_values_as_torch():
@@ -80,7 +102,9 @@ def test_updates_are_scaled_with_a_float32_scale(dtype):
 def test_chained_after_adamw_scales_the_whole_step():
     params = {"w": jnp.array([1.0, -2.0])}
     grads = {"w": jnp.array([0.5, 0.25])}
-    chained = optax.chain(aw.adamw(1e-2, weight_decay=0.1), aw.reduce_on_plateau(factor=0.5, patience=0))
+    chained = optax.chain(
+        aw.adamw(1e-2, weight_decay=0.1), aw.reduce_on_plateau(factor=0.5, patience=0)
+    )
     plain = aw.adamw(1e-2, weight_decay=0.1)
     update = jax.jit(lambda s, v: chained.update(grads, s, params, value=v))
     state, plain_state = chained.init(params), plain.init(params)
@@ -92,11 +116,18 @@ def test_chained_after_adamw_scales_the_whole_step():
 
 @pytest.mark.parametrize(
     "kwargs, error, words",
-    [(dict(factor=1.0), ValueError, "factor"), (dict(factor=0.0), ValueError, "factor"),
-     (dict(patience=-1), ValueError, "patience"), (dict(patience=2.5), TypeError, "patience"),
-     (dict(cooldown=True), TypeError, "cooldown"), (dict(rtol=-1e-4), ValueError, "rtol"),
-     (dict(atol=float("nan")), ValueError, "atol"), (dict(min_scale=2.0), ValueError, "min_scale"),
-     (dict(accumulation_size=0), ValueError, "accumulation_size"), (dict(eps=-1.0), ValueError, "eps")],
+    [
+        (dict(factor=1.0), ValueError, "factor"),
+        (dict(factor=0.0), ValueError, "factor"),
+        (dict(patience=-1), ValueError, "patience"),
+        (dict(patience=2.5), TypeError, "patience"),
+        (dict(cooldown=True), TypeError, "cooldown"),
+        (dict(rtol=-1e-4), ValueError, "rtol"),
+        (dict(atol=float("nan")), ValueError, "atol"),
+        (dict(min_scale=2.0), ValueError, "min_scale"),
+        (dict(accumulation_size=0), ValueError, "accumulation_size"),
+        (dict(eps=-1.0), ValueError, "eps"),
+    ],
 )
 def test_bad_arguments_are_named_when_built(kwargs, error, words):
     with pytest.raises(error, match=words):

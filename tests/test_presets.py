@@ -16,7 +16,12 @@ from hypothesis import strategies as st
 
 import adamw_jax as aw
 from helpers import (
-    float32_tolerance, gradient_stream, make_params, max_abs_error, run_steps, trajectory,
+    float32_tolerance,
+    gradient_stream,
+    make_params,
+    max_abs_error,
+    run_steps,
+    trajectory,
 )
 from reference import adamw_trajectory
 
@@ -27,8 +32,17 @@ TORCH_ALL = dict(betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, amsgrad=True, ma
 
 
 def test_torch_adamw_is_adamw_under_torch_names():
-    expected = adamw_trajectory(PARAMS, GRADS, learning_rate=1e-2, b1=0.8, b2=0.99, eps=1e-6,
-                                weight_decay=0.1, amsgrad=True, maximize=True)
+    expected = adamw_trajectory(
+        PARAMS,
+        GRADS,
+        learning_rate=1e-2,
+        b1=0.8,
+        b2=0.99,
+        eps=1e-6,
+        weight_decay=0.1,
+        amsgrad=True,
+        maximize=True,
+    )
     actual = trajectory(aw.presets.torch_adamw(1e-2, **TORCH_ALL), PARAMS, GRADS)
     assert max_abs_error(actual, expected) <= float32_tolerance(expected)
     same_chain = aw.adamw(1e-2, 0.8, 0.99, 1e-6, weight_decay=0.1, amsgrad=True, maximize=True)
@@ -37,8 +51,9 @@ def test_torch_adamw_is_adamw_under_torch_names():
 
 def test_torch_adam_without_weight_decay_is_adam():
     schedule = aw.schedules.warmup_cosine_decay_schedule(0.0, 1e-2, 20, STEPS, 1e-4)
-    expected = adamw_trajectory(PARAMS, GRADS, learning_rate=lambda t: float(schedule(t)),
-                                amsgrad=True, maximize=True)
+    expected = adamw_trajectory(
+        PARAMS, GRADS, learning_rate=lambda t: float(schedule(t)), amsgrad=True, maximize=True
+    )
     actual = trajectory(aw.presets.torch_adam(schedule, amsgrad=True, maximize=True), PARAMS, GRADS)
     assert max_abs_error(actual, expected) <= float32_tolerance(expected)
 
@@ -55,20 +70,29 @@ def test_torch_adam_weight_decay_is_l2_on_the_gradient():
         return aw.apply_updates(params, updates)["w"]
 
     l2 = first_step(aw.presets.torch_adam(lr, eps=eps, weight_decay=decay))
-    np.testing.assert_allclose(l2, theta - lr * decay * theta / (decay * jnp.abs(theta) + eps),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        l2, theta - lr * decay * theta / (decay * jnp.abs(theta) + eps), rtol=1e-6
+    )
     decoupled = first_step(aw.presets.torch_adamw(lr, eps=eps, weight_decay=decay))
     np.testing.assert_allclose(decoupled, theta * (1 - lr * decay), rtol=1e-7)
 
 
 def test_keras_adamw_is_epsilon_hat_adamw_with_name_masks():
     expected = adamw_trajectory(
-        PARAMS, GRADS, learning_rate=1e-2, b1=0.8, b2=0.99, eps=1e-3, weight_decay=0.2,
-        eps_mode="hat", amsgrad=True,
+        PARAMS,
+        GRADS,
+        learning_rate=1e-2,
+        b1=0.8,
+        b2=0.99,
+        eps=1e-3,
+        weight_decay=0.2,
+        eps_mode="hat",
+        amsgrad=True,
         decay_mask={"b": False, "conv": True, "scalar": False, "w": True},
     )
-    preset = aw.presets.keras_adamw(1e-2, 0.2, 0.8, 0.99, 1e-3, amsgrad=True,
-                                    exclude_from_weight_decay=["^b$", "scal"])
+    preset = aw.presets.keras_adamw(
+        1e-2, 0.2, 0.8, 0.99, 1e-3, amsgrad=True, exclude_from_weight_decay=["^b$", "scal"]
+    )
     actual = trajectory(preset, PARAMS, GRADS)
     assert max_abs_error(actual, expected) <= float32_tolerance(expected)
 
@@ -82,9 +106,11 @@ def traced_hyperparameter_runs(hyper):
     """torch_adamw, torch_adam and keras_adamw built from traced hyperparameters: one compilation
     serves every example hypothesis draws."""
     lr, b1, b2, eps, decay = hyper
-    optimizers = (aw.presets.torch_adamw(lr, (b1, b2), eps, decay),
-                  aw.presets.torch_adam(lr, (b1, b2), eps),
-                  aw.presets.keras_adamw(lr, decay, b1, b2, eps))
+    optimizers = (
+        aw.presets.torch_adamw(lr, (b1, b2), eps, decay),
+        aw.presets.torch_adam(lr, (b1, b2), eps),
+        aw.presets.keras_adamw(lr, decay, b1, b2, eps),
+    )
     params = {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()}
     stacked = {k: jnp.asarray(np.stack([g[k] for g in HYPER_GRADS]), jnp.float32) for k in PARAMS}
     return [run_steps(optimizer, params, stacked) for optimizer in optimizers]
@@ -96,8 +122,11 @@ def _as_float32(value: float) -> float:
 
 
 @given(
-    lr=st.floats(1e-4, 1e-1), b1=st.floats(0.0, 0.99), b2=st.floats(0.5, 0.9999),
-    eps=st.floats(1e-8, 1e-2), decay=st.floats(0.0, 0.5),
+    lr=st.floats(1e-4, 1e-1),
+    b1=st.floats(0.0, 0.99),
+    b2=st.floats(0.5, 0.9999),
+    eps=st.floats(1e-8, 1e-2),
+    decay=st.floats(0.0, 0.5),
 )
 def test_presets_match_reference_for_any_hyperparameters(lr, b1, b2, eps, decay):
     lr, b1, b2, eps, decay = map(_as_float32, (lr, b1, b2, eps, decay))
@@ -109,8 +138,9 @@ def test_presets_match_reference_for_any_hyperparameters(lr, b1, b2, eps, decay)
         adamw_trajectory(PARAMS, HYPER_GRADS, weight_decay=decay, eps_mode="hat", **common),
     )
     for run, expected in zip(runs, references):
-        actual = [{k: np.asarray(run[k][s], np.float64) for k in PARAMS}
-                  for s in range(HYPER_STEPS)]
+        actual = [
+            {k: np.asarray(run[k][s], np.float64) for k in PARAMS} for s in range(HYPER_STEPS)
+        ]
         assert max_abs_error(actual, expected) <= float32_tolerance(expected)
 
 
@@ -128,12 +158,21 @@ def torch_state_dict(step: float, amsgrad: bool, dtype: torch.dtype, seed: int =
 
     state = {}
     for index, shape in enumerate(SHAPES.values()):
-        state[index] = {"step": torch.tensor(float(step)), "exp_avg": moment(shape),
-                        "exp_avg_sq": moment(shape)}
+        state[index] = {
+            "step": torch.tensor(float(step)),
+            "exp_avg": moment(shape),
+            "exp_avg_sq": moment(shape),
+        }
         if amsgrad:
             state[index]["max_exp_avg_sq"] = state[index]["exp_avg_sq"] + moment(shape)
-    group = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2,
-             "amsgrad": amsgrad, "params": list(range(len(SHAPES)))}
+    group = {
+        "lr": 1e-3,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "weight_decay": 1e-2,
+        "amsgrad": amsgrad,
+        "params": list(range(len(SHAPES))),
+    }
     return {"state": state, "param_groups": [group]}
 
 
@@ -142,11 +181,16 @@ def like_state(amsgrad: bool, dtype=jnp.float32):
     return aw.presets.torch_adamw(lambda step: 1e-3, amsgrad=amsgrad).init(params)
 
 
-@given(step=st.integers(1, 2**24), amsgrad=st.booleans(), seed=st.integers(0, 2**16),
-       bfloat16=st.booleans())
+@given(
+    step=st.integers(1, 2**24),
+    amsgrad=st.booleans(),
+    seed=st.integers(0, 2**16),
+    bfloat16=st.booleans(),
+)
 def test_torch_state_dict_round_trip_is_exact(step, amsgrad, seed, bfloat16):
-    torch_dtype, jax_dtype = ((torch.bfloat16, jnp.bfloat16) if bfloat16
-                              else (torch.float32, jnp.float32))
+    torch_dtype, jax_dtype = (
+        (torch.bfloat16, jnp.bfloat16) if bfloat16 else (torch.float32, jnp.float32)
+    )
     original = torch_state_dict(step, amsgrad, torch_dtype, seed)
     state = aw.presets.from_torch_state_dict(original, like_state(amsgrad, jax_dtype))
 
@@ -165,8 +209,9 @@ def test_fresh_torch_optimizer_gives_the_fresh_state():
     fresh = {"state": {}, "param_groups": torch_state_dict(1, False, torch.float32)["param_groups"]}
     like = like_state(False)
     converted = aw.presets.from_torch_state_dict(fresh, like)
-    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)),
-                                                         converted, like))
+    assert jax.tree_util.tree_all(
+        jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), converted, like)
+    )
 
 
 def _mismatched(change: str) -> dict:
@@ -182,10 +227,15 @@ def _mismatched(change: str) -> dict:
     return state_dict
 
 
-@pytest.mark.parametrize("change, words", [
-    ("shape", "shape"), ("steps", "different steps"), ("missing", "no state"),
-    ("count", "leaves"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ("shape", "shape"),
+        ("steps", "different steps"),
+        ("missing", "no state"),
+        ("count", "leaves"),
+    ],
+)
 def test_mismatched_torch_state_is_named(change, words):
     with pytest.raises(ValueError, match=words):
         aw.presets.from_torch_state_dict(_mismatched(change), like_state(False))
@@ -193,8 +243,9 @@ def test_mismatched_torch_state_is_named(change, words):
 
 def test_amsgrad_mismatch_is_named_both_ways():
     with pytest.raises(ValueError, match="amsgrad=True"):
-        aw.presets.from_torch_state_dict(torch_state_dict(5, True, torch.float32),
-                                         like_state(False))
+        aw.presets.from_torch_state_dict(
+            torch_state_dict(5, True, torch.float32), like_state(False)
+        )
     with pytest.raises(ValueError, match="amsgrad"):
         aw.presets.to_torch_state_dict(like_state(False), torch_state_dict(5, True, torch.float32))
     with pytest.raises(ValueError, match="scale_by_adam"):
@@ -205,67 +256,79 @@ def test_amsgrad_mismatch_is_named_both_ways():
 
 
 @pytest.mark.parametrize("preset", [aw.presets.torch_adamw, aw.presets.torch_adam])
-@pytest.mark.parametrize("kwargs, error, words", [
-    (dict(lr=-1e-3), ValueError, "lr"),
-    (dict(lr="1e-3"), TypeError, "lr"),
-    (dict(betas=0.9), TypeError, "betas"),
-    (dict(betas=(0.9, 0.99, 0.999)), TypeError, "betas"),
-    (dict(betas=(0.9, 1.0)), ValueError, r"betas\[1\]"),
-    (dict(betas=(-0.1, 0.999)), ValueError, r"betas\[0\]"),
-    (dict(eps=-1e-8), ValueError, "eps"),
-    (dict(weight_decay=-0.1), ValueError, "weight_decay"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(lr=-1e-3), ValueError, "lr"),
+        (dict(lr="1e-3"), TypeError, "lr"),
+        (dict(betas=0.9), TypeError, "betas"),
+        (dict(betas=(0.9, 0.99, 0.999)), TypeError, "betas"),
+        (dict(betas=(0.9, 1.0)), ValueError, r"betas\[1\]"),
+        (dict(betas=(-0.1, 0.999)), ValueError, r"betas\[0\]"),
+        (dict(eps=-1e-8), ValueError, "eps"),
+        (dict(weight_decay=-0.1), ValueError, "weight_decay"),
+    ],
+)
 def test_torch_preset_arguments_are_checked_when_built(preset, kwargs, error, words):
     with pytest.raises(error, match=words):
         preset(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    (dict(clipnorm=1.0, global_clipnorm=1.0), ValueError, "Only one of clipnorm"),
-    (dict(clipvalue=0.5, clipnorm=1.0), ValueError, "clipvalue=0.5"),
-    (dict(clipnorm=0.0), ValueError, "clipnorm must be > 0"),
-    (dict(global_clipnorm=-1.0), ValueError, "global_clipnorm"),
-    (dict(learning_rate=-1.0), ValueError, "learning_rate"),
-    (dict(weight_decay=None), TypeError, "weight_decay"),
-    (dict(beta_1=1.0), ValueError, "beta_1"),
-    (dict(beta_2=[0.999]), TypeError, "beta_2"),
-    (dict(epsilon=-1e-7), ValueError, "epsilon"),
-    (dict(use_ema=True, ema_momentum=1.5), ValueError, "ema_momentum"),
-    (dict(use_ema=True, ema_overwrite_frequency=0), ValueError, "ema_overwrite_frequency"),
-    (dict(gradient_accumulation_steps=2.0), TypeError, "gradient_accumulation_steps"),
-    (dict(loss_scale_factor=0.0), ValueError, "loss_scale_factor"),
-    (dict(exclude_from_weight_decay="bias"), TypeError, "list"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(clipnorm=1.0, global_clipnorm=1.0), ValueError, "Only one of clipnorm"),
+        (dict(clipvalue=0.5, clipnorm=1.0), ValueError, "clipvalue=0.5"),
+        (dict(clipnorm=0.0), ValueError, "clipnorm must be > 0"),
+        (dict(global_clipnorm=-1.0), ValueError, "global_clipnorm"),
+        (dict(learning_rate=-1.0), ValueError, "learning_rate"),
+        (dict(weight_decay=None), TypeError, "weight_decay"),
+        (dict(beta_1=1.0), ValueError, "beta_1"),
+        (dict(beta_2=[0.999]), TypeError, "beta_2"),
+        (dict(epsilon=-1e-7), ValueError, "epsilon"),
+        (dict(use_ema=True, ema_momentum=1.5), ValueError, "ema_momentum"),
+        (dict(use_ema=True, ema_overwrite_frequency=0), ValueError, "ema_overwrite_frequency"),
+        (dict(gradient_accumulation_steps=2.0), TypeError, "gradient_accumulation_steps"),
+        (dict(loss_scale_factor=0.0), ValueError, "loss_scale_factor"),
+        (dict(exclude_from_weight_decay="bias"), TypeError, "list"),
+    ],
+)
 def test_keras_preset_arguments_are_checked_under_keras_names(kwargs, error, words):
     with pytest.raises(error, match=words):
         aw.presets.keras_adamw(**kwargs)
 
 
-@pytest.mark.parametrize("build, name", [
-    (lambda v: aw.presets.torch_adamw(amsgrad=v), "amsgrad"),
-    (lambda v: aw.presets.torch_adamw(maximize=v), "maximize"),
-    (lambda v: aw.presets.torch_adam(amsgrad=v), "amsgrad"),
-    (lambda v: aw.presets.torch_adam(maximize=v), "maximize"),
-    (lambda v: aw.presets.keras_adamw(amsgrad=v), "amsgrad"),
-    (lambda v: aw.presets.keras_adamw(use_ema=v), "use_ema"),
-])
+@pytest.mark.parametrize(
+    "build, name",
+    [
+        (lambda v: aw.presets.torch_adamw(amsgrad=v), "amsgrad"),
+        (lambda v: aw.presets.torch_adamw(maximize=v), "maximize"),
+        (lambda v: aw.presets.torch_adam(amsgrad=v), "amsgrad"),
+        (lambda v: aw.presets.torch_adam(maximize=v), "maximize"),
+        (lambda v: aw.presets.keras_adamw(amsgrad=v), "amsgrad"),
+        (lambda v: aw.presets.keras_adamw(use_ema=v), "use_ema"),
+    ],
+)
 @pytest.mark.parametrize("value", ["no", "False", 1])
 def test_preset_flags_must_be_bools(build, name, value):
     with pytest.raises(TypeError, match=f"{name} must be True or False"):
         build(value)
 
 
-@pytest.mark.parametrize("build, name", [
-    (lambda v: aw.presets.torch_adamw(lr=v), "lr"),
-    (lambda v: aw.presets.torch_adamw(eps=v), "eps"),
-    (lambda v: aw.presets.torch_adamw(weight_decay=v), "weight_decay"),
-    (lambda v: aw.presets.torch_adam(lr=v), "lr"),
-    (lambda v: aw.presets.torch_adam(weight_decay=v), "weight_decay"),
-    (lambda v: aw.presets.keras_adamw(learning_rate=v), "learning_rate"),
-    (lambda v: aw.presets.keras_adamw(weight_decay=v), "weight_decay"),
-    (lambda v: aw.presets.keras_adamw(epsilon=v), "epsilon"),
-    (lambda v: aw.presets.keras_adamw(loss_scale_factor=v), "loss_scale_factor"),
-])
+@pytest.mark.parametrize(
+    "build, name",
+    [
+        (lambda v: aw.presets.torch_adamw(lr=v), "lr"),
+        (lambda v: aw.presets.torch_adamw(eps=v), "eps"),
+        (lambda v: aw.presets.torch_adamw(weight_decay=v), "weight_decay"),
+        (lambda v: aw.presets.torch_adam(lr=v), "lr"),
+        (lambda v: aw.presets.torch_adam(weight_decay=v), "weight_decay"),
+        (lambda v: aw.presets.keras_adamw(learning_rate=v), "learning_rate"),
+        (lambda v: aw.presets.keras_adamw(weight_decay=v), "weight_decay"),
+        (lambda v: aw.presets.keras_adamw(epsilon=v), "epsilon"),
+        (lambda v: aw.presets.keras_adamw(loss_scale_factor=v), "loss_scale_factor"),
+    ],
+)
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
 def test_preset_infinite_and_nan_hyperparameters_are_refused(build, name, value):
     with pytest.raises(ValueError, match=name):

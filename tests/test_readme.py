@@ -32,8 +32,9 @@ def test_flax_port_trains_like_nnx_optimizer():
     (fused: float32 rounding of a loss ~1e-2)."""
     code = _block_after("## Port a Flax loop in one line")
     ours = float(_printed(code, "README Flax port"))
-    original = code.replace("aw.flax.Optimizer(model, tx, wrt=nnx.Param)",
-                            "nnx.Optimizer(model, tx, wrt=nnx.Param)")
+    original = code.replace(
+        "aw.flax.Optimizer(model, tx, wrt=nnx.Param)", "nnx.Optimizer(model, tx, wrt=nnx.Param)"
+    )
     assert original != code
     theirs = float(_printed(original, "README Flax port, nnx.Optimizer"))
     assert abs(ours - theirs) <= 1e-6 * max(1.0, abs(theirs))

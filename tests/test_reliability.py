@@ -36,7 +36,9 @@ def test_empty_trees_and_none_leaves_work():
     updates, _ = jax.jit(optimizer.update)({}, optimizer.init({}), {})
     assert updates == {}
     params = {"w": jnp.ones(2), "frozen": None}
-    updates, _ = jax.jit(optimizer.update)({"w": jnp.ones(2), "frozen": None}, optimizer.init(params), params)
+    updates, _ = jax.jit(optimizer.update)(
+        {"w": jnp.ones(2), "frozen": None}, optimizer.init(params), params
+    )
     assert updates["frozen"] is None and np.all(np.isfinite(updates["w"]))
 
 
@@ -51,8 +53,12 @@ def test_state_of_another_configuration_is_named():
 
 @pytest.mark.parametrize(
     "made_by, used_by",
-    [(dict(), dict(maximize=True, nesterov=True)), (dict(fused=True), dict()),
-     (dict(), dict(fused=True)), (dict(maximize=True), dict())],
+    [
+        (dict(), dict(maximize=True, nesterov=True)),
+        (dict(fused=True), dict()),
+        (dict(), dict(fused=True)),
+        (dict(maximize=True), dict()),
+    ],
 )
 def test_state_of_a_differently_configured_optimizer_is_named(made_by, used_by):
     params = {"w": jnp.ones(3)}
@@ -88,7 +94,14 @@ def test_extreme_gradient_magnitudes_give_finite_sign_correct_updates(dtype, eps
     to zero and the step is 0.
     """
     info = jnp.finfo(dtype)
-    values = [float(info.max), -float(info.max), 1e-30, float(info.tiny), -float(info.smallest_subnormal), 0.0]
+    values = [
+        float(info.max),
+        -float(info.max),
+        1e-30,
+        float(info.tiny),
+        -float(info.smallest_subnormal),
+        0.0,
+    ]
     g = {"w": jnp.asarray(values, dtype)}
     g32 = np.float32(g["w"])
     optimizer = aw.adam(1.0, eps=eps)
@@ -160,7 +173,9 @@ def test_soak_1e5_steps_stays_on_the_float64_reference():
     schedule = lambda t: 1e-3 * (0.5 + 0.5 * jnp.cos(jnp.pi * t / steps))  # noqa: E731
     expected = adamw_trajectory(params, grads, learning_rate=rate, weight_decay=0.1)
     actual = trajectory(aw.adamw(schedule, weight_decay=0.1), params, grads)
-    assert max_abs_error(actual, expected) <= float32_tolerance(expected)  # measured: 2.2e-6 of 1.5e-4
+    assert max_abs_error(actual, expected) <= float32_tolerance(
+        expected
+    )  # measured: 2.2e-6 of 1.5e-4
 
 
 def test_repeated_steps_do_not_recompile_or_grow_memory():
@@ -191,8 +206,12 @@ class Pair(NamedTuple):
 def _pytrees():
     shapes = st.sampled_from([(), (0,), (1,), (3,), (2, 3), (0, 4), (2, 1, 2)])
     dtypes = st.sampled_from([jnp.float32, jnp.bfloat16, jnp.float16])
-    leaf = st.builds(lambda s, d, seed: jnp.asarray(
-        np.random.default_rng(seed).normal(size=s), d), shapes, dtypes, st.integers(0, 99))
+    leaf = st.builds(
+        lambda s, d, seed: jnp.asarray(np.random.default_rng(seed).normal(size=s), d),
+        shapes,
+        dtypes,
+        st.integers(0, 99),
+    )
     return st.recursive(
         st.one_of(leaf, st.none()),
         lambda children: st.one_of(
@@ -206,13 +225,29 @@ def _pytrees():
 
 
 @given(
-    params=_pytrees(), lr=st.floats(0.0, 1.0), b1=st.floats(0.0, 0.999), b2=st.floats(0.0, 0.9999),
-    eps=st.floats(0.0, 1e-3), weight_decay=st.floats(0.0, 1.0), amsgrad=st.booleans(),
-    eps_mode=st.sampled_from(["adam", "hat"]), mode=st.sampled_from(["coupled", "decoupled"]),
+    params=_pytrees(),
+    lr=st.floats(0.0, 1.0),
+    b1=st.floats(0.0, 0.999),
+    b2=st.floats(0.0, 0.9999),
+    eps=st.floats(0.0, 1e-3),
+    weight_decay=st.floats(0.0, 1.0),
+    amsgrad=st.booleans(),
+    eps_mode=st.sampled_from(["adam", "hat"]),
+    mode=st.sampled_from(["coupled", "decoupled"]),
 )
-def test_fuzz_adamw_on_random_pytrees(params, lr, b1, b2, eps, weight_decay, amsgrad, eps_mode, mode):
-    optimizer = aw.adamw(lr, b1, b2, eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                         eps_mode=eps_mode, weight_decay_mode=mode)
+def test_fuzz_adamw_on_random_pytrees(
+    params, lr, b1, b2, eps, weight_decay, amsgrad, eps_mode, mode
+):
+    optimizer = aw.adamw(
+        lr,
+        b1,
+        b2,
+        eps,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        eps_mode=eps_mode,
+        weight_decay_mode=mode,
+    )
     state = optimizer.init(params)
     grads = jax.tree_util.tree_map(lambda p: jnp.cos(p.astype(jnp.float32)).astype(p.dtype), params)
     updates, state = jax.jit(optimizer.update)(grads, state, params)
@@ -236,7 +271,9 @@ TRANSFORMS = {
     "param_ema": lambda x: aw.param_ema(x, overwrite_every=2),
     "loss_scaling": lambda x: aw.loss_scaling(2.0 ** int(16 * x)),
     "skip_nonfinite": lambda x: aw.skip_nonfinite(aw.adamw(x), max_consecutive=2),
-    "inject_hyperparams": lambda x: aw.inject_hyperparams(aw.adamw)(learning_rate=x, weight_decay=x),
+    "inject_hyperparams": lambda x: aw.inject_hyperparams(aw.adamw)(
+        learning_rate=x, weight_decay=x
+    ),
     "reduce_on_plateau": lambda x: aw.reduce_on_plateau(factor=0.1 + 0.8 * x, patience=1),
     "torch_adamw": lambda x: aw.presets.torch_adamw(lr=x, amsgrad=x > 0.5),
     "torch_adam": lambda x: aw.presets.torch_adam(lr=x, weight_decay=x),
@@ -246,8 +283,12 @@ TRANSFORMS = {
 
 
 @settings(max_examples=60)
-@given(params=_pytrees(), name=st.sampled_from(sorted(TRANSFORMS)), x=st.floats(0.0, 0.999),
-       poison=st.booleans())
+@given(
+    params=_pytrees(),
+    name=st.sampled_from(sorted(TRANSFORMS)),
+    x=st.floats(0.0, 0.999),
+    poison=st.booleans(),
+)
 def test_fuzz_every_public_transform(params, name, x, poison):
     """Random trees (None leaves, 0-sized and scalar leaves, three float dtypes), two jitted
     steps, the second with a NaN gradient when ``poison``: the output keeps the tree, shapes and
@@ -273,14 +314,24 @@ def _readme_chains(fused: bool) -> dict[str, optax.GradientTransformation]:
     """(a) adamw, (b) guarded clipping + adamw, (c) the README's full mixed-precision chain."""
     return {
         "adamw": aw.adamw(1e-3, fused=fused),
-        "skip-clip-adamw": aw.skip_nonfinite(optax.chain(aw.clip_by_global_norm(1.0),
-                                                         aw.adamw(1e-3, fused=fused))),
+        "skip-clip-adamw": aw.skip_nonfinite(
+            optax.chain(aw.clip_by_global_norm(1.0), aw.adamw(1e-3, fused=fused))
+        ),
         "readme": optax.chain(
             aw.loss_scaling(2.0**15),
-            aw.skip_nonfinite(aw.accumulate_gradients(4, inner=optax.chain(
-                aw.clip_by_global_norm(1.0),
-                aw.adamw(1e-3, mask=aw.exclude_from_weight_decay(["bias", "norm"]), fused=fused)))),
-            aw.param_ema(0.999, accumulation_steps=4)),
+            aw.skip_nonfinite(
+                aw.accumulate_gradients(
+                    4,
+                    inner=optax.chain(
+                        aw.clip_by_global_norm(1.0),
+                        aw.adamw(
+                            1e-3, mask=aw.exclude_from_weight_decay(["bias", "norm"]), fused=fused
+                        ),
+                    ),
+                )
+            ),
+            aw.param_ema(0.999, accumulation_steps=4),
+        ),
     }
 
 
@@ -299,9 +350,11 @@ def _run(optimizer, params, grads_stream, *, value=None):
 
 
 def _all_finite(tree) -> bool:
-    return all(np.all(np.isfinite(np.asarray(x, np.float32)))
-               for x in jax.tree_util.tree_leaves(tree)
-               if jnp.issubdtype(jnp.result_type(x), jnp.inexact))
+    return all(
+        np.all(np.isfinite(np.asarray(x, np.float32)))
+        for x in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    )
 
 
 @st.composite
@@ -310,8 +363,11 @@ def _any_magnitude_trees(draw):
     4096-element shapes) in float32/bfloat16/float16, and 4 steps of finite gradients of every
     magnitude their dtype holds: ``±10^e``, ``e`` uniform over 1e-45 … 3e38 (float16: 6e-8 …
     65504)."""
-    names = draw(st.lists(st.sampled_from(["w", "bias", "norm", "head"]),
-                          min_size=1, max_size=3, unique=True))
+    names = draw(
+        st.lists(
+            st.sampled_from(["w", "bias", "norm", "head"]), min_size=1, max_size=3, unique=True
+        )
+    )
     seed = draw(st.integers(0, 2**16))
     params, specs = {}, {}
     for name in names:
@@ -332,8 +388,9 @@ def _any_magnitude_trees(draw):
     return params, stream
 
 
-@pytest.mark.parametrize("name, fused", CHAIN_CASES,
-                         ids=[f"{n}-{'fused' if f else 'unfused'}" for n, f in CHAIN_CASES])
+@pytest.mark.parametrize(
+    "name, fused", CHAIN_CASES, ids=[f"{n}-{'fused' if f else 'unfused'}" for n, f in CHAIN_CASES]
+)
 @settings(max_examples=10)
 @given(case=_any_magnitude_trees())
 def test_readme_chains_stay_finite_on_finite_gradients_of_any_magnitude(name, fused, case):
@@ -349,15 +406,18 @@ def test_readme_chains_stay_finite_on_finite_gradients_of_any_magnitude(name, fu
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
-@pytest.mark.parametrize("grads", [{"w": jnp.full((64, 64), 1e20)}, {"w": jnp.full((1000,), 6e17)}],
-                         ids=["every-element-1e20", "1000-elements-6e17"])
+@pytest.mark.parametrize(
+    "grads",
+    [{"w": jnp.full((64, 64), 1e20)}, {"w": jnp.full((1000,), 6e17)}],
+    ids=["every-element-1e20", "1000-elements-6e17"],
+)
 def test_issue_cases_sum_of_squares_overflow_inside_the_guarded_chain(fused, grads):
     """The reported failure: the global norm's float32 sum of squares overflows; the step was NaN
     everywhere and the guard counted nothing. Now: clipped to norm 1, one finite Adam step."""
     params = jax.tree_util.tree_map(jnp.ones_like, grads)
     for name in ("skip-clip-adamw", "readme"):
         stream = [grads] * 4
-        (new_params, state), = _run(_readme_chains(fused)[name], params, stream)[-1:]
+        ((new_params, state),) = _run(_readme_chains(fused)[name], params, stream)[-1:]
         assert _all_finite(new_params) and _all_finite(state)
         assert aw.skipped_steps(state) == (0, 0)
         moved = np.asarray(params["w"]) - np.asarray(new_params["w"])
@@ -372,8 +432,10 @@ def test_a_skipped_step_leaves_params_and_guarded_state_bit_identical(fused, bad
     moments, counters) bit for bit; the loss scale halves (its rule), and param_ema, which the
     README places after the guard, still averages the unchanged params."""
     params = {"w": jnp.linspace(-1, 1, 4096, dtype=jnp.float16), "bias": jnp.ones(3)}
-    finite = [jax.tree_util.tree_map(lambda p, i=i: jnp.cos(p * (i + 1)).astype(p.dtype), params)
-              for i in range(4)]
+    finite = [
+        jax.tree_util.tree_map(lambda p, i=i: jnp.cos(p * (i + 1)).astype(p.dtype), params)
+        for i in range(4)
+    ]
     poisoned = list(finite)
     poisoned[2] = dict(finite[2], w=finite[2]["w"].at[17].set(bad))
     for name in ("skip-clip-adamw", "readme"):
@@ -381,8 +443,9 @@ def test_a_skipped_step_leaves_params_and_guarded_state_bit_identical(fused, bad
         (before_params, before), (after_params, after) = runs[1], runs[2]
         jax.tree_util.tree_map(np.testing.assert_array_equal, after_params, before_params)
         guard = lambda state: state if name != "readme" else state[1]  # noqa: E731
-        jax.tree_util.tree_map(np.testing.assert_array_equal, guard(after).inner_state,
-                               guard(before).inner_state)
+        jax.tree_util.tree_map(
+            np.testing.assert_array_equal, guard(after).inner_state, guard(before).inner_state
+        )
         assert aw.skipped_steps(after) == (1, 1)
         if name == "readme":
             assert float(aw.current_loss_scale(after)) == float(aw.current_loss_scale(before)) / 2

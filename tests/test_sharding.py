@@ -28,7 +28,10 @@ STEPS = 20
 SHAPES = {"w1": (16, 32), "b1": (32,), "w2": (32, 8), "b2": (8,), "gain": (), "odd": (5,)}
 PARAMS = make_params(5, SHAPES)
 BATCHES = [
-    (np.random.default_rng(t).normal(size=(32, 16)), np.random.default_rng(100 + t).normal(size=(32, 8)))
+    (
+        np.random.default_rng(t).normal(size=(32, 16)),
+        np.random.default_rng(100 + t).normal(size=(32, 8)),
+    )
     for t in range(STEPS)
 ]
 
@@ -56,13 +59,28 @@ def train_step(optimizer):
 # name: (mesh shape, mesh axes, parameter specs, batch spec, zero_axis)
 LAYOUTS = {
     "replicated": ((8,), ("data",), {}, P("data"), None),
-    "fully_sharded": ((8,), ("model",), {"w1": P(None, "model"), "b1": P("model"),
-                                         "w2": P("model"), "b2": P("model")}, P(), None),
-    "mesh_2d": ((2, 4), ("data", "model"), {"w1": P(None, "model"), "b1": P("model"),
-                                            "w2": P("model")}, P("data"), None),
+    "fully_sharded": (
+        (8,),
+        ("model",),
+        {"w1": P(None, "model"), "b1": P("model"), "w2": P("model"), "b2": P("model")},
+        P(),
+        None,
+    ),
+    "mesh_2d": (
+        (2, 4),
+        ("data", "model"),
+        {"w1": P(None, "model"), "b1": P("model"), "w2": P("model")},
+        P("data"),
+        None,
+    ),
     "zero1": ((8,), ("data",), {}, P("data"), "data"),
-    "mesh_2d_zero1": ((2, 4), ("data", "model"), {"w1": P(None, "model"), "b1": P("model"),
-                                                  "w2": P("model")}, P("data"), "data"),
+    "mesh_2d_zero1": (
+        (2, 4),
+        ("data", "model"),
+        {"w1": P(None, "model"), "b1": P("model"), "w2": P("model")},
+        P("data"),
+        "data",
+    ),
 }
 
 
@@ -84,6 +102,7 @@ def specs_of(tree):
 
 def assert_placed(state, shardings):
     """Every array of ``state`` is laid out as ``shardings`` says."""
+
     def check(array, sharding):
         assert array.sharding.is_equivalent_to(sharding, array.ndim), (array.sharding, sharding)
 
@@ -114,11 +133,17 @@ def single_device_training(optimizer=OPTIMIZER):
 def test_twenty_training_steps_match_the_single_device_run(name):
     mesh, param_sh, batch_sh, zero_axis = layout(name)
     params = jax.device_put(as_float32(PARAMS), param_sh)
-    state_sh = state_shardings(jax.eval_shape(OPTIMIZER.init, params), param_sh, zero_axis=zero_axis)
+    state_sh = state_shardings(
+        jax.eval_shape(OPTIMIZER.init, params), param_sh, zero_axis=zero_axis
+    )
     state = jax.jit(OPTIMIZER.init, out_shardings=state_sh)(params)
     assert_placed(state, state_sh)
-    step = jax.jit(train_step(OPTIMIZER), in_shardings=(param_sh, state_sh, batch_sh),
-                   out_shardings=(param_sh, state_sh), donate_argnums=(0, 1))
+    step = jax.jit(
+        train_step(OPTIMIZER),
+        in_shardings=(param_sh, state_sh, batch_sh),
+        out_shardings=(param_sh, state_sh),
+        donate_argnums=(0, 1),
+    )
     for batch in BATCHES:
         params, state = step(params, state, as_float32(batch))
     assert_placed(params, param_sh)
@@ -134,8 +159,9 @@ def test_twenty_training_steps_match_the_single_device_run(name):
 GRADS = [as_float32(g) for g in gradient_stream(PARAMS, 3, seed=6)]
 
 
-@pytest.mark.parametrize(("name", "jitted"), [(name, True) for name in sorted(LAYOUTS)]
-                         + [("zero1", False)])
+@pytest.mark.parametrize(
+    ("name", "jitted"), [(name, True) for name in sorted(LAYOUTS)] + [("zero1", False)]
+)
 def test_state_keeps_its_shardings_through_updates(name, jitted):
     """Before and after each update, jitted (shardings propagated by XLA, none forced) or
     eager, the state is laid out as state_shardings says, and the numbers are those of one
@@ -158,8 +184,12 @@ def test_state_keeps_its_shardings_through_updates(name, jitted):
 
     state_sh = state_shardings(OPTIMIZER.init(as_float32(PARAMS)), param_sh, zero_axis=zero_axis)
     one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    expected = run(jax.tree.map(lambda _: one_device, param_sh), jax.tree.map(lambda _: one_device, state_sh))
-    assert max_abs_error([run(param_sh, state_sh)], [expected]) <= compiler_tolerance(expected, len(GRADS))
+    expected = run(
+        jax.tree.map(lambda _: one_device, param_sh), jax.tree.map(lambda _: one_device, state_sh)
+    )
+    assert max_abs_error([run(param_sh, state_sh)], [expected]) <= compiler_tolerance(
+        expected, len(GRADS)
+    )
 
 
 def bytes_per_device(tree) -> dict[jax.Device, int]:
@@ -186,8 +216,14 @@ def test_zero1_stores_one_eighth_of_the_moments_on_each_device():
 def test_leaves_that_do_not_divide_fall_back_to_their_parameter_sharding():
     _, param_sh, _, _ = layout("mesh_2d_zero1")
     shardings = state_shardings(OPTIMIZER.init(as_float32(PARAMS)), param_sh, zero_axis="data")
-    expected = {"w1": P("data", "model"), "b1": P(("model", "data")), "w2": P(("model", "data"), None),
-                "b2": P("data"), "gain": P(), "odd": P()}
+    expected = {
+        "w1": P("data", "model"),
+        "b1": P(("model", "data")),
+        "w2": P(("model", "data"), None),
+        "b2": P("data"),
+        "gain": P(),
+        "odd": P(),
+    }
     for moment in shardings[0].mu, shardings[0].nu, shardings[0].nu_max:
         assert specs_of_shardings(moment) == expected
     assert shardings[0].count.spec == P() and shardings[2].count.spec == P()
@@ -197,8 +233,14 @@ def specs_of_shardings(tree):
     return jax.tree.map(lambda s: s.spec, tree)
 
 
-ZERO1_2D_SPECS = {"w1": P("data", "model"), "b1": P(("model", "data")),
-                  "w2": P(("model", "data"), None), "b2": P("data"), "gain": P(), "odd": P()}
+ZERO1_2D_SPECS = {
+    "w1": P("data", "model"),
+    "b1": P(("model", "data")),
+    "w2": P(("model", "data"), None),
+    "b2": P("data"),
+    "gain": P(),
+    "odd": P(),
+}
 
 
 class FlatBufferState(NamedTuple):
@@ -223,8 +265,9 @@ WRAPPED = {
     "inject_hyperparams": optax.inject_hyperparams(aw.adamw)(learning_rate=1e-2, weight_decay=0.1),
     "multi_steps": optax.MultiSteps(OPTIMIZER, 2).gradient_transformation(),
     "fused_flat_buffers": aw.adamw(1e-2, weight_decay=0.1, fused=True),
-    "chain_clip_ema_flat": optax.chain(optax.clip_by_global_norm(1.0), OPTIMIZER, optax.ema(0.9),
-                                       flat_buffer_sum()),
+    "chain_clip_ema_flat": optax.chain(
+        optax.clip_by_global_norm(1.0), OPTIMIZER, optax.ema(0.9), flat_buffer_sum()
+    ),
 }
 
 
@@ -259,7 +302,12 @@ def test_param_shardings_as_specs_arrays_or_abstract_params_agree():
     forms = (
         (jax.tree.map(lambda s: s.spec, param_sh), mesh),
         (params, None),
-        (jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params), None),
+        (
+            jax.tree.map(
+                lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
+            ),
+            None,
+        ),
     )
     for form, form_mesh in forms:
         assert specs_of_shardings(state_shardings(state, form, form_mesh, "data")) == expected
@@ -318,14 +366,19 @@ def test_zero_split_is_an_even_refinement_of_the_parameter_sharding(shape_and_sp
     used = [a for axes in moment_axes for a in axes]
     assert len(used) == len(set(used))
     for size, before, after in zip(shape, param_axes, moment_axes):
-        assert after[:len(before)] == before
+        assert after[: len(before)] == before
         assert size % math.prod(MESH_2D.shape[a] for a in after) == 0
     wanted = (zero_axis,) if isinstance(zero_axis, str) else zero_axis
     missing = tuple(a for a in wanted if all(a not in axes for axes in param_axes))
-    splittable = any(size % math.prod(MESH_2D.shape[a] for a in before + missing) == 0
-                     for size, before in zip(shape, param_axes))
-    assert set(wanted) <= set(used) if (splittable or not missing) else used == [
-        a for axes in param_axes for a in axes]
+    splittable = any(
+        size % math.prod(MESH_2D.shape[a] for a in before + missing) == 0
+        for size, before in zip(shape, param_axes)
+    )
+    assert (
+        set(wanted) <= set(used)
+        if (splittable or not missing)
+        else used == [a for axes in param_axes for a in axes]
+    )
 
 
 def _axes(entry) -> tuple[str, ...]:
@@ -340,8 +393,10 @@ def test_init_on_abstract_parameters_creates_the_state_directly_sharded():
     mesh = auto_mesh((2, 4), ("data", "model"))
     specs = {"embed": P(None, "model"), "w": P("model"), "b": P("model")}
     shapes = {"embed": (4096, 256), "w": (256, 256), "b": (256,)}
-    abstract_params = {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, specs[k]))
-                       for k, s in shapes.items()}
+    abstract_params = {
+        k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, specs[k]))
+        for k, s in shapes.items()
+    }
     abstract_state = jax.eval_shape(OPTIMIZER.init, abstract_params)
     assert abstract_state[0].mu["embed"].shape == (4096, 256)
     shardings = state_shardings(abstract_state, abstract_params, zero_axis="data")
@@ -351,8 +406,10 @@ def test_init_on_abstract_parameters_creates_the_state_directly_sharded():
     # 1/8 of mu, nu and nu_max, plus the three int32 counters and the output tuple's pointer
     # table (108 bytes measured); a replicated state would be 8x larger.
     assert compiled.memory_analysis().output_size_in_bytes <= moment_bytes // 8 + 128
-    params = jax.jit(lambda: {k: jnp.ones(s) for k, s in shapes.items()},
-                     out_shardings=jax.tree.map(lambda a: a.sharding, abstract_params))()
+    params = jax.jit(
+        lambda: {k: jnp.ones(s) for k, s in shapes.items()},
+        out_shardings=jax.tree.map(lambda a: a.sharding, abstract_params),
+    )()
     state = init(params)
     assert_placed(state, shardings)
     assert {s.data.shape for s in state[0].nu["embed"].addressable_shards} == {(2048, 64)}
@@ -368,7 +425,8 @@ CORE = {
     "add_decayed_weights": aw.add_decayed_weights(0.1, mask={"w": True, "b": False, "s": True}),
     "decoupled_weight_decay": aw.decoupled_weight_decay(1e-2, lambda t: 1.0 / (1.0 + t)),
     "scale_by_learning_rate": aw.scale_by_learning_rate(
-        aw.schedules.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10)),
+        aw.schedules.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10)
+    ),
     "adamw": aw.adamw(1e-2, weight_decay=1e-3, weight_decay_mode="decoupled"),
     "adam": aw.adam(1e-2),
 }
@@ -376,6 +434,7 @@ CORE = {
 
 def scan_steps(optimizer, update, params, stacked_grads):
     """``params`` after one optimizer step per gradient, with ``update`` as the update function."""
+
     def step(carry, grads):
         params, state = carry
         updates, state = update(grads, state, params)
@@ -396,18 +455,35 @@ def test_core_transform_under_jit_with_sharded_inputs_and_shard_map(name):
 
     param_sh = {k: NamedSharding(MESH_2D, spec) for k, spec in CORE_SPECS.items()}
     stacked_sh = {k: NamedSharding(MESH_2D, P(None, *spec)) for k, spec in CORE_SPECS.items()}
-    sharded = run(optimizer, optimizer.update, jax.device_put(params, param_sh),
-                  jax.device_put(stacked, stacked_sh))
+    sharded = run(
+        optimizer,
+        optimizer.update,
+        jax.device_put(params, param_sh),
+        jax.device_put(stacked, stacked_sh),
+    )
     assert_placed(sharded, param_sh)
-    assert max_abs_error([jax.device_get(sharded)], [expected]) <= compiler_tolerance(expected, len(CORE_GRADS))
+    assert max_abs_error([jax.device_get(sharded)], [expected]) <= compiler_tolerance(
+        expected, len(CORE_GRADS)
+    )
 
-    state_specs = specs_of_shardings(state_shardings(jax.eval_shape(optimizer.init, params), param_sh))
-    local_update = jax.shard_map(optimizer.update, mesh=MESH_2D,
-                                 in_specs=(CORE_SPECS, state_specs, CORE_SPECS),
-                                 out_specs=(CORE_SPECS, state_specs))
-    mapped = run(optimizer, local_update, jax.device_put(params, param_sh),
-                 jax.device_put(stacked, stacked_sh))
-    assert max_abs_error([jax.device_get(mapped)], [expected]) <= compiler_tolerance(expected, len(CORE_GRADS))
+    state_specs = specs_of_shardings(
+        state_shardings(jax.eval_shape(optimizer.init, params), param_sh)
+    )
+    local_update = jax.shard_map(
+        optimizer.update,
+        mesh=MESH_2D,
+        in_specs=(CORE_SPECS, state_specs, CORE_SPECS),
+        out_specs=(CORE_SPECS, state_specs),
+    )
+    mapped = run(
+        optimizer,
+        local_update,
+        jax.device_put(params, param_sh),
+        jax.device_put(stacked, stacked_sh),
+    )
+    assert max_abs_error([jax.device_get(mapped)], [expected]) <= compiler_tolerance(
+        expected, len(CORE_GRADS)
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CORE))
@@ -428,7 +504,9 @@ def test_core_transform_under_pmap_data_parallel_equals_one_device(name):
         return scan_steps(optimizer, update, params, stacked_grads)
 
     replicas = jax.pmap(data_parallel, axis_name="devices", in_axes=(None, 1))(
-        as_float32(CORE_PARAMS), as_float32({k: np.stack([g[k] for g in per_device]) for k in CORE_SHAPES}))
+        as_float32(CORE_PARAMS),
+        as_float32({k: np.stack([g[k] for g in per_device]) for k in CORE_SHAPES}),
+    )
     replicas = jax.device_get(replicas)
     copies = [{k: replicas[k][i] for k in CORE_SHAPES} for i in range(8)]
     assert all(max_abs_error([c], [copies[0]]) == 0.0 for c in copies)
@@ -439,21 +517,28 @@ def test_core_transform_under_pmap_data_parallel_equals_one_device(name):
 FUSED_SHAPES = {"big": (512, 128), "w": (16, 32), "b": (32,), "s": (), "odd": (5,)}
 FUSED_PARAMS = make_params(11, FUSED_SHAPES)
 FUSED_GRADS = [as_float32(g) for g in gradient_stream(FUSED_PARAMS, 3, seed=12)]
-FUSED = aw.adamw(1e-2, weight_decay=0.1, amsgrad=True, mask={k: k != "b" for k in FUSED_SHAPES},
-                 fused=True)
+FUSED = aw.adamw(
+    1e-2, weight_decay=0.1, amsgrad=True, mask={k: k != "b" for k in FUSED_SHAPES}, fused=True
+)
 # "big" (2**16 elements) has moment buffers of its own, in its shape; the others share one.
-FUSED_SPECS = {"sharded": {"big": P("data"), "w": P(None, "data"), "b": P("data")},
-               "replicated": {}}
+FUSED_SPECS = {
+    "sharded": {"big": P("data"), "w": P(None, "data"), "b": P("data")},
+    "replicated": {},
+}
 
 
 def fused_steps(param_sh, state_sh, door: str):
     """Three jitted, donated steps of FUSED through ``door``: the params and the state."""
+
     def two_calls(grads, state, params):
         updates, state = FUSED.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    step = two_calls if door == "update" else (
-        lambda grads, state, params: aw.update_and_apply(FUSED, grads, state, params))
+    step = (
+        two_calls
+        if door == "update"
+        else (lambda grads, state, params: aw.update_and_apply(FUSED, grads, state, params))
+    )
     step = jax.jit(step, out_shardings=(param_sh, state_sh), donate_argnums=(1, 2))
     params = jax.device_put(as_float32(FUSED_PARAMS), param_sh)
     state = jax.jit(FUSED.init, out_shardings=state_sh)(params)
@@ -477,13 +562,20 @@ def test_fused_step_on_explicit_and_auto_meshes_equals_one_device(axis_type, spe
     param_sh = {k: NamedSharding(mesh, FUSED_SPECS[specs].get(k, P())) for k in FUSED_SHAPES}
     one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.eval_shape(FUSED.init, as_float32(FUSED_PARAMS))
-    expected = fused_steps(jax.tree.map(lambda _: one_device, param_sh),
-                           jax.tree.map(lambda _: one_device, abstract), door)
+    expected = fused_steps(
+        jax.tree.map(lambda _: one_device, param_sh),
+        jax.tree.map(lambda _: one_device, abstract),
+        door,
+    )
     with jax.set_mesh(mesh):  # Explicit axes need it for jit; Auto ones accept it
         params = jax.device_put(as_float32(FUSED_PARAMS), param_sh)
         state_sh = state_shardings(jax.eval_shape(FUSED.init, params), param_sh)
         # Buffers: "big" and "b" (not decayed) alone, in their shapes; "w", "s", "odd" packed.
-        own = {"sharded": P("data"), "replicated": P()}[specs] if axis_type == AxisType.Explicit else P()
+        own = (
+            {"sharded": P("data"), "replicated": P()}[specs]
+            if axis_type == AxisType.Explicit
+            else P()
+        )
         expected_specs = {(512, 128): own, (32,): own, (518,): P()}
         for x, sharding in zip(abstract.mu, state_sh.mu):
             assert sharding.is_equivalent_to(NamedSharding(mesh, expected_specs[x.shape]), x.ndim)
@@ -497,8 +589,11 @@ def test_param_shardings_of_other_parameters_are_named_instead_of_replicating():
     mesh, param_sh, _, _ = layout("mesh_2d")
     state = OPTIMIZER.init(as_float32(PARAMS))
     missing = {k: v for k, v in param_sh.items() if k != "odd"}
-    with pytest.raises(ValueError, match=r"\[0\]\.mu is keyed like the parameters.*only in the "
-                                         r"state: \['odd'\]; only in param_shardings: \[\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"\[0\]\.mu is keyed like the parameters.*only in the "
+        r"state: \['odd'\]; only in param_shardings: \[\]",
+    ):
         state_shardings(state, missing)
     with pytest.raises(ValueError, match=r"only in param_shardings: \['extra'\]"):
         state_shardings(state, {**param_sh, "extra": param_sh["w1"]})

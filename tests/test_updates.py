@@ -32,6 +32,7 @@ def test_apply_updates_is_optax_bit_for_bit_inside_a_jitted_step():
         def run(params, state, grads):
             updates, state = tx.update(grads, state, params)
             return apply(params, updates), state
+
         return jax.jit(run)
 
     ours, theirs = step(aw.apply_updates), step(optax.apply_updates)

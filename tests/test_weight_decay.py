@@ -9,8 +9,10 @@ import pytest
 
 import adamw_jax as aw
 
-PARAMS = {"dense": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 2.0)},
-          "norm": {"scale": jnp.full((3,), 2.0)}}
+PARAMS = {
+    "dense": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 2.0)},
+    "norm": {"scale": jnp.full((3,), 2.0)},
+}
 ZERO = jax.tree_util.tree_map(jnp.zeros_like, PARAMS)
 
 
@@ -47,7 +49,7 @@ def test_coupled_decay_schedule_is_read_at_the_zero_based_count():
 
 
 def test_decoupled_decay_uses_the_schedule_multiplier_and_the_sign_of_a_step():
-    transform = aw.decoupled_weight_decay(0.1, schedule_multiplier=lambda count: 0.5 ** count)
+    transform = aw.decoupled_weight_decay(0.1, schedule_multiplier=lambda count: 0.5**count)
     state = transform.init(PARAMS)
     values = []
     for _ in range(3):

@@ -24,7 +24,11 @@ import pytest  # noqa: E402
 
 import adamw_jax as aw  # noqa: E402
 from helpers import (  # noqa: E402
-    float32_tolerance, gradient_stream, make_params, max_abs_error, run_steps,
+    float32_tolerance,
+    gradient_stream,
+    make_params,
+    max_abs_error,
+    run_steps,
 )
 
 STEPS = 200
@@ -36,7 +40,8 @@ LOSS_SCALE = 128.0  # a power of two: scaling the gradients by it is exact
 def lr_schedule():
     """A Keras schedule, passed as is to both (it is a function of the 0-based micro-step)."""
     return keras.optimizers.schedules.CosineDecay(
-        5e-3, decay_steps=STEPS, alpha=0.1, warmup_target=2e-2, warmup_steps=20)
+        5e-3, decay_steps=STEPS, alpha=0.1, warmup_target=2e-2, warmup_steps=20
+    )
 
 
 OPTIONS = {
@@ -48,21 +53,37 @@ OPTIONS = {
     "clipvalue": dict(learning_rate=1e-2, clipvalue=0.05),
     "global_clipnorm": dict(learning_rate=1e-2, global_clipnorm=1.0),
     "ema": dict(learning_rate=1e-2, use_ema=True, ema_momentum=0.9),
-    "ema_overwrite": dict(learning_rate=1e-2, use_ema=True, ema_momentum=0.8,
-                          ema_overwrite_frequency=7),
+    "ema_overwrite": dict(
+        learning_rate=1e-2, use_ema=True, ema_momentum=0.8, ema_overwrite_frequency=7
+    ),
     "loss_scale_factor": dict(learning_rate=1e-2, loss_scale_factor=LOSS_SCALE),
     "accumulation": dict(learning_rate=1e-2, gradient_accumulation_steps=3),
-    "exclude_from_weight_decay": dict(learning_rate=1e-2, weight_decay=0.3,
-                                      exclude_from_weight_decay=["^b", "scal"]),
+    "exclude_from_weight_decay": dict(
+        learning_rate=1e-2, weight_decay=0.3, exclude_from_weight_decay=["^b", "scal"]
+    ),
     "schedule": dict(learning_rate=lr_schedule, weight_decay=0.1),
     "accumulation_schedule_ema": dict(
-        learning_rate=lr_schedule, gradient_accumulation_steps=4, use_ema=True,
-        ema_momentum=0.9, global_clipnorm=2.0),
+        learning_rate=lr_schedule,
+        gradient_accumulation_steps=4,
+        use_ema=True,
+        ema_momentum=0.9,
+        global_clipnorm=2.0,
+    ),
     "everything": dict(
-        learning_rate=lr_schedule, weight_decay=0.2, beta_1=0.8, beta_2=0.99, epsilon=1e-6,
-        amsgrad=True, clipnorm=1.0, use_ema=True, ema_momentum=0.7, ema_overwrite_frequency=5,
-        loss_scale_factor=LOSS_SCALE, gradient_accumulation_steps=2,
-        exclude_from_weight_decay=["conv"]),
+        learning_rate=lr_schedule,
+        weight_decay=0.2,
+        beta_1=0.8,
+        beta_2=0.99,
+        epsilon=1e-6,
+        amsgrad=True,
+        clipnorm=1.0,
+        use_ema=True,
+        ema_momentum=0.7,
+        ema_overwrite_frequency=5,
+        loss_scale_factor=LOSS_SCALE,
+        gradient_accumulation_steps=2,
+        exclude_from_weight_decay=["conv"],
+    ),
 }
 
 
@@ -92,15 +113,19 @@ def keras_run(options: dict, grads: dict, dtype: str) -> tuple[list[dict], list[
         def step(carry, g):
             trainable, optimizer_variables = carry
             trainable, optimizer_variables = optimizer.stateless_apply(
-                optimizer_variables, list(g), trainable)
+                optimizer_variables, list(g), trainable
+            )
             return (trainable, optimizer_variables), (
-                trainable, [optimizer_variables[i] for i in averages])
+                trainable,
+                [optimizer_variables[i] for i in averages],
+            )
 
         return jax.lax.scan(step, (trainable, optimizer_variables), stacked)[1]
 
     stacked = [jnp.asarray(grads[k], dtype) for k in KEYS]
-    params, emas = run([v.value for v in variables], [v.value for v in optimizer.variables],
-                       stacked)
+    params, emas = run(
+        [v.value for v in variables], [v.value for v in optimizer.variables], stacked
+    )
     return _history(params), (_history(emas) if averages else None)
 
 

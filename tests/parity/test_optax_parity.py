@@ -21,14 +21,22 @@ MASK = {"w": True, "b": False, "scalar": False, "conv": True}
 SCHEDULE = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 30, STEPS, 1e-5)
 
 CASES = {
-    "adamw": (dict(learning_rate=1e-3, weight_decay=0.05),
-              lambda: optax.adamw(1e-3, weight_decay=0.05)),
-    "adamw_schedule_mask": (dict(learning_rate=SCHEDULE, weight_decay=0.1, mask=MASK),
-                            lambda: optax.adamw(SCHEDULE, weight_decay=0.1, mask=MASK)),
-    "adamw_eps_root": (dict(learning_rate=1e-3, eps_root=1e-10, b1=0.8, b2=0.99, weight_decay=0.0),
-                       lambda: optax.adamw(1e-3, b1=0.8, b2=0.99, eps_root=1e-10, weight_decay=0.0)),
-    "nadamw": (dict(learning_rate=2e-3, nesterov=True, weight_decay=0.02),
-               lambda: optax.nadamw(2e-3, weight_decay=0.02)),
+    "adamw": (
+        dict(learning_rate=1e-3, weight_decay=0.05),
+        lambda: optax.adamw(1e-3, weight_decay=0.05),
+    ),
+    "adamw_schedule_mask": (
+        dict(learning_rate=SCHEDULE, weight_decay=0.1, mask=MASK),
+        lambda: optax.adamw(SCHEDULE, weight_decay=0.1, mask=MASK),
+    ),
+    "adamw_eps_root": (
+        dict(learning_rate=1e-3, eps_root=1e-10, b1=0.8, b2=0.99, weight_decay=0.0),
+        lambda: optax.adamw(1e-3, b1=0.8, b2=0.99, eps_root=1e-10, weight_decay=0.0),
+    ),
+    "nadamw": (
+        dict(learning_rate=2e-3, nesterov=True, weight_decay=0.02),
+        lambda: optax.nadamw(2e-3, weight_decay=0.02),
+    ),
 }
 
 

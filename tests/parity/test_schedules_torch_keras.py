@@ -42,30 +42,69 @@ def assert_close(actual: np.ndarray, expected: np.ndarray) -> None:
     """Ours is float32 (a few ulps, 1.2e-7 relative each); torch's chained float64 updates and
     Keras's float32 add a few more. 2e-6 relative, with a floor of 16 ulps of the largest value
     for curves that reach 0, is an order above both and far below any one-step shift."""
-    np.testing.assert_allclose(actual, expected, rtol=2e-6,
-                               atol=16 * float(np.finfo(np.float32).eps) * float(np.max(np.abs(expected))))
+    np.testing.assert_allclose(
+        actual,
+        expected,
+        rtol=2e-6,
+        atol=16 * float(np.finfo(np.float32).eps) * float(np.max(np.abs(expected))),
+    )
 
 
 lr_scheduler = torch.optim.lr_scheduler
 TORCH = {
     "StepLR": (lambda o: lr_scheduler.StepLR(o, 40, 0.5), S.step_decay_schedule(LR, 0.5, 40)),
-    "MultiStepLR": (lambda o: lr_scheduler.MultiStepLR(o, [50, 120, 200], 0.2),
-                    S.piecewise_constant_schedule(LR, {50: 0.2, 120: 0.2, 200: 0.2})),
-    "ExponentialLR": (lambda o: lr_scheduler.ExponentialLR(o, 0.99), S.exponential_decay(LR, 1, 0.99)),
-    "CosineAnnealingLR": (lambda o: lr_scheduler.CosineAnnealingLR(o, STEPS, 1e-4),
-                          S.cosine_decay_schedule(LR, STEPS, 1e-4 / LR)),
+    "MultiStepLR": (
+        lambda o: lr_scheduler.MultiStepLR(o, [50, 120, 200], 0.2),
+        S.piecewise_constant_schedule(LR, {50: 0.2, 120: 0.2, 200: 0.2}),
+    ),
+    "ExponentialLR": (
+        lambda o: lr_scheduler.ExponentialLR(o, 0.99),
+        S.exponential_decay(LR, 1, 0.99),
+    ),
+    "CosineAnnealingLR": (
+        lambda o: lr_scheduler.CosineAnnealingLR(o, STEPS, 1e-4),
+        S.cosine_decay_schedule(LR, STEPS, 1e-4 / LR),
+    ),
     "CosineAnnealingWarmRestarts": (
         lambda o: lr_scheduler.CosineAnnealingWarmRestarts(o, 20, 2, 1e-3),
-        S.sgdr_schedule([dict(init_value=LR, peak_value=LR, warmup_steps=0, decay_steps=20 * 2**i,
-                              end_value=1e-3) for i in range(4)])),
-    "OneCycleLR": (lambda o: lr_scheduler.OneCycleLR(o, LR, total_steps=STEPS, pct_start=0.3),
-                   S.cosine_onecycle_schedule(STEPS - 1, LR, 0.3)),
+        S.sgdr_schedule(
+            [
+                dict(
+                    init_value=LR,
+                    peak_value=LR,
+                    warmup_steps=0,
+                    decay_steps=20 * 2**i,
+                    end_value=1e-3,
+                )
+                for i in range(4)
+            ]
+        ),
+    ),
+    "OneCycleLR": (
+        lambda o: lr_scheduler.OneCycleLR(o, LR, total_steps=STEPS, pct_start=0.3),
+        S.cosine_onecycle_schedule(STEPS - 1, LR, 0.3),
+    ),
     "OneCycleLR_linear_three_phase": (
-        lambda o: lr_scheduler.OneCycleLR(o, LR, total_steps=STEPS, pct_start=0.25, anneal_strategy="linear",
-                                          three_phase=True, div_factor=10.0, final_div_factor=100.0),
-        S.linear_onecycle_schedule(STEPS - 1, LR, 0.25, 0.495, 10.0, 100.0)),  # ⌊0.495·299⌋ = 148
-    "PolynomialLR": (lambda o: lr_scheduler.PolynomialLR(o, 250, 2.0), S.polynomial_schedule(LR, 0.0, 2.0, 250)),
-    "LinearLR": (lambda o: lr_scheduler.LinearLR(o, 0.1, 1.0, 30), S.linear_schedule(0.1 * LR, LR, 30)),
+        lambda o: lr_scheduler.OneCycleLR(
+            o,
+            LR,
+            total_steps=STEPS,
+            pct_start=0.25,
+            anneal_strategy="linear",
+            three_phase=True,
+            div_factor=10.0,
+            final_div_factor=100.0,
+        ),
+        S.linear_onecycle_schedule(STEPS - 1, LR, 0.25, 0.495, 10.0, 100.0),
+    ),  # ⌊0.495·299⌋ = 148
+    "PolynomialLR": (
+        lambda o: lr_scheduler.PolynomialLR(o, 250, 2.0),
+        S.polynomial_schedule(LR, 0.0, 2.0, 250),
+    ),
+    "LinearLR": (
+        lambda o: lr_scheduler.LinearLR(o, 0.1, 1.0, 30),
+        S.linear_schedule(0.1 * LR, LR, 30),
+    ),
 }
 
 
@@ -78,22 +117,46 @@ def test_schedule_matches_torch_lr_scheduler(name):
 schedules = keras.optimizers.schedules
 KERAS = {
     "ExponentialDecay": (schedules.ExponentialDecay(LR, 30, 0.6), S.exponential_decay(LR, 30, 0.6)),
-    "ExponentialDecay_staircase": (schedules.ExponentialDecay(LR, 30, 0.6, staircase=True),
-                                   S.exponential_decay(LR, 30, 0.6, staircase=True)),
-    "InverseTimeDecay": (schedules.InverseTimeDecay(LR, 25, 0.5), S.inverse_time_decay_schedule(LR, 0.5, 25)),
-    "InverseTimeDecay_staircase": (schedules.InverseTimeDecay(LR, 25, 0.5, staircase=True),
-                                   S.inverse_time_decay_schedule(LR, 0.5, 25, staircase=True)),
+    "ExponentialDecay_staircase": (
+        schedules.ExponentialDecay(LR, 30, 0.6, staircase=True),
+        S.exponential_decay(LR, 30, 0.6, staircase=True),
+    ),
+    "InverseTimeDecay": (
+        schedules.InverseTimeDecay(LR, 25, 0.5),
+        S.inverse_time_decay_schedule(LR, 0.5, 25),
+    ),
+    "InverseTimeDecay_staircase": (
+        schedules.InverseTimeDecay(LR, 25, 0.5, staircase=True),
+        S.inverse_time_decay_schedule(LR, 0.5, 25, staircase=True),
+    ),
     # Keras's boundaries close each piece on the right: value i up to and including b_i.
-    "PiecewiseConstantDecay": (schedules.PiecewiseConstantDecay([60, 150], [LR, 0.3 * LR, 0.05 * LR]),
-                               S.piecewise_constant_schedule(LR, {61: 0.3, 151: 0.05 / 0.3})),
-    "CosineDecay_warmup": (schedules.CosineDecay(0.0, 200, alpha=0.05, warmup_target=LR, warmup_steps=40),
-                           S.warmup_cosine_decay_schedule(0.0, LR, 40, 240, 0.05 * LR)),
+    "PiecewiseConstantDecay": (
+        schedules.PiecewiseConstantDecay([60, 150], [LR, 0.3 * LR, 0.05 * LR]),
+        S.piecewise_constant_schedule(LR, {61: 0.3, 151: 0.05 / 0.3}),
+    ),
+    "CosineDecay_warmup": (
+        schedules.CosineDecay(0.0, 200, alpha=0.05, warmup_target=LR, warmup_steps=40),
+        S.warmup_cosine_decay_schedule(0.0, LR, 40, 240, 0.05 * LR),
+    ),
     "CosineDecayRestarts": (
         schedules.CosineDecayRestarts(LR, 30, t_mul=2.0, m_mul=0.5, alpha=0.1),
-        S.sgdr_schedule([dict(init_value=p, peak_value=p, warmup_steps=0, decay_steps=30 * 2**i, end_value=0.1 * LR)
-                         for i, p in enumerate(LR * (0.9 * 0.5**i + 0.1) for i in range(4))])),
-    "PolynomialDecay": (schedules.PolynomialDecay(LR, 200, 1e-3, power=0.5),
-                        S.polynomial_schedule(LR, 1e-3, 0.5, 200)),
+        S.sgdr_schedule(
+            [
+                dict(
+                    init_value=p,
+                    peak_value=p,
+                    warmup_steps=0,
+                    decay_steps=30 * 2**i,
+                    end_value=0.1 * LR,
+                )
+                for i, p in enumerate(LR * (0.9 * 0.5**i + 0.1) for i in range(4))
+            ]
+        ),
+    ),
+    "PolynomialDecay": (
+        schedules.PolynomialDecay(LR, 200, 1e-3, power=0.5),
+        S.polynomial_schedule(LR, 1e-3, 0.5, 200),
+    ),
 }
 
 
@@ -112,8 +175,9 @@ def test_b1_schedule_matches_torch_onecycle_cycle_momentum():
     names = sorted(params)
     tensors = [torch.tensor(params[k], dtype=torch.float64, requires_grad=True) for k in names]
     optimizer = torch.optim.AdamW(tensors, lr=1e-2, betas=(0.95, 0.999), weight_decay=0.05)
-    scheduler = lr_scheduler.OneCycleLR(optimizer, 1e-2, total_steps=steps, pct_start=0.3,
-                                        base_momentum=0.85, max_momentum=0.95)
+    scheduler = lr_scheduler.OneCycleLR(
+        optimizer, 1e-2, total_steps=steps, pct_start=0.3, base_momentum=0.85, max_momentum=0.95
+    )
     expected = []
     for grad in grads:
         for tensor, k in zip(tensors, names):
@@ -122,15 +186,30 @@ def test_b1_schedule_matches_torch_onecycle_cycle_momentum():
         scheduler.step()
         expected.append({k: t.detach().numpy().copy() for k, t in zip(names, tensors)})
     momentum = S.piecewise_interpolate_schedule("cosine", 0.95, {29: 0.85 / 0.95, 99: 0.95 / 0.85})
-    ours_adamw = aw.adamw(S.cosine_onecycle_schedule(steps - 1, 1e-2, 0.3), b1=momentum, weight_decay=0.05)
-    assert max_abs_error(trajectory(ours_adamw, params, grads), expected) <= float32_tolerance(expected)
+    ours_adamw = aw.adamw(
+        S.cosine_onecycle_schedule(steps - 1, 1e-2, 0.3), b1=momentum, weight_decay=0.05
+    )
+    assert max_abs_error(trajectory(ours_adamw, params, grads), expected) <= float32_tolerance(
+        expected
+    )
 
 
-@pytest.mark.parametrize("options", [
-    dict(factor=0.5, patience=3, threshold=1e-4, threshold_mode="rel", cooldown=0, min_lr=0.0),
-    dict(factor=0.1, patience=0, threshold=0.05, threshold_mode="abs", cooldown=2, min_lr=1e-4),
-    dict(factor=0.3, patience=5, threshold=1e-2, threshold_mode="rel", cooldown=1, min_lr=0.0, eps=1e-3),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(factor=0.5, patience=3, threshold=1e-4, threshold_mode="rel", cooldown=0, min_lr=0.0),
+        dict(factor=0.1, patience=0, threshold=0.05, threshold_mode="abs", cooldown=2, min_lr=1e-4),
+        dict(
+            factor=0.3,
+            patience=5,
+            threshold=1e-2,
+            threshold_mode="rel",
+            cooldown=1,
+            min_lr=0.0,
+            eps=1e-3,
+        ),
+    ],
+)
 def test_reduce_on_plateau_matches_torch(options):
     rng = np.random.default_rng(7)
     losses = np.round(np.maximum(3.0 - np.cumsum(rng.uniform(-0.05, 0.1, 200)), 0.5) * 256) / 256
@@ -143,9 +222,14 @@ def test_reduce_on_plateau_matches_torch(options):
         expected.append(optimizer.param_groups[0]["lr"] / LR)
     relative = options["threshold_mode"] == "rel"
     transform = aw.reduce_on_plateau(
-        factor=options["factor"], patience=options["patience"], cooldown=options["cooldown"],
-        rtol=options["threshold"] if relative else 0.0, atol=0.0 if relative else options["threshold"],
-        min_scale=options["min_lr"] / LR, eps=options.get("eps", 1e-8) / LR)
+        factor=options["factor"],
+        patience=options["patience"],
+        cooldown=options["cooldown"],
+        rtol=options["threshold"] if relative else 0.0,
+        atol=0.0 if relative else options["threshold"],
+        min_scale=options["min_lr"] / LR,
+        eps=options.get("eps", 1e-8) / LR,
+    )
     params = {"w": jnp.ones(1)}
     update = jax.jit(lambda s, v: transform.update(params, s, params, value=v))
     state, scales = transform.init(params), []

@@ -55,8 +55,9 @@ def run_torch(tensors, optimizer, grads: Sequence[dict], scheduler=None) -> list
 
 def torch_trajectory(name: str, dtype: torch.dtype, scheduled: bool, **kwargs) -> list[dict]:
     tensors, optimizer = make_torch_optimizer(name, dtype, lr=LR, **kwargs)
-    scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, FACTORS.__getitem__)
-                 if scheduled else None)
+    scheduler = (
+        torch.optim.lr_scheduler.LambdaLR(optimizer, FACTORS.__getitem__) if scheduled else None
+    )
     return run_torch(tensors, optimizer, GRADS, scheduler)
 
 
@@ -110,8 +111,9 @@ def continue_jax(
     optimizer, params: dict, state, grads: Sequence[dict]
 ) -> tuple[list[dict], object]:
     """Continue an adamw_jax run from float32 ``(params, state)``, one jitted step at a time."""
-    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
-        *optimizer.update(g, s, p)))
+    step = jax.jit(
+        lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*optimizer.update(g, s, p))
+    )
     history = []
     for grad in grads:
         params, state = step(params, state, float32(grad))
@@ -156,8 +158,9 @@ def test_adamw_jax_run_continued_in_torch_matches_adamw_jax_all_the_way(name):
     jax_all, _ = continue_jax(preset, params, preset.init(params), grads)
 
     first_half, state = continue_jax(preset, params, preset.init(params), grads[:HANDOVER])
-    tensors, optimizer = make_torch_optimizer(name, torch.float32, first_half[-1], lr=LR,
-                                              **HANDOVER_RUN)
+    tensors, optimizer = make_torch_optimizer(
+        name, torch.float32, first_half[-1], lr=LR, **HANDOVER_RUN
+    )
     optimizer.load_state_dict(aw.presets.to_torch_state_dict(state, optimizer.state_dict()))
     second_half = run_torch(tensors, optimizer, grads[HANDOVER:])
 

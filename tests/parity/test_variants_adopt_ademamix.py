@@ -42,15 +42,27 @@ def test_adopt_matches_timm(weight_decay, scheduled):
     """timm's ``clip_exp`` is the exponent of ``clip_value_fn``; ``decoupled=True`` is the
     coupled decay here, skipped at the first step as timm."""
     adopt = timm_optim("adopt").Adopt
-    expected = torch_run(lambda ts: adopt(ts, lr=LR, clip_exp=0.333, weight_decay=weight_decay,
-                                          decoupled=True, foreach=False), scheduled=scheduled)
-    actual = trajectory(aw.adopt(schedule if scheduled else LR, weight_decay=weight_decay,
-                                 clip_value_fn=lambda k: k ** 0.333), PARAMS, GRADS)
+    expected = torch_run(
+        lambda ts: adopt(
+            ts, lr=LR, clip_exp=0.333, weight_decay=weight_decay, decoupled=True, foreach=False
+        ),
+        scheduled=scheduled,
+    )
+    actual = trajectory(
+        aw.adopt(
+            schedule if scheduled else LR,
+            weight_decay=weight_decay,
+            clip_value_fn=lambda k: k**0.333,
+        ),
+        PARAMS,
+        GRADS,
+    )
     _check(actual, expected)
 
 
-@pytest.mark.parametrize("options", [{}, dict(nesterov=True), dict(use_clipping=False),
-                                     dict(b1=0.5, b2=0.99, eps=1e-4)])
+@pytest.mark.parametrize(
+    "options", [{}, dict(nesterov=True), dict(use_clipping=False), dict(b1=0.5, b2=0.99, eps=1e-4)]
+)
 def test_adopt_matches_optax_contrib(options):
     expected = _x64(lambda: optax.contrib.adopt(schedule, **options))
     _check(trajectory(aw.adopt(schedule, **options), PARAMS, GRADS), expected)
@@ -70,10 +82,15 @@ B3 = optax.linear_schedule(0.9, 0.999, 100)  # a β3 warm-up, as the paper's T_�
 ALPHA = optax.linear_schedule(0.0, 5.0, 100)  # an α warm-up
 
 
-@pytest.mark.parametrize("options", [
-    {}, dict(weight_decay=0.1, mask={"w": True, "b": False, "scalar": True, "conv": False}),
-    dict(b3=B3, alpha=ALPHA), dict(b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-12),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        dict(weight_decay=0.1, mask={"w": True, "b": False, "scalar": True, "conv": False}),
+        dict(b3=B3, alpha=ALPHA),
+        dict(b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-12),
+    ],
+)
 def test_ademamix_matches_optax_contrib(options):
     expected = _x64(lambda: optax.contrib.ademamix(schedule, **options))
     _check(trajectory(aw.ademamix(schedule, **options), PARAMS, GRADS), expected)
@@ -91,20 +108,24 @@ def test_ademamix_matches_the_paper():
             m1[k] = b1 * m1[k] + (1 - b1) * g
             m2[k] = b3 * m2[k] + (1 - b3) * g
             nu[k] = b2 * nu[k] + (1 - b2) * g * g
-            direction = (m1[k] / (1 - b1**t) + alpha * m2[k]) / (np.sqrt(nu[k] / (1 - b2**t))
-                                                                 + eps)
+            direction = (m1[k] / (1 - b1**t) + alpha * m2[k]) / (np.sqrt(nu[k] / (1 - b2**t)) + eps)
             theta[k] = theta[k] - eta * (direction + weight_decay * theta[k])
         expected.append({k: x.copy() for k, x in theta.items()})
-    actual = trajectory(aw.ademamix(schedule, b3=B3, alpha=ALPHA, weight_decay=weight_decay),
-                        PARAMS, GRADS)
+    actual = trajectory(
+        aw.ademamix(schedule, b3=B3, alpha=ALPHA, weight_decay=weight_decay), PARAMS, GRADS
+    )
     _check(actual, expected)
 
 
 def test_arguments_are_checked():
-    for build, name, bad in ((aw.adopt, "b2", 1.0), (aw.adopt, "eps", -1.0),
-                             (aw.ademamix, "b3", 1.0), (aw.ademamix, "alpha", float("inf")),
-                             (aw.adopt, "learning_rate", -1.0), (aw.ademamix, "weight_decay",
-                                                                  -0.1)):
+    for build, name, bad in (
+        (aw.adopt, "b2", 1.0),
+        (aw.adopt, "eps", -1.0),
+        (aw.ademamix, "b3", 1.0),
+        (aw.ademamix, "alpha", float("inf")),
+        (aw.adopt, "learning_rate", -1.0),
+        (aw.ademamix, "weight_decay", -0.1),
+    ):
         with pytest.raises(ValueError, match=name):
             build(**{"learning_rate": LR, name: bad})
     with pytest.raises(TypeError, match="nesterov"):
@@ -122,8 +143,9 @@ def test_ademamix_warmup_schedules_are_the_papers():
     counts = np.arange(80)
     fraction = np.minimum((counts + 1) / 50, 1.0)
     np.testing.assert_allclose(jax.vmap(alpha)(counts), 8.0 * fraction, rtol=1e-6)
-    expected = np.exp(np.log(0.9) * np.log(0.9999)
-                      / ((1 - fraction) * np.log(0.9999) + fraction * np.log(0.9)))
+    expected = np.exp(
+        np.log(0.9) * np.log(0.9999) / ((1 - fraction) * np.log(0.9999) + fraction * np.log(0.9))
+    )
     ours = np.asarray(jax.vmap(b3)(counts), np.float64)
     np.testing.assert_allclose(1 - ours, 1 - expected, rtol=2e-3)  # 1-β3 to float32's 1e-7/1e-4
     half_lives = np.log(0.5) / np.log(expected)

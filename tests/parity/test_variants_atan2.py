@@ -28,10 +28,14 @@ OPTIONS = {
     "defaults": ({}, {}),
     "decay": (dict(weight_decay=0.1, betas=(0.8, 0.95)), dict(weight_decay=0.1, b1=0.8, b2=0.95)),
     # AdamAtan2 divides weight_decay by the constructor lr: its λ is the decoupled one
-    "decoupled": (dict(weight_decay=1e-3, decoupled_wd=True),
-                  dict(weight_decay=1e-3, weight_decay_mode="decoupled", peak_learning_rate=LR)),
-    "cautious_wd": (dict(weight_decay=0.5, cautious_wd=True),
-                    dict(weight_decay=0.5, cautious_weight_decay=True)),
+    "decoupled": (
+        dict(weight_decay=1e-3, decoupled_wd=True),
+        dict(weight_decay=1e-3, weight_decay_mode="decoupled", peak_learning_rate=LR),
+    ),
+    "cautious_wd": (
+        dict(weight_decay=0.5, cautious_wd=True),
+        dict(weight_decay=0.5, cautious_weight_decay=True),
+    ),
 }
 
 
@@ -55,9 +59,10 @@ def test_atan2_matches_adam_atan2_pytorch(option, scheduled):
 def test_scale_constants_match():
     expected = torch_run(lambda ts: AdamAtan2(ts, lr=LR, a=1.0, b=2.0, weight_decay=0.05))
     chain = optax.chain(
-        aw.scale_by_adam(0.9, 0.99, eps_mode="atan2", atan2_scale=1.0,
-                         atan2_denominator_scale=2.0),
-        aw.add_decayed_weights(0.05), aw.scale_by_learning_rate(LR))
+        aw.scale_by_adam(0.9, 0.99, eps_mode="atan2", atan2_scale=1.0, atan2_denominator_scale=2.0),
+        aw.add_decayed_weights(0.05),
+        aw.scale_by_learning_rate(LR),
+    )
     actual = trajectory(chain, PARAMS, GRADS)
     assert max_abs_error(actual, expected) <= float32_tolerance(expected)
 

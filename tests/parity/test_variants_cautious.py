@@ -35,16 +35,18 @@ OPTIONS = {
 
 def _timm_caution(options: dict, scheduled: bool) -> list[dict]:
     legacy = timm_optim("adamw").AdamWLegacy
-    return torch_run(lambda ts: legacy(ts, lr=LR, caution=True, foreach=False, **options),
-                     scheduled=scheduled)
+    return torch_run(
+        lambda ts: legacy(ts, lr=LR, caution=True, foreach=False, **options), scheduled=scheduled
+    )
 
 
 def _ours(options: dict, scheduled: bool, **variant) -> list[dict]:
     options = dict(options)
     b1, b2 = options.pop("betas", (0.9, 0.999))
     lr = (lambda step: LR * lr_factor(step)) if scheduled else LR
-    return trajectory(aw.adamw(lr, b1, b2, options.pop("eps", 1e-8), **options, **variant),
-                      PARAMS, GRADS)
+    return trajectory(
+        aw.adamw(lr, b1, b2, options.pop("eps", 1e-8), **options, **variant), PARAMS, GRADS
+    )
 
 
 @pytest.mark.parametrize("scheduled", [False, True])
@@ -84,11 +86,15 @@ def _cautious_weight_decay_reference(lr, b1, b2, eps, weight_decay, steps, mode)
 def test_cautious_weight_decay_matches_the_paper(mode, scheduled):
     weight_decay = 0.5 if mode == "coupled" else 2e-3
     rate = (lambda step: LR * float(lr_factor(step))) if scheduled else (lambda step: LR)
-    expected = _cautious_weight_decay_reference(rate, 0.9, 0.999, 1e-8, weight_decay,
-                                                len(GRADS), mode)
+    expected = _cautious_weight_decay_reference(
+        rate, 0.9, 0.999, 1e-8, weight_decay, len(GRADS), mode
+    )
     schedule = (lambda step: LR * lr_factor(step)) if scheduled else LR
-    kwargs = dict(weight_decay=weight_decay, weight_decay_mode=mode,
-                  peak_learning_rate=LR if mode == "decoupled" else None)
+    kwargs = dict(
+        weight_decay=weight_decay,
+        weight_decay_mode=mode,
+        peak_learning_rate=LR if mode == "decoupled" else None,
+    )
     actual = trajectory(aw.adamw(schedule, **kwargs, cautious_weight_decay=True), PARAMS, GRADS)
     error, tolerance = max_abs_error(actual, expected), float32_tolerance(expected)
     assert error <= tolerance, (error, tolerance)
@@ -99,21 +105,24 @@ def test_cautious_weight_decay_matches_the_paper(mode, scheduled):
 def test_cautious_weight_decay_respects_the_mask():
     """Undecayed leaves (mask False) are plain Adam, cautious or not."""
     mask = {k: k != "w" for k in PARAMS}
-    ours = trajectory(aw.adamw(LR, weight_decay=0.5, mask=mask, cautious_weight_decay=True),
-                      PARAMS, GRADS[:20])
+    ours = trajectory(
+        aw.adamw(LR, weight_decay=0.5, mask=mask, cautious_weight_decay=True), PARAMS, GRADS[:20]
+    )
     adam = trajectory(aw.adam(LR), PARAMS, GRADS[:20])
     np.testing.assert_array_equal(ours[-1]["w"], adam[-1]["w"])
     assert not np.array_equal(ours[-1]["b"], adam[-1]["b"])
 
 
-vectors = hnp.arrays(np.float32, st.integers(1, 40),
-                     elements=st.floats(-4, 4, width=32, allow_subnormal=False))
+vectors = hnp.arrays(
+    np.float32, st.integers(1, 40), elements=st.floats(-4, 4, width=32, allow_subnormal=False)
+)
 
 
 def _constant_direction(u: np.ndarray) -> optax.GradientTransformation:
     """An inner transformation whose direction is ``u`` whatever the gradient."""
-    return optax.GradientTransformation(lambda params: optax.EmptyState(),
-                                        lambda g, state, params=None: (jnp.asarray(u), state))
+    return optax.GradientTransformation(
+        lambda params: optax.EmptyState(), lambda g, state, params=None: (jnp.asarray(u), state)
+    )
 
 
 @given(vectors, st.data())

@@ -25,17 +25,33 @@ def schedule(step):
 
 def _timm(scheduled: bool, **options) -> list[dict]:
     legacy = timm_optim("adamw").AdamWLegacy
-    return torch_run(lambda ts: legacy(ts, lr=LR, weight_decay=WEIGHT_DECAY, foreach=False,
-                                       corrected_weight_decay=True, **options),
-                     scheduled=scheduled)
+    return torch_run(
+        lambda ts: legacy(
+            ts,
+            lr=LR,
+            weight_decay=WEIGHT_DECAY,
+            foreach=False,
+            corrected_weight_decay=True,
+            **options,
+        ),
+        scheduled=scheduled,
+    )
 
 
 @pytest.mark.parametrize("variant", [{}, dict(cautious=True), dict(fused=True)])
 def test_corrected_decay_matches_timm(variant):
     expected = _timm(True, caution=variant.get("cautious", False))
-    actual = trajectory(aw.adamw(schedule, weight_decay=WEIGHT_DECAY,
-                                 weight_decay_mode="corrected", peak_learning_rate=LR,
-                                 **variant), PARAMS, GRADS)
+    actual = trajectory(
+        aw.adamw(
+            schedule,
+            weight_decay=WEIGHT_DECAY,
+            weight_decay_mode="corrected",
+            peak_learning_rate=LR,
+            **variant,
+        ),
+        PARAMS,
+        GRADS,
+    )
     error, tolerance = max_abs_error(actual, expected), float32_tolerance(expected)
     assert error <= tolerance, (error, tolerance)
     coupled = trajectory(aw.adamw(schedule, weight_decay=WEIGHT_DECAY, **variant), PARAMS, GRADS)
@@ -45,8 +61,9 @@ def test_corrected_decay_matches_timm(variant):
 def test_constant_rate_is_coupled_decay():
     """With a float learning rate ``η_t = η_peak``: ``λ·η²/η = λ·η``, torch's coupled decay."""
     expected = _timm(False)
-    corrected = trajectory(aw.adamw(LR, weight_decay=WEIGHT_DECAY,
-                                    weight_decay_mode="corrected"), PARAMS, GRADS)
+    corrected = trajectory(
+        aw.adamw(LR, weight_decay=WEIGHT_DECAY, weight_decay_mode="corrected"), PARAMS, GRADS
+    )
     coupled = trajectory(aw.adamw(LR, weight_decay=WEIGHT_DECAY), PARAMS, GRADS)
     assert max_abs_error(corrected, expected) <= float32_tolerance(expected)
     np.testing.assert_array_equal(corrected[-1]["w"], coupled[-1]["w"])
@@ -55,9 +72,17 @@ def test_constant_rate_is_coupled_decay():
 def test_a_weight_decay_schedule_and_mask():
     """``λ_t`` may be a schedule, and the mask keeps the other leaves plain Adam."""
     mask = {k: k == "w" for k in PARAMS}
-    ours = trajectory(aw.adamw(schedule, weight_decay=lambda step: WEIGHT_DECAY * lr_factor(step),
-                               weight_decay_mode="corrected", peak_learning_rate=LR, mask=mask),
-                      PARAMS, GRADS[:50])
+    ours = trajectory(
+        aw.adamw(
+            schedule,
+            weight_decay=lambda step: WEIGHT_DECAY * lr_factor(step),
+            weight_decay_mode="corrected",
+            peak_learning_rate=LR,
+            mask=mask,
+        ),
+        PARAMS,
+        GRADS[:50],
+    )
     adam = trajectory(aw.adam(schedule), PARAMS, GRADS[:50])
     np.testing.assert_array_equal(ours[-1]["b"], adam[-1]["b"])
     theta, m, v, history = dict(PARAMS)["w"].copy(), 0.0, 0.0, []

@@ -35,21 +35,24 @@ def leaf_ulps(actual: list[dict], expected: list[dict]) -> float:
     for ours, theirs in zip(actual, expected):
         for k in ours:
             ulp = float(jnp.finfo(jnp.bfloat16).eps) * 2.0 ** np.floor(
-                np.log2(max(np.max(np.abs(theirs[k])), 2.0**-126)))
+                np.log2(max(np.max(np.abs(theirs[k])), 2.0**-126))
+            )
             worst = max(worst, float(np.max(np.abs(ours[k] - theirs[k]))) / ulp)
     return worst
 
 
 def _optimi(dtype, **options):
-    return torch_run(lambda ts: optimi.StableAdamW(ts, lr=LR, foreach=False, triton=False,
-                                                   **options), dtype)
+    return torch_run(
+        lambda ts: optimi.StableAdamW(ts, lr=LR, foreach=False, triton=False, **options), dtype
+    )
 
 
 def test_bf16_parameters_follow_the_float64_run_within_an_ulp():
     exact = _optimi(torch.float64)
     ours = trajectory(aw.presets.optimi_stable_adamw(LR), PARAMS, GRADS, dtype=jnp.bfloat16)
-    plain = trajectory(aw.presets.optimi_stable_adamw(LR, kahan_sum=False), PARAMS, GRADS,
-                       dtype=jnp.bfloat16)
+    plain = trajectory(
+        aw.presets.optimi_stable_adamw(LR, kahan_sum=False), PARAMS, GRADS, dtype=jnp.bfloat16
+    )
     theirs = _optimi(torch.bfloat16, kahan_sum=True)
     assert leaf_ulps(ours, exact) <= KAHAN_BOUND
     assert leaf_ulps(theirs, exact) <= KAHAN_BOUND  # the bound is one optimi meets too
@@ -59,12 +62,17 @@ def test_bf16_parameters_follow_the_float64_run_within_an_ulp():
 
 def test_adamw_with_a_schedule_mask_and_float32_moments():
     schedule = optax.warmup_cosine_decay_schedule(0.0, LR, 20, len(GRADS))
-    kwargs = dict(weight_decay=0.1, mask={k: k == "w" for k in PARAMS}, mu_dtype=jnp.float32,
-                  nu_dtype=jnp.float32)
+    kwargs = dict(
+        weight_decay=0.1,
+        mask={k: k == "w" for k in PARAMS},
+        mu_dtype=jnp.float32,
+        nu_dtype=jnp.float32,
+    )
     with jax.enable_x64(True):
         exact = trajectory(aw.adamw(schedule, **kwargs), PARAMS, GRADS, dtype=jnp.float64)
-    ours = trajectory(aw.adamw(schedule, **kwargs, kahan_summation=True), PARAMS, GRADS,
-                      dtype=jnp.bfloat16)
+    ours = trajectory(
+        aw.adamw(schedule, **kwargs, kahan_summation=True), PARAMS, GRADS, dtype=jnp.bfloat16
+    )
     plain = trajectory(aw.adamw(schedule, **kwargs), PARAMS, GRADS, dtype=jnp.bfloat16)
     assert leaf_ulps(ours, exact) <= KAHAN_BOUND < leaf_ulps(plain, exact)
 
@@ -75,8 +83,11 @@ def test_float32_parameters_are_untouched_and_memory_is_reported():
     for a, b in zip(ours, plain):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
-    mixed = {"w": jnp.zeros((6, 5), jnp.bfloat16), "b": jnp.zeros(5, jnp.float32),
-             "h": jnp.zeros(7, jnp.float16)}
+    mixed = {
+        "w": jnp.zeros((6, 5), jnp.bfloat16),
+        "b": jnp.zeros(5, jnp.float32),
+        "h": jnp.zeros(7, jnp.float16),
+    }
     state = aw.adamw(1e-2, kahan_summation=True).init(mixed)
     assert aw.kahan_compensation_bytes(state) == 2 * (30 + 7)
     assert aw.kahan_compensation_bytes(aw.adamw(1e-2).init(mixed)) == 0
@@ -90,9 +101,10 @@ def test_accumulates_updates_far_below_an_ulp(fraction, steps, start):
     ulp = float(jnp.finfo(jnp.bfloat16).eps) * 2.0 ** np.floor(np.log2(float(theta0[0])))
     u = fraction * ulp / 2
     inner = optax.GradientTransformation(
-        lambda p: optax.EmptyState(),
-        lambda g, s, p=None: (jnp.full_like(g, u, jnp.float32), s))
+        lambda p: optax.EmptyState(), lambda g, s, p=None: (jnp.full_like(g, u, jnp.float32), s)
+    )
     optimizer = aw.kahan.kahan_summation(inner)
+
     @jax.jit
     def step(p, s):
         updates, s = optimizer.update(p, s, p)

@@ -33,8 +33,10 @@ OPTIONS = {
 
 
 def _optimi(options: dict, scheduled: bool) -> list[dict]:
-    return torch_run(lambda ts: optimi.StableAdamW(ts, lr=LR, foreach=False, triton=False,
-                                                   **options), scheduled=scheduled)
+    return torch_run(
+        lambda ts: optimi.StableAdamW(ts, lr=LR, foreach=False, triton=False, **options),
+        scheduled=scheduled,
+    )
 
 
 def _schedule(scheduled: bool):
@@ -48,18 +50,25 @@ def test_preset_matches_optimi_stable_adamw(option, scheduled):
     expected = _optimi(options, scheduled)
     if scheduled and options.get("decouple_lr"):
         options["max_lr"] = LR  # optimi takes the constructor lr; a schedule needs it named
-    actual = trajectory(aw.presets.optimi_stable_adamw(_schedule(scheduled), **options),
-                        PARAMS, GRADS)
+    actual = trajectory(
+        aw.presets.optimi_stable_adamw(_schedule(scheduled), **options), PARAMS, GRADS
+    )
     error, tolerance = max_abs_error(actual, expected), float32_tolerance(expected)
     assert error <= tolerance, (error, tolerance)
     # the clipping is active on this stream (gradient scale jumps by up to four decades)
     unclipped = dict(options, betas=options.get("betas", (0.9, 0.99)))
-    plain = trajectory(aw.adamw(_schedule(scheduled), *unclipped["betas"],
-                                unclipped.get("eps", 1e-6),
-                                weight_decay=unclipped.get("weight_decay", 1e-2),
-                                weight_decay_mode="decoupled" if options.get("decouple_lr")
-                                else "coupled", peak_learning_rate=options.get("max_lr")),
-                       PARAMS, GRADS)
+    plain = trajectory(
+        aw.adamw(
+            _schedule(scheduled),
+            *unclipped["betas"],
+            unclipped.get("eps", 1e-6),
+            weight_decay=unclipped.get("weight_decay", 1e-2),
+            weight_decay_mode="decoupled" if options.get("decouple_lr") else "coupled",
+            peak_learning_rate=options.get("max_lr"),
+        ),
+        PARAMS,
+        GRADS,
+    )
     assert max_abs_error(plain, expected) > 100 * tolerance
 
 
@@ -78,8 +87,9 @@ def _stable_adamw_reference(threshold, b1, b2, eps, weight_decay, steps):
             m_hat, v_hat = m[k] / (1 - b1**t), v[k] / (1 - b2**t)
             rms = np.sqrt(np.mean(g * g / np.maximum(v_hat, eps * eps)))
             eta = LR / max(1.0, rms / threshold)
-            theta[k] = theta[k] - eta * weight_decay * theta[k] - eta * m_hat / (np.sqrt(v_hat)
-                                                                                 + eps)
+            theta[k] = (
+                theta[k] - eta * weight_decay * theta[k] - eta * m_hat / (np.sqrt(v_hat) + eps)
+            )
         history.append({k: x.copy() for k, x in theta.items()})
     return history
 
@@ -87,8 +97,9 @@ def _stable_adamw_reference(threshold, b1, b2, eps, weight_decay, steps):
 @pytest.mark.parametrize("threshold", [0.5, 2.0])
 def test_threshold_matches_the_paper(threshold):
     expected = _stable_adamw_reference(threshold, 0.9, 0.999, 1e-8, 0.05, len(GRADS))
-    actual = trajectory(aw.adamw(LR, weight_decay=0.05, rms_clip_threshold=threshold),
-                        PARAMS, GRADS)
+    actual = trajectory(
+        aw.adamw(LR, weight_decay=0.05, rms_clip_threshold=threshold), PARAMS, GRADS
+    )
     error, tolerance = max_abs_error(actual, expected), float32_tolerance(expected)
     assert error <= tolerance, (error, tolerance)
 
@@ -97,14 +108,22 @@ def test_adam_low_precision_moments_and_a_mask_run():
     """``adam`` takes the option too; bfloat16 moments and a decay mask keep it finite and the
     clip bounded: every tensor's step RMS is at most η·RMS(m̂/√v̂)."""
     params = {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()}
-    for optimizer in (aw.adam(LR, rms_clip_threshold=1.0, mu_dtype=jnp.bfloat16),
-                      aw.adamw(LR, rms_clip_threshold=1.0, nu_dtype=jnp.bfloat16,
-                               mask={k: k == "w" for k in PARAMS}, amsgrad=True)):
+    for optimizer in (
+        aw.adam(LR, rms_clip_threshold=1.0, mu_dtype=jnp.bfloat16),
+        aw.adamw(
+            LR,
+            rms_clip_threshold=1.0,
+            nu_dtype=jnp.bfloat16,
+            mask={k: k == "w" for k in PARAMS},
+            amsgrad=True,
+        ),
+    ):
         state = optimizer.init(params)
         update = jax.jit(optimizer.update)
         for grads in GRADS[:30]:
-            updates, state = update({k: jnp.asarray(g, jnp.float32) for k, g in grads.items()},
-                                    state, params)
+            updates, state = update(
+                {k: jnp.asarray(g, jnp.float32) for k, g in grads.items()}, state, params
+            )
             params = aw.apply_updates(params, updates)
         assert all(np.isfinite(np.asarray(p)).all() for p in params.values())
 

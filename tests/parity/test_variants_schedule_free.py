@@ -41,21 +41,25 @@ def _schedulefree(**options) -> tuple[list[dict], list[dict]]:
     return ys, xs
 
 
-def _ours(optimizer, dtype=jnp.float32, eval_params=aw.schedule_free_eval_params
-          ) -> tuple[list[dict], list[dict]]:
+def _ours(
+    optimizer, dtype=jnp.float32, eval_params=aw.schedule_free_eval_params
+) -> tuple[list[dict], list[dict]]:
     def run(params, grads):
         def step(carry, g):
             p, state = carry
             updates, state = optimizer.update(g, state, p)
             p = optax.apply_updates(p, updates)
             return (p, state), (p, eval_params(state, p))
+
         return jax.lax.scan(step, (params, optimizer.init(params)), grads)[1]
 
     p0 = {k: jnp.asarray(v, dtype) for k, v in PARAMS.items()}
     stacked = {k: jnp.asarray(np.stack([g[k] for g in GRADS]), dtype) for k in PARAMS}
     ys, xs = jax.device_get(jax.jit(run)(p0, stacked))
-    unstack = lambda tree: [{k: np.asarray(tree[k][i], np.float64) for k in PARAMS}  # noqa: E731
-                            for i in range(len(GRADS))]
+
+    def unstack(tree):
+        return [{k: np.asarray(tree[k][i], np.float64) for k in PARAMS} for i in range(len(GRADS))]
+
     return unstack(ys), unstack(xs)
 
 
@@ -77,8 +81,11 @@ def test_matches_schedulefree(option):
     options = dict(OPTIONS[option])
     b1, b2 = options.pop("betas", (0.9, 0.999))
     expected = _schedulefree(betas=(b1, b2), **options)
-    actual = _ours(aw.schedule_free_adamw(LR, options.pop("warmup_steps", None), b1, b2,
-                                          options.pop("eps", 1e-8), **options))
+    actual = _ours(
+        aw.schedule_free_adamw(
+            LR, options.pop("warmup_steps", None), b1, b2, options.pop("eps", 1e-8), **options
+        )
+    )
     _check(actual, expected)
 
 
@@ -87,8 +94,11 @@ def test_matches_optax_contrib_at_a_constant_rate(options):
     """Under warmup optax.contrib differs by design (its averaging weights take the schedule
     one step ahead of its step: see the module docstring); at a constant rate it is the same."""
     with jax.enable_x64(True):
-        expected = _ours(optax.contrib.schedule_free_adamw(LR, **options), jnp.float64,
-                         optax.contrib.schedule_free_eval_params)
+        expected = _ours(
+            optax.contrib.schedule_free_adamw(LR, **options),
+            jnp.float64,
+            optax.contrib.schedule_free_eval_params,
+        )
     _check(_ours(aw.schedule_free_adamw(LR, **options)), expected)
 
 
@@ -96,10 +106,17 @@ def test_state_dtype_and_arguments():
     ys, _ = _ours(aw.schedule_free_adamw(LR, state_dtype=jnp.bfloat16))
     assert np.all(np.isfinite(ys[-1]["w"]))
     state = aw.schedule_free_adamw(LR, state_dtype=jnp.bfloat16).init(
-        {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()})
+        {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()}
+    )
     assert state.z["w"].dtype == jnp.bfloat16
-    for kwargs in (dict(b1=0.0), dict(b1=1.0), dict(learning_rate=-1.0), dict(warmup_steps=0),
-                   dict(weight_decay=-0.1), dict(eps=float("inf"))):
+    for kwargs in (
+        dict(b1=0.0),
+        dict(b1=1.0),
+        dict(learning_rate=-1.0),
+        dict(warmup_steps=0),
+        dict(weight_decay=-0.1),
+        dict(eps=float("inf")),
+    ):
         with pytest.raises(ValueError):
             aw.schedule_free_adamw(**kwargs)
     with pytest.raises(TypeError, match="warmup_steps"):

@@ -42,6 +42,7 @@ def torch_run(
     learning rate times ``test_torch_parity``'s warmup-cosine factor, through ``LambdaLR``)."""
     tensors = [torch.tensor(params[k], dtype=dtype, requires_grad=True) for k in KEYS]
     optimizer = make(tensors)
-    scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, FACTORS.__getitem__)
-                 if scheduled else None)
+    scheduler = (
+        torch.optim.lr_scheduler.LambdaLR(optimizer, FACTORS.__getitem__) if scheduled else None
+    )
     return run_torch(tensors, optimizer, grads, scheduler)
