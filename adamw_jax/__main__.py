@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command_line = parser()
     arguments = command_line.parse_args(argv)
     try:  # imported here so that --help answers at once
-        from adamw_jax import _demo
+        from adamw_jax.demo import run as _demo
     except ModuleNotFoundError as error:
         command_line.exit(
             2,

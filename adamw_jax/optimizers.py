@@ -21,15 +21,15 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax._masking import Mask
-from adamw_jax.cautious import add_cautious_decayed_weights, scale_by_cautious_mask
 from adamw_jax.fused import FusedTransformation, fused_adam_family
-from adamw_jax.kahan import kahan_summation as kahan_summation_of
-from adamw_jax.learning_rate import scale_by_learning_rate
 from adamw_jax.lowbit import low_precision_params
-from adamw_jax.moments import scale_by_adam
-from adamw_jax.rms_clip import clip_by_update_rms
-from adamw_jax.weight_decay import add_decayed_weights, decoupled_weight_decay
+from adamw_jax.lowbit.kahan import kahan_summation as kahan_summation_of
+from adamw_jax.transforms._masking import Mask
+from adamw_jax.transforms.learning_rate import scale_by_learning_rate
+from adamw_jax.transforms.moments import scale_by_adam
+from adamw_jax.transforms.weight_decay import add_decayed_weights, decoupled_weight_decay
+from adamw_jax.variants.cautious import add_cautious_decayed_weights, scale_by_cautious_mask
+from adamw_jax.variants.rms_clip import clip_by_update_rms
 
 WEIGHT_DECAY_MODES = ("coupled", "decoupled", "corrected")
 
@@ -379,15 +379,15 @@ def adamw(
         parameters from them (see ``adamw_jax.lowbit.low_precision_params``).
       cautious: C-AdamW (Liang et al. 2024): drop the coordinates of the Adam direction that
         disagree in sign with the gradient, rescale by the kept fraction (see
-        ``adamw_jax.cautious.scale_by_cautious_mask``).
+        ``adamw_jax.variants.cautious.scale_by_cautious_mask``).
       cautious_weight_decay: decay only where ``θ`` and the update agree in sign (Chen et al.
-        2025; see ``adamw_jax.cautious.add_cautious_decayed_weights``).
+        2025; see ``adamw_jax.variants.cautious.add_cautious_decayed_weights``).
       rms_clip_threshold: StableAdamW's update clipping: each tensor's step (decay included)
         divided by ``max(1, RMS(g²/v̂)/threshold)``; ``None`` (default) off, else finite > 0
-        (see ``adamw_jax.rms_clip.clip_by_update_rms``).
+        (see ``adamw_jax.variants.rms_clip.clip_by_update_rms``).
       kahan_summation: Kahan-compensated bf16/f16 parameters (torch-optimi's ``kahan_sum``):
         a buffer of the parameter dtype (2 bytes per bf16 parameter) keeps what rounding lost
-        (see ``adamw_jax.kahan``); exclusive with ``stochastic_rounding``/``master_weights``.
+        (see ``adamw_jax.lowbit.kahan``); exclusive with ``stochastic_rounding``/``master_weights``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; apply its updates with

@@ -1,4 +1,4 @@
-"""Training evidence for low-precision AdamW: the char transformer (``adamw_jax._char_transformer``)
+"""Training evidence for low-precision AdamW: the char transformer (``adamw_jax.demo.char_transformer``)
 trained from the same seed on the same batches with float32, bf16 and int8 optimizer states, and
 with bf16 parameters (stochastic rounding, master weights, plain nearest rounding).
 
@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import adamw_jax as aw  # noqa: E402
-from adamw_jax import _char_transformer as ct  # noqa: E402
-from adamw_jax._demo import smoothed  # noqa: E402
+from adamw_jax.demo import char_transformer as ct  # noqa: E402
+from adamw_jax.demo.run import smoothed  # noqa: E402
 
 # name: (parameter storage dtype, adamw keyword arguments)
 RUNS = {

@@ -48,14 +48,14 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+import adamw_jax.flax  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from flax import nnx  # noqa: E402
 
 import adamw_jax as aw  # noqa: E402
-import adamw_jax.flax  # noqa: E402
-from flax import nnx  # noqa: E402
 
 BYTES_PER_PARAM = 28
 NNX_OPTAX = "nnx.Optimizer, optax.adamw"

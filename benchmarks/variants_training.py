@@ -20,8 +20,8 @@ import numpy as np
 import optax
 
 import adamw_jax as aw
-from adamw_jax import _char_transformer as ct
-from adamw_jax import _demo as demo
+from adamw_jax.demo import char_transformer as ct
+from adamw_jax.demo import run as demo
 
 
 def variants(config: demo.DemoConfig) -> dict[str, optax.GradientTransformation]:

@@ -66,8 +66,26 @@ def _documented(api_dir: Path) -> tuple[set[str], set[str]]:
     )
 
 
+def _resolved(package: griffe.Module, paths: set[str]) -> set[str]:
+    """``paths`` and the objects they name through re-exports (``adamw_jax.flat`` is
+    ``adamw_jax.fused.flat``)."""
+    targets = set(paths)
+    for path in paths:
+        parts = path.split(".")
+        if parts[0] != package.path:
+            continue
+        try:
+            targets.add(
+                _target(package.get_member(".".join(parts[1:]))).path if parts[1:] else path
+            )
+        except (KeyError, griffe.AliasResolutionError):
+            pass  # a name mkdocstrings reports itself
+    return targets
+
+
 def _problems(package: griffe.Module, documented: set[str], with_members: set[str]) -> list[str]:
     problems = []
+    documented, with_members = _resolved(package, documented), _resolved(package, with_members)
     top_level = {
         _target(package.members[name]).path
         for name in _public_names(package)
@@ -94,6 +112,7 @@ def _problems(package: griffe.Module, documented: set[str], with_members: set[st
                 {path, target.path} & documented
                 or module.path in with_members
                 or target.path in top_level
+                or (target.parent is not None and target.parent.path in with_members)
             ):
                 problems.append(f"{path} is in no ::: block of docs/api/")
     return problems

@@ -7,9 +7,9 @@ with warmup-cosine AdamW, side by side with optax.adamw from the same seed on th
 This is what ``python -m adamw_jax demo`` runs, with every size exposed. The pieces live in the
 package so that the installed command works without this folder:
 
-* ``adamw_jax._char_transformer``: the Flax NNX model (pre-norm blocks, causal attention), the
+* ``adamw_jax.demo.char_transformer``: the Flax NNX model (pre-norm blocks, causal attention), the
   corpus, random training windows, the decay mask (no decay on biases and norm scales);
-* ``adamw_jax._demo``: the jitted training step, tokens/s, the loss-curve PNG and the orbax
+* ``adamw_jax.demo.run``: the jitted training step, tokens/s, the loss-curve PNG and the orbax
   checkpoint. The optimizer is
 
       schedule = adamw_jax.schedules.warmup_cosine_decay_schedule(0, peak, warmup, steps, peak/10)
@@ -22,7 +22,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from adamw_jax import _demo
+from adamw_jax.demo import run as _demo
 
 
 def main(

@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from helpers import gradient_stream, make_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import adamw_jax as aw
 from adamw_jax.sharding import state_shardings
-from helpers import gradient_stream, make_params
 
 STEPS = 12
 SHAPES = {"w": (8, 4), "b": (8,), "scalar": (), "conv": (2, 4, 3)}

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
-import adamw_jax as aw
 from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 from reference import adamw_trajectory
+
+import adamw_jax as aw
 
 PARAMS = make_params(3, {"w": (4, 3), "b": (3,)})
 GRADS = gradient_stream(PARAMS, 120, seed=4)

@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-import adamw_jax
+import adamw_jax.demo
 from adamw_jax import __main__ as cli
-from adamw_jax import _demo
+from adamw_jax.demo import run as _demo
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -104,8 +104,8 @@ def test_demo_command_rejects_bad_steps(steps, capsys):
 
 def test_demo_command_names_the_extra_to_install_when_a_dependency_is_missing(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # as if tqdm were not installed
-    monkeypatch.delitem(sys.modules, "adamw_jax._demo", raising=False)
-    monkeypatch.delattr(adamw_jax, "_demo", raising=False)
+    monkeypatch.delitem(sys.modules, "adamw_jax.demo.run", raising=False)
+    monkeypatch.delattr(adamw_jax.demo, "run", raising=False)
     with pytest.raises(SystemExit):
         cli.main(["demo", "--steps", "2"])
     assert "pip install 'adamw_jax[examples]'" in capsys.readouterr().err

@@ -177,7 +177,7 @@ def test_nnx_optimizer_feeds_the_loss_to_reduce_on_plateau_as_optax_does():
     scale halves every other step. optax.contrib reduces when its count of bad values reaches
     ``patience``, adamw_jax (torch) when it exceeds it: patience 2 there is patience 1 here. The
     adamw steps differ by optax's float32 ``1 - β^t`` only (a relative 6.4e-6 of each step, see
-    test_alias), far from any decision here (the closest misses 5% by 0.6%), so the scales are
+    test_optimizers), far from any decision here (the closest misses 5% by 0.6%), so the scales are
     identical and the losses agree to 1e-4 relative (measured: 2.7e-5 after 40 steps)."""
     ours = _nnx_run(
         optax.chain(aw.adamw(0.3), aw.reduce_on_plateau(factor=0.5, patience=1, rtol=0.05))

@@ -9,13 +9,13 @@ import numpy as np
 import optax
 from flax import linen, nnx
 from flax.training import train_state
+from helpers import float32_tolerance, gradient_stream, max_abs_error
 from hypothesis import given
 from hypothesis import strategies as st
+from reference import adamw_trajectory
 
 import adamw_jax as aw
-from adamw_jax._char_transformer import decay_mask
-from helpers import float32_tolerance, gradient_stream, max_abs_error
-from reference import adamw_trajectory
+from adamw_jax.demo.char_transformer import decay_mask
 
 STEPS = 25
 INPUTS = np.random.default_rng(0).normal(size=(16, 5)).astype(np.float32)

@@ -15,9 +15,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from jax.sharding import AxisType
-
 from helpers import float32_tolerance, max_abs_error
+from jax.sharding import AxisType
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "multihost.py"
 STEPS = 20

@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
+from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-import pytest
+from reference import adamw_trajectory
 
 import adamw_jax as aw
-from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
-from reference import adamw_trajectory
 
 STEPS = 200
 PARAMS = make_params(0)

@@ -14,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import float32_tolerance, max_abs_error, trajectory
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import adamw_trajectory
 
 import adamw_jax as aw
-from helpers import float32_tolerance, max_abs_error, trajectory
-from reference import adamw_trajectory
 
 # ----------------------------------------------------------------------------- bad input
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 from hypothesis import given
 from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
@@ -20,7 +21,6 @@ from jax.sharding import PartitionSpec as P
 
 import adamw_jax as aw
 from adamw_jax.sharding import state_shardings
-from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 
 STEPS = 20
 # Every leaf but "odd" (5 elements) and "gain" (a scalar) divides by 8: those two exercise the

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from adamw_jax.masks import exclude_from_weight_decay
+from adamw_jax.transforms.masks import exclude_from_weight_decay
 
 NO_DECAY_NAMES = ("bias", "scale")
 
@@ -102,8 +102,8 @@ class Vocabulary:
 
 
 def load_fables() -> str:
-    """The shipped demo corpus: ~300 KB of self-written fables (``adamw_jax/data``)."""
-    return (resources.files("adamw_jax") / "data" / "fables.txt").read_text(encoding="ascii")
+    """The shipped demo corpus: ~300 KB of self-written fables (``adamw_jax/demo/data``)."""
+    return (resources.files("adamw_jax.demo") / "data" / "fables.txt").read_text(encoding="ascii")
 
 
 def random_windows(

@@ -23,7 +23,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 import adamw_jax as aw
-from adamw_jax import _char_transformer as ct
+from adamw_jax.demo import char_transformer as ct
 
 
 @dataclass(frozen=True)

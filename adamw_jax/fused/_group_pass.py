@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from adamw_jax import _numerics as num
-from adamw_jax import lowbit, native
-from adamw_jax._flat_layout import LeafSlot, explicit_sharding, pack_slots
+from adamw_jax import lowbit
+from adamw_jax.fused import native
+from adamw_jax.fused._flat_layout import LeafSlot, explicit_sharding, pack_slots
 
 
 class StepScalars(NamedTuple):

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adamw_jax._flat_layout import FlatLayout, layout_of
-from adamw_jax._masking import Mask, resolve_mask
+from adamw_jax.fused._flat_layout import FlatLayout, layout_of
+from adamw_jax.transforms._masking import Mask, resolve_mask
 
 __all__ = ["FlatLayout", "decay_mask", "flatten", "on_flat", "unflatten"]
 

@@ -2,7 +2,7 @@
 
 XLA:CPU compiles an elementwise AdamW step into three loops per tensor (m, then v, then the
 update re-reading both): about 40 bytes of traffic per float32 parameter, and one kernel per
-tensor slice. ``_cpu_kernel.cc`` does a group's whole step in one loop over its leaves (28 bytes
+tensor slice. ``cpu_kernel.cc`` does a group's whole step in one loop over its leaves (28 bytes
 per parameter: read g, θ, m, v; write θ or u, m, v), split across XLA's intra-op thread pool. It
 is registered with the XLA FFI and called from ``adamw_jax.fused`` through ``jax.ffi.ffi_call``.
 
@@ -55,7 +55,7 @@ __all__ = [
 
 ENVIRONMENT_VARIABLE = "ADAMW_JAX_NATIVE"
 TARGET_NAME = "adamw_jax_step"
-_SOURCE = Path(__file__).with_name("_cpu_kernel.cc")
+_SOURCE = Path(__file__).with_name("cpu_kernel.cc")
 _FLAGS = (
     "-O3",
     "-std=c++17",

@@ -59,11 +59,12 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax import _group_pass, lowbit, native
-from adamw_jax._flat_layout import FlatLayout, explicit_sharding, layout_of
-from adamw_jax._group_pass import StepScalars
-from adamw_jax._masking import Mask, resolve_mask
-from adamw_jax.moments import scale_by_adam
+from adamw_jax import lowbit
+from adamw_jax.fused import _group_pass, native
+from adamw_jax.fused._flat_layout import FlatLayout, explicit_sharding, layout_of
+from adamw_jax.fused._group_pass import StepScalars
+from adamw_jax.transforms._masking import Mask, resolve_mask
+from adamw_jax.transforms.moments import scale_by_adam
 
 
 class FusedAdamState(NamedTuple):
@@ -114,7 +115,7 @@ def fused_adam_family(
       adam_kwargs: the arguments of ``scale_by_adam`` (validated with its messages).
       maximize: negate the gradient first.
       weight_decay: ``λ``, a float or a schedule; ``None`` for no decay.
-      mask: which leaves to decay (see ``adamw_jax._masking``).
+      mask: which leaves to decay (see ``adamw_jax.transforms._masking``).
       schedule_multiplier: ``s_t`` of decoupled decay; ``None`` means 1.
       decay_after_learning_rate: ``True`` for decoupled decay (``k = s·λ``), ``False`` for
         coupled (``k = η·λ``).

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import optax
 
 from adamw_jax import _validation as check
-from adamw_jax.alias import adamw
+from adamw_jax.optimizers import adamw
 
 
 def optimi_stable_adamw(

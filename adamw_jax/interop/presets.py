@@ -20,17 +20,17 @@ from collections.abc import Sequence
 import optax
 
 from adamw_jax import _validation as check
-from adamw_jax import masks
-from adamw_jax._presets_variants import optimi_stable_adamw
-from adamw_jax.accumulation import accumulate_gradients, micro_step_schedule
-from adamw_jax.alias import adamw
-from adamw_jax.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
-from adamw_jax.ema import param_ema
-from adamw_jax.learning_rate import scale_by_learning_rate
-from adamw_jax.loss_scaling import loss_scaling
-from adamw_jax.moments import scale_by_adam
-from adamw_jax.torch_interop import from_torch_state_dict, to_torch_state_dict
-from adamw_jax.weight_decay import add_decayed_weights
+from adamw_jax.interop._presets_variants import optimi_stable_adamw
+from adamw_jax.interop.torch_optim import from_torch_state_dict, to_torch_state_dict
+from adamw_jax.optimizers import adamw
+from adamw_jax.transforms import masks
+from adamw_jax.transforms.accumulation import accumulate_gradients, micro_step_schedule
+from adamw_jax.transforms.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
+from adamw_jax.transforms.ema import param_ema
+from adamw_jax.transforms.learning_rate import scale_by_learning_rate
+from adamw_jax.transforms.loss_scaling import loss_scaling
+from adamw_jax.transforms.moments import scale_by_adam
+from adamw_jax.transforms.weight_decay import add_decayed_weights
 
 __all__ = [
     "from_torch_state_dict",

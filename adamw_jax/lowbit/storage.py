@@ -47,16 +47,16 @@ import optax
 from jax.sharding import PartitionSpec
 
 from adamw_jax import _numerics as num
-from adamw_jax._quantization import (
+from adamw_jax.lowbit._quantization import (
     BLOCK_SIZE,
     BlockwiseArray,
-    uniform_noise,
     block_count,
     decode_blocks,
     dynamic_code,
     encode_blocks,
     round_to_dtype,
     step_keys,
+    uniform_noise,
 )
 
 MIN_BLOCKWISE_SIZE = 4096
@@ -84,7 +84,10 @@ __all__ = [
 ]
 
 # Key streams, one per kind of rounded value, so moments and parameters use independent noise.
-FIRST_MOMENT_STREAM, SECOND_MOMENT_STREAM, MAX_SECOND_MOMENT_STREAM, PARAMS_STREAM = range(4)
+FIRST_MOMENT_STREAM = 0
+SECOND_MOMENT_STREAM = 1
+MAX_SECOND_MOMENT_STREAM = 2
+PARAMS_STREAM = 3
 
 
 # --- moment storage formats ----------------------------------------------------------------

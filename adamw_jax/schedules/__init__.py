@@ -1,4 +1,7 @@
 """Learning-rate (and weight-decay, beta) schedules: pure functions ``step -> value``.
+``_decay.py`` holds the single curves (constant, polynomial, exponential, cosine, ...),
+``_piecewise.py`` the joined and piecewise ones, ``_warmup.py`` the warmup families,
+``_arguments.py`` the argument checks they share, ``_plot.py`` ``plot_schedule``.
 
 Every schedule takes the 0-based step count ``t`` (a Python or NumPy int or float, or an integer
 or float array: int32, int64 under x64, traced or not), returns a float32 array (float64 under
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import optax
 
-from adamw_jax._schedules_decay import (
+from adamw_jax.schedules._decay import (
     constant_schedule,
     cosine_decay_schedule,
     exponential_decay,
@@ -52,15 +55,15 @@ from adamw_jax._schedules_decay import (
     polynomial_schedule,
     step_decay_schedule,
 )
-from adamw_jax._schedules_piecewise import (
+from adamw_jax.schedules._piecewise import (
     cosine_onecycle_schedule,
     join_schedules,
     linear_onecycle_schedule,
     piecewise_constant_schedule,
     piecewise_interpolate_schedule,
 )
-from adamw_jax._schedules_plot import plot_schedule
-from adamw_jax._schedules_warmup import (
+from adamw_jax.schedules._plot import plot_schedule
+from adamw_jax.schedules._warmup import (
     sgdr_schedule,
     warmup_constant_schedule,
     warmup_cosine_decay_schedule,

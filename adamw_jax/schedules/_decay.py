@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 from adamw_jax import _numerics as num
-from adamw_jax import _schedule_arguments as args
+from adamw_jax.schedules import _arguments as args
 
 
 def check_flag(name: str, value: Any) -> None:

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamw_jax import _schedule_arguments as args
 from adamw_jax import _validation as check
+from adamw_jax.schedules import _arguments as args
 
 INTERPOLATE_TYPES = ("linear", "cosine")
 

@@ -11,15 +11,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamw_jax import _schedule_arguments as args
 from adamw_jax import _validation as check
-from adamw_jax._schedules_decay import (
+from adamw_jax.schedules import _arguments as args
+from adamw_jax.schedules._decay import (
     checked_polynomial,
     cosine_curve,
     exponential_decay,
     polynomial_curve,
 )
-from adamw_jax._schedules_piecewise import join_schedules
+from adamw_jax.schedules._piecewise import join_schedules
 
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
 

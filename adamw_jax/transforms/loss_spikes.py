@@ -24,8 +24,8 @@ import optax
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
 from adamw_jax._state_search import find_state
-from adamw_jax._wrappers import skipped_update
-from adamw_jax.loss_scaling import SkippedSteps
+from adamw_jax.transforms._wrappers import skipped_update
+from adamw_jax.transforms.loss_scaling import SkippedSteps
 
 MONITORS = ("loss", "grad_norm", "both")
 

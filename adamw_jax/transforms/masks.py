@@ -81,7 +81,7 @@ def _warn_unmatched(compiled: list[re.Pattern[str]], names: list[str]) -> None:
         warnings.warn(
             f"exclude_from_weight_decay: the patterns {unmatched} match no parameter name, so "
             f"they exclude nothing from weight decay (the names are {shown}). Check their "
-            "spelling against adamw_jax.masks.parameter_names(params).",
+            "spelling against adamw_jax.transforms.masks.parameter_names(params).",
             UserWarning,
             stacklevel=2,
         )

@@ -8,7 +8,7 @@
   schedule multiplier ``η_t / η_peak`` and not the learning rate itself.
 
 ``λ_t`` may be a float or a schedule of the 0-based step; ``mask`` selects the leaves to decay
-(see ``adamw_jax._masking``).
+(see ``adamw_jax.transforms._masking``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax._masking import Mask, where_masked
+from adamw_jax.transforms._masking import Mask, where_masked
 
 
 class WeightDecayState(NamedTuple):

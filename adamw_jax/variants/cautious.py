@@ -28,8 +28,8 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax._masking import Mask, where_masked
-from adamw_jax.weight_decay import WeightDecayState
+from adamw_jax.transforms._masking import Mask, where_masked
+from adamw_jax.transforms.weight_decay import WeightDecayState
 
 MIN_KEPT_FRACTION = 1e-3  # timm's clamp of the mask's mean
 

@@ -1,4 +1,4 @@
-"""Write the demo corpus, ``adamw_jax/data/fables.txt``: short fables generated from a small
+"""Write the demo corpus, ``adamw_jax/demo/data/fables.txt``: short fables generated from a small
 hand-written grammar (self-written text, no download, no third-party rights).
 
 The text is deterministic (fixed seed), about 300 KB of plain ASCII: long enough that a small
@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 TARGET_BYTES = 300_000
-OUTPUT = Path(__file__).resolve().parents[2] / "adamw_jax" / "data" / "fables.txt"
+OUTPUT = Path(__file__).resolve().parents[2] / "adamw_jax" / "demo" / "data" / "fables.txt"
 
 ANIMALS = [
     "fox",

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import adamw_jax as aw
-from adamw_jax import flat
+from adamw_jax.fused import flat
 
 MIXED = {
     "dense": {"kernel": np.arange(12.0).reshape(3, 4), "bias": np.arange(4.0)},

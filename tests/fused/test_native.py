@@ -19,15 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error
 from hypothesis import given
 from hypothesis import strategies as st
+from reference import adamw_trajectory
+from fused.test_transformation import OPTIONS, _adamw_kwargs
 
 import adamw_jax as aw
-from adamw_jax import native
-from adamw_jax._group_pass import LEAVES_PER_CALL
-from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error
-from reference import adamw_trajectory
-from test_fused import OPTIONS, _adamw_kwargs
+from adamw_jax.fused import native
+from adamw_jax.fused._group_pass import LEAVES_PER_CALL
 
 STEPS = 60
 PARAMS = make_params(3)
@@ -417,7 +417,7 @@ def test_without_a_compiler_the_xla_pass_runs_with_a_warning(tmp_path):
         import warnings
         import jax, jax.numpy as jnp
         import adamw_jax as aw
-        from adamw_jax import native
+        from adamw_jax.fused import native
         params = {"w": jnp.arange(3.0)}
         optimizer = aw.adamw(1e-2, weight_decay=1e-2, fused=True)
         with warnings.catch_warnings(record=True) as caught:

@@ -14,15 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 from hypothesis import given
 from hypothesis import strategies as st
+from reference import adamw_trajectory
+from test_optimizers import OPTIONS as ALIAS_OPTIONS
 
 import adamw_jax as aw
 from adamw_jax import lowbit
-from adamw_jax.fused import FusedAdamState, _layout_builder, fused_adam_family
-from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
-from reference import adamw_trajectory
-from test_alias import OPTIONS as ALIAS_OPTIONS
+from adamw_jax.fused.transformation import FusedAdamState, _layout_builder, fused_adam_family
 
 STEPS = 120
 PARAMS = make_params(0)

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import adamw_jax.flax as awf
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +20,7 @@ from flax import linen, nnx, serialization
 from flax.training import train_state
 
 import adamw_jax as aw
-import adamw_jax.flax as awf
-from adamw_jax._char_transformer import decay_mask
+from adamw_jax.demo.char_transformer import decay_mask
 
 STEPS = 50
 LEARNING_RATE = 3e-2

@@ -11,10 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
-
-import adamw_jax as aw
 from helpers import (
     float32_tolerance,
     gradient_stream,
@@ -23,7 +19,11 @@ from helpers import (
     run_steps,
     trajectory,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 from reference import adamw_trajectory
+
+import adamw_jax as aw
 
 STEPS = 200
 PARAMS = make_params(0)

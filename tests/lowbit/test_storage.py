@@ -10,17 +10,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 import pytest
+from helpers import gradient_stream, make_params
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from reference import dynamic_code_value
 
 import adamw_jax as aw
-from adamw_jax import _quantization, lowbit
-from helpers import gradient_stream, make_params
-from reference import dynamic_code_value
+from adamw_jax import lowbit
+from adamw_jax.lowbit import _quantization
 
 # Values spread over eight decades with both signs and exact zeros: every decade of the code.
 spread_values = hnp.arrays(
@@ -186,7 +187,7 @@ def test_rounding_noise_is_uniform_and_uncorrelated():
     (|r| <= 5/sqrt(n))."""
     n = 2**20
     seeds = lowbit.step_keys(jnp.int32(7), lowbit.FIRST_MOMENT_STREAM, 2)
-    a, b = (np.asarray(lowbit.uniform_noise(seed, (n,)), np.float64) for seed in seeds)
+    a, b = (np.asarray(_quantization.uniform_noise(seed, (n,)), np.float64) for seed in seeds)
     counts = np.histogram(a, bins=64, range=(0, 1))[0]
     expected = n / 64
     assert np.all(np.abs(counts - expected) <= 5 * np.sqrt(expected))

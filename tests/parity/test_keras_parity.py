@@ -21,8 +21,6 @@ import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-import adamw_jax as aw  # noqa: E402
 from helpers import (  # noqa: E402
     float32_tolerance,
     gradient_stream,
@@ -30,6 +28,8 @@ from helpers import (  # noqa: E402
     max_abs_error,
     run_steps,
 )
+
+import adamw_jax as aw  # noqa: E402
 
 STEPS = 200
 PARAMS = make_params(0)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import optax
 import pytest
-
-import adamw_jax as aw
 from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 from reference import adamw_trajectory
+
+import adamw_jax as aw
 
 STEPS = 300
 PARAMS = make_params(7)

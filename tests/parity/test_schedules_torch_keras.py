@@ -13,9 +13,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory  # noqa: E402
 
 import adamw_jax as aw  # noqa: E402
-from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory  # noqa: E402
 
 S = aw.schedules
 STEPS = 300

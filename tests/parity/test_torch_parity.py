@@ -18,9 +18,9 @@ import numpy as np
 import optax
 import pytest
 import torch
+from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 
 import adamw_jax as aw
-from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 
 STEPS = 200
 PARAMS = make_params(0)

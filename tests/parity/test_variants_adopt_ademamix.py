@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import float32_tolerance, max_abs_error, trajectory
 
 import adamw_jax as aw
-from helpers import float32_tolerance, max_abs_error, trajectory
 from parity.test_torch_parity import GRADS, LR, PARAMS, lr_factor
 from parity.variant_references import timm_optim, torch_run
 

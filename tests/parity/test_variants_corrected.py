@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import float32_tolerance, max_abs_error, trajectory
 
 import adamw_jax as aw
-from helpers import float32_tolerance, max_abs_error, trajectory
 from parity.test_torch_parity import GRADS, LR, PARAMS, lr_factor
 from parity.variant_references import timm_optim, torch_run
 

@@ -18,11 +18,11 @@ import optax
 import optimi
 import pytest
 import torch
+from helpers import trajectory
 from hypothesis import given
 from hypothesis import strategies as st
 
 import adamw_jax as aw
-from helpers import trajectory
 from parity.test_torch_parity import GRADS, PARAMS
 from parity.variant_references import torch_run
 

@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import optimi
 import pytest
+from helpers import float32_tolerance, max_abs_error, trajectory
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import adamw_jax as aw
-from helpers import float32_tolerance, max_abs_error, trajectory
 from parity.test_torch_parity import GRADS, LR, PARAMS, lr_factor
 from parity.variant_references import torch_run
 

@@ -17,9 +17,9 @@ import optax
 import pytest
 import schedulefree
 import torch
+from helpers import float32_tolerance, max_abs_error
 
 import adamw_jax as aw
-from helpers import float32_tolerance, max_abs_error
 from parity.test_torch_parity import GRADS, KEYS, LR, PARAMS
 
 

@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 from hypothesis import given
 from hypothesis import strategies as st
-
-import adamw_jax as aw
-from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 from keras_runner import keras_trajectory
 from reference import adamw_trajectory
+
+import adamw_jax as aw
 
 K = 4
 UPDATES = 30

@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import adamw_jax as aw
 from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 from keras_runner import keras_trajectory
 from reference import adamw_trajectory
+
+import adamw_jax as aw
 
 PARAMS = make_params(0)
 GRADS = gradient_stream(PARAMS, 60, seed=3)

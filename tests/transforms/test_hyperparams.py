@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import adamw_jax as aw
 from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 from reference import adamw_trajectory
+
+import adamw_jax as aw
 
 STEPS = 60
 STEPS_LOW_PRECISION = 20

@@ -9,13 +9,13 @@ import numpy as np
 import optax
 import pytest
 import torch
+from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
 from hypothesis import given
 from hypothesis import strategies as st
+from reference import adamw_trajectory
 
 import adamw_jax as aw
-from adamw_jax.loss_scaling import MAX_SCALE, MIN_SCALE
-from helpers import float32_tolerance, gradient_stream, make_params, max_abs_error, trajectory
-from reference import adamw_trajectory
+from adamw_jax.transforms.loss_scaling import MAX_SCALE, MIN_SCALE
 
 PARAMS = make_params(0)
 GRADS = gradient_stream(PARAMS, 80, seed=4)

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from reference import adamw_trajectory
 
 import adamw_jax as aw
-from reference import adamw_trajectory
 
 INT32_MAX = np.iinfo(np.int32).max
 

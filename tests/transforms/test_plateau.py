@@ -11,9 +11,9 @@ import optax
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from reference import plateau_scales
 
 import adamw_jax as aw
-from reference import plateau_scales
 
 
 def scales_of(transform: optax.GradientTransformationExtraArgs, values) -> np.ndarray:
