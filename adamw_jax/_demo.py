@@ -28,7 +28,8 @@ from adamw_jax import _char_transformer as ct
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Everything that defines a demo run; the defaults take about a minute on 2 CPU cores."""
+    """Everything that defines a demo run; the defaults take about half a minute on 2 CPU cores
+    (27 s measured, both optimizers, compilation included)."""
 
     steps: int = 300
     batch_size: int = 16
