@@ -188,3 +188,10 @@ def test_demo_command_names_the_extra_to_install_when_a_dependency_is_missing(mo
     with pytest.raises(SystemExit):
         cli.main(["demo", "--steps", "2"])
     assert "pip install 'adamw_jax[examples]'" in capsys.readouterr().err
+
+
+def test_plot_schedule_names_the_package_to_install_without_matplotlib(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were missing
+    with pytest.raises(ModuleNotFoundError, match="pip install matplotlib"):
+        adamw_jax.schedules.plot_schedule(lambda t: 1.0, 10, tmp_path / "never.png")
+    assert not (tmp_path / "never.png").exists()
