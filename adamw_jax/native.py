@@ -143,15 +143,19 @@ def _cache_lock(directory: Path) -> Iterator[None]:
 
     Concurrent first uses wait for one build instead of each compiling; the lock needs no
     write permission, leaves no file behind and is released when its holder exits, crashed or
-    not. Without ``fcntl`` (Windows) there is no lock: the atomic rename in ``_compile`` still
-    keeps every cached library whole.
+    not. Where there is no such lock (Windows; NFS refuses an exclusive lock on a directory),
+    processes build side by side: the atomic rename in ``_compile`` still keeps every cached
+    library whole.
     """
     if fcntl is None:
         yield
         return
     descriptor = os.open(directory, os.O_RDONLY)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError:
+            pass  # no lock on this file system: build unlocked (see above)
         yield
     finally:
         os.close(descriptor)  # releases the lock

@@ -130,3 +130,18 @@ def test_processes_starting_together_on_an_empty_cache_build_once(cache):
     assert {out.strip() for out, _ in outputs} == {str(native._library_path())}
     assert builds(cache) == 1
     assert [p.name for p in cache.iterdir()] == [native._library_path().name]
+
+
+def test_a_file_system_without_locks_still_builds(cache, monkeypatch):
+    """NFS refuses an exclusive flock on a directory opened read-only: the build goes on."""
+
+    class Unlockable:
+        LOCK_EX = 2
+
+        @staticmethod
+        def flock(descriptor: int, operation: int) -> None:
+            raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(native, "fcntl", Unlockable)
+    assert native.build() == native._library_path()
+    assert builds(cache) == 1
