@@ -241,7 +241,7 @@ def _check_whole(library: Path) -> None:
         header = file.read(64)
     if header[:4] != b"\x7fELF":
         return  # not ELF (macOS): the loader judges
-    wide, order = header[4] == 2, "<" if header[5] == 1 else ">"
+    wide, order = header[4:5] == b"\x02", "<" if header[5:6] == b"\x01" else ">"
     layout = f"{order}{'Q' if wide else 'I'}"  # e_shoff, then e_shentsize, e_shnum
     offsets = (0x28, 0x3A) if wide else (0x20, 0x2E)
     size = library.stat().st_size
