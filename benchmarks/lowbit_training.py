@@ -23,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -85,6 +86,52 @@ def train(param_dtype, adamw_kwargs: dict, args: argparse.Namespace, data) -> np
     return np.asarray(run(params, inputs, targets))
 
 
+SMOOTHING = 0.95  # EMA momentum of the plotted per-step losses
+TAIL = 0.3  # the right panel: the last 30% of the steps, where the formats part
+LINEAR = 0.01  # the right panel's axis is linear within ±0.01% of float32, logarithmic beyond
+
+
+def plot(curves: dict[str, np.ndarray], final: dict[str, float], out: Path) -> None:
+    """Two panels of the smoothed losses (EMA ``SMOOTHING`` of the per-step loss): the whole run,
+    and the tail as each run's gap to float32 in %. The runs share seed and batches, so their
+    common batch-to-batch noise cancels in the gap and each format's own drift shows, on a
+    symmetric log axis. The legend sits below the panels, off the curves."""
+    steps = len(curves["float32"])
+    start = int((1 - TAIL) * steps)
+    lines = {name: smoothed(losses, SMOOTHING) for name, losses in curves.items()}
+    gaps = {
+        name: 100 * (line[start:] / lines["float32"][start:] - 1) for name, line in lines.items()
+    }
+    figure, (whole, tail) = plt.subplots(1, 2, figsize=(12, 5.2), layout="constrained")
+    for index, name in enumerate(lines):
+        style = dict(color=f"C{index}", linestyle=("-", "--", "-.", ":")[index % 4], linewidth=1.4)
+        whole.plot(lines[name], label=f"{name} (final {final[name]:.4f})", **style)
+        tail.plot(np.arange(start, steps), gaps[name], **style)
+    whole.set_ylim(min(final.values()) - 0.2, float(np.max(curves["float32"][: steps // 20])))
+    whole.axvspan(start, steps, color="0.92", zorder=0, label="the steps of the right panel")
+    whole.set(
+        xlabel="step",
+        ylabel=f"training loss (nats/char), EMA {SMOOTHING}",
+        title="the whole run",
+    )
+    # Symmetric log: gaps of 0.01% and of 10% are read on one axis, linear within ±LINEAR.
+    tail.set_yscale("symlog", linthresh=LINEAR)
+    tail.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:+g}%"))
+    tail.set(
+        xlabel="step",
+        ylabel="loss vs float32 (both smoothed; symmetric log axis)",
+        title=f"the last {TAIL:.0%} of the steps: the gap to float32",
+    )
+    for axis in (whole, tail):
+        axis.grid(alpha=0.3)
+    figure.suptitle(
+        "Char transformer: low-precision AdamW states and bf16 parameters (same seed, same batches)"
+    )
+    figure.legend(loc="outside lower center", ncols=4, fontsize="small")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=600)
@@ -115,19 +162,7 @@ def main() -> None:
             f"{name:<24}{value:>12.4f}{100 * (value / baseline - 1):>+11.2f}%"
             f"{curves[name][0]:>12.4f}{seconds[name]:>9.1f}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    figure, axis = plt.subplots(figsize=(8, 4.5))
-    for name, losses in curves.items():
-        axis.plot(smoothed(losses, 0.95), label=f"{name} ({final[name]:.3f})", linewidth=1.2)
-    axis.set(
-        xlabel="step",
-        ylabel="training loss (nats/char, smoothed)",
-        title="Char transformer: low-precision AdamW states and bf16 parameters",
-    )
-    axis.set_ylim(min(final.values()) - 0.2, float(np.max(curves["float32"][: args.steps // 20])))
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(args.out, dpi=120)
+    plot(curves, final, args.out)
     print(f"wrote {args.out}")
 
 

@@ -35,23 +35,41 @@ def main(
     return _demo.run_demo(out, config, progress=progress)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+OPTIONS = {  # the DemoConfig fields exposed on the command line, with their help texts
+    "steps": "optimizer steps per run",
+    "batch_size": "training windows per batch",
+    "context": "characters per window (the attention span)",
+    "width": "model width (embedding size)",
+    "heads": "attention heads per block",
+    "layers": "transformer blocks",
+    "peak_learning_rate": "learning rate after the linear warmup; cosine decay to a tenth of it",
+    "weight_decay": "coupled weight decay λ, on every parameter but biases and norm scales",
+    "seed": "model and data seed",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: every ``OPTIONS`` field of ``DemoConfig``, and ``--out``."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     defaults = _demo.DemoConfig()
-    for name in (
-        "steps",
-        "batch_size",
-        "context",
-        "width",
-        "heads",
-        "layers",
-        "peak_learning_rate",
-        "weight_decay",
-        "seed",
-    ):
+    for name, help_text in OPTIONS.items():
         default = getattr(defaults, name)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    parser.add_argument("--out", type=Path, default=Path("char_transformer_out"))
-    arguments = vars(parser.parse_args())
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=type(default), default=default, help=help_text
+        )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("char_transformer_out"),
+        help="folder for loss_curves.png and checkpoint/",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    arguments = vars(parser().parse_args())
     out = arguments.pop("out")
-    main(dataclasses.replace(defaults, **arguments), out)
+    main(dataclasses.replace(_demo.DemoConfig(), **arguments), out)

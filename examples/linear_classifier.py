@@ -99,10 +99,20 @@ def plot(losses: np.ndarray, accuracies: np.ndarray, out: Path) -> None:
     figure.savefig(out, dpi=110)
 
 
+def parser() -> argparse.ArgumentParser:
+    """The command line: ``--epochs`` and ``--out``."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--epochs", type=int, default=100, help="passes over the 1000 samples")
+    parser.add_argument(
+        "--out", type=Path, default=Path("linear_classifier.png"), help="the loss curve's PNG"
+    )
+    return parser
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=Path("linear_classifier.png"))
-    arguments = parser.parse_args()
+    arguments = parser().parse_args()
     epoch_losses = train(arguments.epochs, arguments.out)
     print(f"loss {epoch_losses[0]:.4f} -> {epoch_losses[-1]:.4f}; wrote {arguments.out}")

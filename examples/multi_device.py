@@ -1,6 +1,6 @@
 """Sharded AdamW on 8 devices: data parallel, + ZeRO-1, and a 2-D data x model mesh.
 
-    python examples/multi_device.py      # 8 CPU devices are forced when no accelerator is set
+    python examples/multi_device.py [--steps 20]   # 8 CPU devices are forced unless XLA_FLAGS is set
 
 The recipe is the same for every layout:
 
@@ -16,6 +16,7 @@ The recipe is the same for every layout:
 
 from __future__ import annotations
 
+import argparse
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -81,8 +82,8 @@ def bytes_per_device(tree) -> int:
     return max(held.values())
 
 
-def train(mesh_shape, axis_names, specs, zero_axis):
-    """Train STEPS steps on one layout; the final params and a summary line."""
+def train(mesh_shape, axis_names, specs, zero_axis, steps: int = STEPS):
+    """Train ``steps`` steps on one layout; the final params and a summary line."""
     mesh = jax.make_mesh(mesh_shape, axis_names, axis_types=(AxisType.Auto,) * len(axis_names))
     param_sh = {k: NamedSharding(mesh, specs.get(k, P())) for k in init_params()}
     batch_sh = NamedSharding(mesh, P("data"))
@@ -97,7 +98,7 @@ def train(mesh_shape, axis_names, specs, zero_axis):
         out_shardings=(param_sh, state_sh, NamedSharding(mesh, P())),
         donate_argnums=(0, 1),
     )
-    for t in range(STEPS):
+    for t in range(steps):
         params, state, value = step(params, state, jax.device_put(batch_at(t), batch_sh))
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     summary = (
@@ -107,23 +108,35 @@ def train(mesh_shape, axis_names, specs, zero_axis):
     return jax.device_get(params), summary
 
 
-def single_device_params():
+def single_device_params(steps: int = STEPS):
     step = jax.jit(train_step)
     params = init_params()
     state = OPTIMIZER.init(params)
-    for t in range(STEPS):
+    for t in range(steps):
         params, state, _ = step(params, state, batch_at(t))
     return jax.device_get(params)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line: ``--steps``."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Devices: XLA_FLAGS=--xla_force_host_platform_device_count=8 is set unless "
+        "XLA_FLAGS is already set; the layouts need 8 devices.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per layout")
+    return parser
+
+
+def main(steps: int = STEPS) -> None:
     print(f"{jax.device_count()} devices ({jax.devices()[0].platform})")
-    reference = single_device_params()
+    reference = single_device_params(steps)
     for name, layout in LAYOUTS.items():
-        params, summary = train(*layout)
+        params, summary = train(*layout, steps)
         difference = max(float(np.max(np.abs(params[k] - reference[k]))) for k in reference)
         print(f"{name:28s} {summary}; max |θ - θ_single_device| = {difference:.1e}")
 
 
 if __name__ == "__main__":
-    main()
+    main(parser().parse_args().steps)

@@ -139,21 +139,29 @@ def spawn(args: argparse.Namespace) -> int:
     return max(abs(w.returncode) for w in workers)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser() -> argparse.ArgumentParser:
+    """The command line: a launcher (``--spawn``) or one process of a run."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--spawn", type=int, help="start this many processes on localhost")
     parser.add_argument("--coordinator", help="host:port of process 0")
-    parser.add_argument("--process-id", type=int)
-    parser.add_argument("--num-processes", type=int)
+    parser.add_argument("--process-id", type=int, help="this process's index, 0 to N - 1")
+    parser.add_argument("--num-processes", type=int, help="N, the processes in the run")
     parser.add_argument(
         "--local-devices",
         type=int,
         help="with --spawn on CPU: host devices per process (sets JAX_NUM_CPU_DEVICES)",
     )
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps")
     parser.add_argument("--output", help="process 0 saves the final parameters here (.npz)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds, with --spawn")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = parser().parse_args()
     if args.spawn:
         return spawn(args)
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)

@@ -14,12 +14,14 @@ The translation table (each ``# torch:`` comment in ``train_flax`` is the line i
         -> grads = nnx.grad(loss_fn)(model); optimizer.update(model, grads)
     nn.Linear(i, o).weight  (shape (o, i))  -> nnx.Linear(i, o).kernel  (shape (i, o))
 
-Both sides run when torch is installed; without it only the port runs.
+Both sides run when torch is installed; without it only the port runs, and a notice on stderr
+says how to install torch (``pip install torch==2.13.0``).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import jax
@@ -35,6 +37,11 @@ try:
 except ImportError:  # the port runs on its own; the comparison needs torch
     torch = None
 
+TORCH_MISSING = (
+    "torch is not installed: the torch.optim.AdamW side is skipped and only the port runs. "
+    "To compare both: pip install torch==2.13.0 "
+    "(CPU build: --index-url https://download.pytorch.org/whl/cpu)"
+)
 FEATURES, HIDDEN, SAMPLES, BATCH = 8, 32, 256, 32
 LR, BETAS, EPS, WEIGHT_DECAY, ETA_MIN = 1e-2, (0.9, 0.999), 1e-8, 1e-2, 1e-4
 
@@ -156,17 +163,31 @@ def plot(curves: dict[str, list[float]], out: Path) -> None:
 def main(steps: int = 200, out: Path = Path("port_from_pytorch.png")) -> dict[str, list[float]]:
     """Run the port (and PyTorch when installed), plot the losses, return them by name."""
     curves = {"adamw_jax + Flax NNX": train_flax(steps)}
-    if torch is not None:
+    if torch is None:
+        print(TORCH_MISSING, file=sys.stderr)
+    else:
         curves = {"torch.optim.AdamW": train_torch(steps), **curves}
     plot(curves, out)
     return curves
 
 
+def parser() -> argparse.ArgumentParser:
+    """The command line: ``--steps`` and ``--out``."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--steps", type=int, default=200, help="optimizer steps on each side (cosine T_max)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("port_from_pytorch.png"), help="the loss curves' PNG"
+    )
+    return parser
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=Path("port_from_pytorch.png"))
-    arguments = parser.parse_args()
+    arguments = parser().parse_args()
     results = main(arguments.steps, arguments.out)
     for name, losses in results.items():
         print(f"{name:>22}: loss {losses[0]:.5f} -> {losses[-1]:.5f}")

@@ -28,7 +28,8 @@ from adamw_jax.demo import char_transformer as ct
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Everything that defines a demo run; the defaults take about a minute on 2 CPU cores."""
+    """Everything that defines a demo run; the defaults take about half a minute on 2 CPU cores
+    (27 s measured, both optimizers, compilation included)."""
 
     steps: int = 300
     batch_size: int = 16
@@ -194,7 +195,10 @@ def train(
     )
 
 
-def smoothed(values: np.ndarray, momentum: float = 0.9) -> np.ndarray:
+SMOOTHING = 0.9  # the demo plot's EMA momentum for the per-step loss
+
+
+def smoothed(values: np.ndarray, momentum: float = SMOOTHING) -> np.ndarray:
     """Bias-corrected exponential moving average, to read a noisy loss curve."""
     average, out = 0.0, np.empty_like(values)
     for index, value in enumerate(values):
@@ -204,34 +208,52 @@ def smoothed(values: np.ndarray, momentum: float = 0.9) -> np.ndarray:
 
 
 def plot_losses(runs: list[TrainingRun], path: Path, config: DemoConfig) -> Path:
-    """Loss curves of every run (raw and smoothed), their gap, and the learning rate, as PNG."""
+    """Loss curves of every run (per step, and smoothed: ``smoothed(losses, SMOOTHING)``), their
+    gap, and the learning rate, as PNG; the legend sits below the axes, off the curves."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
-    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    figure = Figure(figsize=(12, 5.0), layout="constrained")
     curves, gap = figure.subplots(1, 2)
     steps = np.arange(1, config.steps + 1)
     colors = ("tab:blue", "tab:orange")
     for run, color, style in zip(runs, colors, ("-", "--")):
-        curves.plot(steps, run.losses, color=color, alpha=0.2, linewidth=0.8)
         curves.plot(
             steps,
-            smoothed(run.losses),
+            run.losses,
+            color=color,
+            alpha=0.2,
+            linewidth=0.8,
+            label=f"{run.name}, per-step loss",
+        )
+        curves.plot(
+            steps,
+            smoothed(run.losses, SMOOTHING),
             color=color,
             linestyle=style,
             linewidth=2,
-            label=f"{run.name} (held-out loss {run.held_out_loss:.3f})",
+            label=f"{run.name}, smoothed: EMA {SMOOTHING} of the per-step loss "
+            f"(held-out loss {run.held_out_loss:.3f})",
         )
     curves.set(
         xlabel="step",
         ylabel="training loss (nats / character)",
-        title=f"Character transformer on the shipped fables, seed {config.seed}",
+        title=f"Character transformer on the shipped fables, seed {config.seed}\n"
+        f"thick: EMA {SMOOTHING} of the per-step loss (thin)",
     )
     curves.grid(alpha=0.3)
-    curves.legend(loc="upper right")
     rate_axis = curves.twinx()
-    rate_axis.plot(steps, runs[0].learning_rates, color="gray", linewidth=1, linestyle=":")
+    rate_axis.plot(
+        steps,
+        runs[0].learning_rates,
+        color="gray",
+        linewidth=1,
+        linestyle=":",
+        label="learning rate (right axis)",
+    )
     rate_axis.set_ylabel("learning rate (dotted)", color="gray")
     rate_axis.tick_params(axis="y", colors="gray")
+    handles = curves.get_legend_handles_labels()[0] + rate_axis.get_legend_handles_labels()[0]
+    figure.legend(handles=handles, loc="outside lower left", ncols=3, fontsize="small")
     difference = np.abs(runs[0].losses - runs[1].losses)
     differs = difference > 0
     gap.semilogy(steps[differs], difference[differs], ".", color="tab:green", markersize=4)

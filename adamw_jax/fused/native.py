@@ -26,23 +26,31 @@ the call returns futures at once and the pass runs on XLA's threads (see ``_visi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jaxlib
+import jaxlib.version
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock (see _cache_lock)
+    fcntl = None
 
 __all__ = [
     "ENVIRONMENT_VARIABLE",
@@ -74,9 +82,14 @@ class NativeKernelError(RuntimeError):
     """The CPU kernel could not be compiled or loaded (the message says why)."""
 
 
+_CACHE_VARIABLE = "ADAMW_JAX_CACHE_DIR"
+
+
 def _cache_dir() -> Path:
-    if "ADAMW_JAX_CACHE_DIR" in os.environ:
-        return Path(os.environ["ADAMW_JAX_CACHE_DIR"])
+    """Where the built kernel is kept, read at each call: ``$ADAMW_JAX_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/adamw_jax``, else ``~/.cache/adamw_jax``."""
+    if _CACHE_VARIABLE in os.environ:
+        return Path(os.environ[_CACHE_VARIABLE])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "adamw_jax"
 
@@ -102,63 +115,178 @@ def _cpu_signature() -> bytes:
     return (platform.machine() + platform.processor()).encode()
 
 
-def build() -> Path:
-    """Compile the kernel if it is not cached yet; return the shared library's path.
-
-    The kernel is built for this CPU (``-march=native``: AVX2 doubles the speed of its square
-    roots and divides), or for the generic target where the compiler has no such option.
-
-    Raises:
-      NativeKernelError: no compiler, or the compilation failed (with the compiler's output).
-    """
+def _library_path() -> Path:
+    """The cached library's path, keyed by the source, jaxlib, the CPU and the flags."""
     key = hashlib.sha256(
         b"\0".join(
             [
                 _SOURCE.read_bytes(),
-                jaxlib.__version__.encode(),
+                jaxlib.version.__version__.encode(),
                 _cpu_signature(),
                 " ".join(_FLAGS).encode(),
             ]
         )
     ).hexdigest()[:16]
-    library = _cache_dir() / f"adamw_jax_cpu_kernel_{key}.so"
+    return _cache_dir() / f"adamw_jax_cpu_kernel_{key}.so"
+
+
+def _unwritable(directory: Path, error: OSError) -> NativeKernelError:
+    return NativeKernelError(
+        f"the kernel cache {directory} is not writable ({error}); set {_CACHE_VARIABLE} to a "
+        f"writable directory, e.g. `export {_CACHE_VARIABLE}=/tmp/adamw_jax`"
+    )
+
+
+@contextlib.contextmanager
+def _cache_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the cache directory itself while building in it.
+
+    Concurrent first uses wait for one build instead of each compiling; the lock needs no
+    write permission, leaves no file behind and is released when its holder exits, crashed or
+    not. Where there is no such lock (Windows; NFS refuses an exclusive lock on a directory),
+    processes build side by side: the atomic rename in ``_compile`` still keeps every cached
+    library whole.
+    """
+    if fcntl is None:
+        yield
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError:
+            pass  # no lock on this file system: build unlocked (see above)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _run_compiler(output: Path) -> None:
+    """Compile the kernel into ``output``: for this CPU, else for the generic target."""
+    compiler = _compiler()
+    for target in (["-march=native"], []):
+        command = [
+            compiler,
+            *_FLAGS,
+            *target,
+            "-isystem",
+            jax.ffi.include_dir(),
+            str(_SOURCE),
+            "-o",
+            str(output),
+        ]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True)
+        except OSError as error:
+            raise NativeKernelError(f"running {compiler} failed: {error}") from error
+        if done.returncode == 0:
+            return
+    raise NativeKernelError(
+        f"compiling {_SOURCE.name} failed ({' '.join(command)}):\n{done.stderr[-2000:]}"
+    )
+
+
+def _compile(library: Path, broken: os.stat_result | None = None) -> Path:
+    """Build ``library`` under the cache lock, unless another process built it meanwhile.
+
+    ``broken``: the cached file that failed to load; deleted and rebuilt if it is still there.
+    """
+    directory = library.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _unwritable(directory, error) from error
+    with _cache_lock(directory):
+        if library.exists():
+            if broken is None or not os.path.samestat(library.stat(), broken):
+                return library  # built by another process while this one waited
+            try:
+                library.unlink()
+            except OSError as error:
+                raise _unwritable(directory, error) from error
+        try:
+            # Build to a private name, then rename: no process ever loads a partial file.
+            with tempfile.TemporaryDirectory(dir=directory) as scratch:
+                partial = Path(scratch) / library.name
+                _run_compiler(partial)
+                os.replace(partial, library)
+        except OSError as error:
+            raise _unwritable(directory, error) from error
+    return library
+
+
+def build() -> Path:
+    """Compile the kernel if it is not cached yet; return the shared library's path.
+
+    The kernel is built for this CPU (``-march=native``: AVX2 doubles the speed of its square
+    roots and divides), or for the generic target where the compiler has no such option. It is
+    cached in ``$ADAMW_JAX_CACHE_DIR`` (default ``~/.cache/adamw_jax``); processes starting
+    together wait for one build (a lock on that directory).
+
+    Raises:
+      NativeKernelError: no compiler, the compilation failed (with the compiler's output), or
+        the cache directory is not writable (the message names ``ADAMW_JAX_CACHE_DIR``).
+    """
+    library = _library_path()
     if library.exists():
         return library
-    compiler = _compiler()
-    library.parent.mkdir(parents=True, exist_ok=True)
-    # Build to a private name, then rename: concurrent processes never load a partial file.
-    with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
-        partial = Path(scratch) / library.name
-        for target in (["-march=native"], []):
-            command = [
-                compiler,
-                *_FLAGS,
-                *target,
-                "-isystem",
-                jax.ffi.include_dir(),
-                str(_SOURCE),
-                "-o",
-                str(partial),
-            ]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode == 0:
-                break
-        else:
-            raise NativeKernelError(
-                f"compiling {_SOURCE.name} failed ({' '.join(command)}):\n{done.stderr[-2000:]}"
-            )
-        os.replace(partial, library)
-    return library
+    return _compile(library)
+
+
+def _check_whole(library: Path) -> None:
+    """Raise OSError if ``library`` is an ELF file cut short: it ends before its section-header
+    table, the last part a linker writes. The loader may map such a file and crash the
+    process (SIGBUS) on touching the missing pages, rather than fail with an error."""
+    with library.open("rb") as file:
+        header = file.read(64)
+    if header[:4] != b"\x7fELF":
+        return  # not ELF (macOS): the loader judges
+    wide, order = header[4:5] == b"\x02", "<" if header[5:6] == b"\x01" else ">"
+    layout = f"{order}{'Q' if wide else 'I'}"  # e_shoff, then e_shentsize, e_shnum
+    offsets = (0x28, 0x3A) if wide else (0x20, 0x2E)
+    size = library.stat().st_size
+    if len(header) < (64 if wide else 52):
+        raise OSError(f"{library} is truncated: {size} bytes, shorter than its ELF header")
+    (table,) = struct.unpack_from(layout, header, offsets[0])
+    entry, count = struct.unpack_from(f"{order}HH", header, offsets[1])
+    if size < table + entry * count:
+        raise OSError(
+            f"{library} is truncated: {size} bytes, its ELF header says {table + entry * count}"
+        )
+
+
+def _entry_point(library: Path) -> Callable[..., Any]:
+    """The kernel's FFI handler in ``library`` (OSError or AttributeError if it does not load)."""
+    _check_whole(library)
+    return ctypes.cdll.LoadLibrary(str(library)).AdamwJaxStep
+
+
+def _load() -> Callable[..., Any]:
+    """Build if needed and load the kernel; a cached library that does not load (truncated,
+    foreign) is deleted and rebuilt once."""
+    library = build()
+    try:
+        return _entry_point(library)
+    except (OSError, AttributeError) as error:
+        failure = error
+    try:
+        broken = library.stat()
+    except FileNotFoundError:  # another process is rebuilding it
+        broken = None
+    try:
+        return _entry_point(_compile(library, broken))
+    except (NativeKernelError, OSError, AttributeError) as error:
+        raise NativeKernelError(
+            f"the cached {library} did not load ({failure}); deleting and rebuilding it "
+            f"failed too: {error}"
+        ) from error
 
 
 @functools.cache
 def _register() -> str | None:
     """Build, load and register the kernel once per process; the reason it failed, or None."""
     try:
-        library = ctypes.cdll.LoadLibrary(str(build()))
-        jax.ffi.register_ffi_target(
-            TARGET_NAME, jax.ffi.pycapsule(library.AdamwJaxStep), platform="cpu"
-        )
+        jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(_load()), platform="cpu")
     except (NativeKernelError, OSError, AttributeError) as error:
         warnings.warn(
             f"adamw_jax: the native CPU kernel is unavailable, fused=True keeps its "

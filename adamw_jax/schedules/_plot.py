@@ -53,12 +53,20 @@ def plot_schedule(
     Returns:
       ``path`` as a string.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            "plot_schedule draws with matplotlib: pip install matplotlib "
+            "(or pip install 'adamw_jax[examples]')",
+            name=error.name,
+        ) from error
 
     xs = _steps(steps)
     curves = _curves(schedule)
-    figure = Figure(figsize=(6.4, 4.0), dpi=120)
+    labelled = any(curves)
+    figure = Figure(figsize=(6.4, 4.0), dpi=120, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for label, curve in curves.items():
@@ -70,9 +78,8 @@ def plot_schedule(
         axes.set_yscale("log")
     if title:
         axes.set_title(title)
-    if any(curves):
-        axes.legend(fontsize="small")
+    if labelled:  # below the axes, never over a curve
+        figure.legend(loc="outside lower center", ncols=min(len(curves), 3), fontsize="small")
     axes.grid(alpha=0.3)
-    figure.tight_layout()
     figure.savefig(os.fspath(path), format="png")
     return os.fspath(path)
