@@ -81,12 +81,10 @@ def optimizers(config: DemoConfig) -> dict[str, tuple[optax.GradientTransformati
     )
     ours = aw.schedules.warmup_cosine_decay_schedule(*arguments)
     theirs = optax.warmup_cosine_decay_schedule(*arguments)
-    hyper = dict(
-        b1=config.b1, b2=config.b2, eps=1e-8, weight_decay=config.weight_decay, mask=ct.decay_mask
-    )
+    b1, b2, eps, decay, mask = config.b1, config.b2, 1e-8, config.weight_decay, ct.decay_mask
     return {
-        "adamw_jax": (aw.adamw(ours, **hyper), ours),
-        "optax.adamw": (optax.adamw(theirs, **hyper), theirs),
+        "adamw_jax": (aw.adamw(ours, b1, b2, eps, weight_decay=decay, mask=mask), ours),
+        "optax.adamw": (optax.adamw(theirs, b1, b2, eps, weight_decay=decay, mask=mask), theirs),
     }
 
 
