@@ -24,9 +24,15 @@ COUNT_DTYPE = jnp.int32
 _COUNT_MAX = np.iinfo(np.int32).max
 
 
+def x64_enabled() -> bool:
+    """Whether ``jax_enable_x64`` is on."""
+    # jax.config's options are attributes made at import, which its class does not declare.
+    return jax.config.jax_enable_x64  # pyright: ignore[reportAttributeAccessIssue]
+
+
 def hyperparameter_dtype() -> jnp.dtype:
     """float32, or float64 when ``jax_enable_x64`` is on."""
-    return jnp.dtype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    return jnp.dtype(jnp.float64 if x64_enabled() else jnp.float32)
 
 
 def as_hyperparameter(value: ArrayLike) -> Array:
@@ -95,7 +101,7 @@ def storage_dtype(dtype: Any, *, argument: str) -> jnp.dtype | None:
     return resolved
 
 
-def hyperparameter_at(value: ArrayLike, count: Array) -> Array:
+def hyperparameter_at(value: ArrayLike, count: ArrayLike) -> Array:
     """A float or a schedule evaluated at the 0-based ``count``, as a hyperparameter array."""
     return as_hyperparameter(value(count) if callable(value) else value)
 

@@ -1,12 +1,44 @@
-"""Find one transform's state inside a whole optimizer state (a chain, a wrapper, nested)."""
+"""A transform's typed state: pairing ``init`` with ``update``, and finding the state inside a
+whole optimizer state (a chain, a wrapper, nested)."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar, cast
 
 import jax
+import optax
 
 State = TypeVar("State")
+
+
+class UpdateFn(Protocol[State]):
+    """An ``update`` whose state has the type ``State`` its ``init`` returns."""
+
+    def __call__(
+        self,
+        updates: optax.Updates,
+        state: State,
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, State]: ...
+
+
+def transformation(
+    init: Callable[[optax.Params], State], update: UpdateFn[State]
+) -> optax.GradientTransformationExtraArgs:
+    """``optax.GradientTransformationExtraArgs(init, update)``, with ``update`` checked to take
+    and return the state type ``init`` makes.
+
+    optax types every state as ``optax.OptState`` (a nest of arrays, without ``None``), so an
+    ``update`` that declares its NamedTuple state (``state: ScaleByAdamState``) cannot be
+    assigned to optax's protocol: a parameter type may only widen. The pairing contract of
+    optax (``update`` receives the state ``init`` or an earlier ``update`` returned) is what
+    makes the narrower type hold; this cast states it once, for every transform.
+    """
+    return optax.GradientTransformationExtraArgs(
+        cast(optax.TransformInitFn, init), cast(optax.TransformUpdateExtraArgsFn, update)
+    )
 
 
 def find_states(opt_state: Any, state_type: type[State]) -> list[State]:

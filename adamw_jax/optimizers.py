@@ -21,6 +21,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
+from adamw_jax._state_search import transformation
 from adamw_jax.fused import FusedTransformation, fused_adam_family
 from adamw_jax.lowbit import low_precision_params
 from adamw_jax.lowbit.kahan import kahan_summation as kahan_summation_of
@@ -217,7 +218,7 @@ def _with_state_check(
         return FusedTransformation(
             optimizer.init, checked(optimizer.update), checked(optimizer.step)
         )
-    return optax.GradientTransformationExtraArgs(optimizer.init, checked(optimizer.update))
+    return transformation(optimizer.init, checked(optimizer.update))
 
 
 def _adam_chain(
@@ -295,7 +296,7 @@ def _decay(
             "remove it."
         )
     if mode == "decoupled":
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             weight_decay=weight_decay,
             mask=mask,
             schedule_multiplier=_schedule_multiplier(learning_rate, peak_learning_rate, mode),

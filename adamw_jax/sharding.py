@@ -34,10 +34,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+if TYPE_CHECKING:  # only named in annotations (NamedSharding.mesh may be one)
+    from jax.sharding import AbstractMesh
 
 ZeroAxis = str | Sequence[str] | None
 
@@ -56,11 +59,11 @@ def _spec_axes(entry: Any) -> tuple[str, ...]:
     return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
 
 
-def _axes_size(mesh: Mesh, axes: Sequence[str]) -> int:
+def _axes_size(mesh: Mesh | AbstractMesh, axes: Sequence[str]) -> int:
     return math.prod(mesh.shape[axis] for axis in axes)
 
 
-def _resolve_mesh(param_leaves: list[Any], mesh: Mesh | None) -> Mesh:
+def _resolve_mesh(param_leaves: list[Any], mesh: Mesh | None) -> Mesh | AbstractMesh:
     if mesh is not None:
         if not isinstance(mesh, Mesh):
             raise TypeError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}.")
@@ -75,7 +78,7 @@ def _resolve_mesh(param_leaves: list[Any], mesh: Mesh | None) -> Mesh:
     )
 
 
-def _param_layout(leaf: Any, mesh: Mesh) -> _ParamLayout:
+def _param_layout(leaf: Any, mesh: Mesh | AbstractMesh) -> _ParamLayout:
     """Read one leaf of ``param_shardings``: a NamedSharding, a PartitionSpec (on ``mesh``), or
     an array / ``jax.ShapeDtypeStruct`` carrying a NamedSharding (its shape is then known)."""
     shape = tuple(leaf.shape) if hasattr(leaf, "shape") and hasattr(leaf, "sharding") else None
@@ -91,7 +94,7 @@ def _param_layout(leaf: Any, mesh: Mesh) -> _ParamLayout:
     return _ParamLayout(sharding, shape)
 
 
-def _check_zero_axes(zero_axis: ZeroAxis, mesh: Mesh) -> tuple[str, ...]:
+def _check_zero_axes(zero_axis: ZeroAxis, mesh: Mesh | AbstractMesh) -> tuple[str, ...]:
     if zero_axis is None:
         return ()
     axes = (zero_axis,) if isinstance(zero_axis, str) else tuple(zero_axis)
@@ -105,7 +108,7 @@ def _check_zero_axes(zero_axis: ZeroAxis, mesh: Mesh) -> tuple[str, ...]:
     return axes
 
 
-def _typed_sharding(leaf: Any, mesh: Mesh) -> NamedSharding | None:
+def _typed_sharding(leaf: Any, mesh: Mesh | AbstractMesh) -> NamedSharding | None:
     """``leaf``'s sharding on ``mesh`` when its spec names Explicit axes of its mesh (then it is
     part of the leaf's type and jit keeps it), else None."""
     sharding = getattr(leaf, "sharding", None)
@@ -141,7 +144,7 @@ def _zero_split(
     for dim, (size, entry) in enumerate(zip(shape, entries)):
         axes = _spec_axes(entry) + missing
         if size % _axes_size(sharding.mesh, axes) == 0:
-            entries[dim] = axes if len(axes) > 1 else axes[0]
+            entries[dim] = axes[0] if len(axes) == 1 else axes  # axes: >= 1 (missing)
             return NamedSharding(
                 sharding.mesh, PartitionSpec(*entries), memory_kind=sharding.memory_kind
             )
@@ -174,10 +177,10 @@ def state_shardings(
     param_leaves, params_def = jax.tree_util.tree_flatten(
         param_shardings, is_leaf=lambda x: isinstance(x, PartitionSpec)
     )
-    mesh = _resolve_mesh(param_leaves, mesh)
-    layouts = [_param_layout(leaf, mesh) for leaf in param_leaves]
-    zero_axes = _check_zero_axes(zero_axis, mesh)
-    replicated = NamedSharding(mesh, PartitionSpec())
+    state_mesh = _resolve_mesh(param_leaves, mesh)
+    layouts = [_param_layout(leaf, state_mesh) for leaf in param_leaves]
+    zero_axes = _check_zero_axes(zero_axis, state_mesh)
+    replicated = NamedSharding(state_mesh, PartitionSpec())
 
     def place(sharding: NamedSharding, leaf: Any) -> NamedSharding:
         shape = tuple(getattr(leaf, "shape", ()))
@@ -211,7 +214,7 @@ def state_shardings(
                 ]
             )
         if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(node)):
-            return place(_typed_sharding(node, mesh) or replicated, node)
+            return place(_typed_sharding(node, state_mesh) or replicated, node)
         if _shares_keys(node, param_shardings) and not _has_structure(params_def, node):
             mismatched.append((path, node))
         children = jax.tree_util.tree_flatten_with_path(

@@ -31,18 +31,17 @@ def apply_updates(
       step: the step count the rounding noise is derived from (e.g. the training loop's
         counter); required with ``stochastic_rounding``, so there is no key to manage.
     """
-    if stochastic_rounding and step is None:
+    is_none = lambda x: x is None  # noqa: E731
+    leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_none)
+    if not stochastic_rounding:
+        keys = [None] * len(leaves)
+    elif step is None:
         raise ValueError(
             "apply_updates(stochastic_rounding=True) needs step=..., the step count the rounding "
             "noise is derived from (e.g. the training loop's counter)."
         )
-    is_none = lambda x: x is None  # noqa: E731
-    leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_none)
-    keys = (
-        lowbit.step_keys(step, lowbit.PARAMS_STREAM, len(leaves))
-        if stochastic_rounding
-        else [None] * len(leaves)
-    )
+    else:
+        keys = lowbit.step_keys(step, lowbit.PARAMS_STREAM, len(leaves))
 
     def apply(p: jax.Array | None, u: jax.Array | None, key: jax.Array | None) -> jax.Array | None:
         if p is None or u is None:

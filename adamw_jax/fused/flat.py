@@ -82,9 +82,10 @@ def decay_mask(layout: FlatLayout) -> tuple[bool, ...]:
 
     Needs a layout built with ``flatten(..., mask=...)``.
     """
-    if not all(isinstance(key, tuple) for key in layout.group_keys):
+    decayed = [bool(key[1]) for key in layout.group_keys if isinstance(key, tuple)]
+    if len(decayed) != layout.num_groups:
         raise ValueError("this layout was built without a mask: call flatten(params, mask=...).")
-    return tuple(bool(key[1]) for key in layout.group_keys)
+    return tuple(decayed)
 
 
 def on_flat(fn: Callable[..., Any], layout: FlatLayout) -> Callable[..., Any]:

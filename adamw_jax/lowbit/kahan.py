@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from adamw_jax import _numerics as num
+from adamw_jax._state_search import transformation
 
 
 class KahanSummationState(NamedTuple):
@@ -84,7 +85,7 @@ def kahan_summation(inner: optax.GradientTransformation) -> optax.GradientTransf
             treedef.unflatten([c for _, c in results]), inner_state
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)
 
 
 def kahan_compensation_bytes(opt_state: optax.OptState) -> int:

@@ -20,6 +20,7 @@ import warnings
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -95,6 +96,7 @@ def check_steps(name: str, steps: Any, *, low: int | None = 0) -> int:
         count = int(steps)
     else:
         number = _real_number(name, steps)
+        assert number is not None  # None is for a Tracer, rejected above
         if not (math.isfinite(number) and number.is_integer()):
             raise TypeError(
                 f"{name} must be a whole number of steps, got {steps!r}: round it, e.g. "
@@ -136,7 +138,7 @@ def begin_step(name: str, begin: Any, schedule: str) -> int:
 
 
 def _default_int_range() -> tuple[int, int]:
-    info = np.iinfo(np.int64 if jax.config.jax_enable_x64 else np.int32)
+    info = np.iinfo(np.int64 if num.x64_enabled() else np.int32)
     return int(info.min), int(info.max)
 
 
@@ -194,8 +196,8 @@ def since(count: jax.Array, begin: int) -> jax.Array:
     """``max(t - begin, 0)`` in the count's dtype, with no overflow."""
     if not reaches(count, begin):
         return jnp.zeros_like(count)
-    begin = _like(count, begin)
-    return jnp.maximum(count, begin) - begin
+    start = _like(count, begin)
+    return jnp.maximum(count, start) - start
 
 
 def shifted(count: jax.Array, step: int) -> jax.Array:

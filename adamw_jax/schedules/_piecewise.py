@@ -27,10 +27,10 @@ def join_schedules(
     boundary fewer than schedules, and the boundaries must be non-decreasing steps ``>= 0``.
     """
     schedules, boundaries = list(schedules), list(boundaries)
-    for index, schedule in enumerate(schedules):
-        if not callable(schedule):
+    for index, piece in enumerate(schedules):
+        if not callable(piece):
             raise TypeError(
-                f"schedules[{index}] must be a schedule (a function of the step), got {schedule!r}."
+                f"schedules[{index}] must be a schedule (a function of the step), got {piece!r}."
             )
     if len(boundaries) != len(schedules) - 1:
         raise ValueError(

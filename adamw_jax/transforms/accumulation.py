@@ -36,6 +36,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
+from adamw_jax._state_search import transformation
 from adamw_jax.transforms._wrappers import skipped_update
 
 _EVERY_K_HINT = "Pass the number of micro-steps per update, e.g. 4 (1: no accumulation)."
@@ -127,4 +128,4 @@ def accumulate_gradients(
         micro_step = jnp.where(is_update, 0, state.micro_step + 1).astype(num.COUNT_DTYPE)
         return new_updates, AccumulateGradientsState(micro_step, gradient_sum, inner_state)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)

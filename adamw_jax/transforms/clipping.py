@@ -32,6 +32,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
+from adamw_jax._state_search import transformation
 
 
 class ClipState(NamedTuple):
@@ -56,7 +57,7 @@ def _stateless(
         del params, extra_args
         return clip(updates), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)
 
 
 def _check_threshold(name: str, value: Any) -> None:

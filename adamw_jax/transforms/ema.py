@@ -25,7 +25,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax._state_search import find_state
+from adamw_jax._state_search import find_state, transformation
 
 
 class ParamEmaState(NamedTuple):
@@ -120,7 +120,7 @@ def param_ema(
             updates = jax.tree_util.tree_map(onto_average, updates, params, ema)
         return updates, ParamEmaState(count=num.safe_increment(state.count), ema=ema)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)
 
 
 def ema_params(opt_state: optax.OptState) -> optax.Params:

@@ -13,6 +13,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
+from adamw_jax._state_search import transformation
 
 
 class ScaleByLearningRateState(NamedTuple):
@@ -57,4 +58,4 @@ def scale_by_learning_rate(
         updates = jax.tree_util.tree_map(lambda u: (-rate * u).astype(u.dtype), updates)
         return updates, ScaleByLearningRateState(count=num.safe_increment(state.count))
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)

@@ -40,7 +40,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax._state_search import find_state
+from adamw_jax._state_search import find_state, transformation
 
 
 class LossScaleState(NamedTuple):
@@ -122,7 +122,7 @@ def _check_bool(name: str, value: Any) -> None:
         )
 
 
-def _check_scale(name: str, value: Any, hint: str) -> float:
+def _check_scale(name: str, value: Any, hint: str) -> float | None:
     check.check_range(name, value, low=0.0, high=math.inf, high_inclusive=False, hint=hint)
     number = check.concrete_float(value)
     if number == 0.0:
@@ -187,13 +187,14 @@ def loss_scaling(
     ceiling = _check_scale(
         "max_scale", max_scale, f"It is the ceiling of the dynamic scale, default {MAX_SCALE:g}."
     )
-    if None not in (floor, ceiling) and floor > ceiling:
-        raise ValueError(f"min_scale ({floor!r}) must be <= max_scale ({ceiling!r}).")
-    if dynamic and None not in (floor, ceiling, initial) and not floor <= initial <= ceiling:
-        raise ValueError(
-            f"initial_scale={initial!r} is outside [min_scale, max_scale] = "
-            f"[{floor!r}, {ceiling!r}]; pass a scale inside, or widen the bounds."
-        )
+    if floor is not None and ceiling is not None:  # None: traced, not checked
+        if floor > ceiling:
+            raise ValueError(f"min_scale ({floor!r}) must be <= max_scale ({ceiling!r}).")
+        if dynamic and initial is not None and not floor <= initial <= ceiling:
+            raise ValueError(
+                f"initial_scale={initial!r} is outside [min_scale, max_scale] = "
+                f"[{floor!r}, {ceiling!r}]; pass a scale inside, or widen the bounds."
+            )
     if inner is not None:
         return optax.chain(
             loss_scaling(
@@ -234,7 +235,7 @@ def loss_scaling(
         finite_steps = jnp.where(finite & ~grows, num.safe_increment(state.finite_steps), 0)
         return unscaled, LossScaleState(scale, finite_steps.astype(num.COUNT_DTYPE))
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)
 
 
 def current_loss_scale(opt_state: optax.OptState) -> jax.Array:
@@ -316,7 +317,7 @@ def skip_nonfinite(
             inner_state=inner_state,
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)
 
 
 def skipped_steps(opt_state: optax.OptState) -> SkippedSteps:

@@ -23,7 +23,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax._state_search import find_state
+from adamw_jax._state_search import find_state, transformation
 from adamw_jax.transforms._wrappers import skipped_update
 from adamw_jax.transforms.loss_scaling import SkippedSteps
 
@@ -159,7 +159,7 @@ def skip_loss_spikes(
             inner_state=inner_state,
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)
 
 
 def skipped_spikes(opt_state: optax.OptState) -> SkippedSteps:

@@ -29,6 +29,7 @@ import optax
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
 from adamw_jax import lowbit
+from adamw_jax._state_search import transformation
 
 EPS_MODES = ("adam", "hat", "atan2")
 
@@ -262,11 +263,16 @@ def scale_by_adam(
             grads,
             nu_storage.decode(state.nu, updates),
         )
-        nu_used = (
-            nu
-            if not amsgrad
-            else jax.tree_util.tree_map(jnp.maximum, nu_storage.decode(state.nu_max, updates), nu)
-        )
+        if amsgrad:
+            assert state.nu_max is not None  # _check_state: an AMSGrad state keeps nu_max
+            nu_used = jax.tree_util.tree_map(
+                jnp.maximum, nu_storage.decode(state.nu_max, updates), nu
+            )
+            nu_max = nu_storage.encode(
+                nu_used, state.nu_max, count, lowbit.MAX_SECOND_MOMENT_STREAM
+            )
+        else:
+            nu_used, nu_max = nu, None
 
         def direction(g: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
             if eps_mode == "hat":
@@ -290,9 +296,7 @@ def scale_by_adam(
             count=count,
             mu=mu_storage.encode(mu, state.mu, count, lowbit.FIRST_MOMENT_STREAM),
             nu=nu_storage.encode(nu, state.nu, count, lowbit.SECOND_MOMENT_STREAM),
-            nu_max=nu_storage.encode(nu_used, state.nu_max, count, lowbit.MAX_SECOND_MOMENT_STREAM)
-            if amsgrad
-            else None,
+            nu_max=nu_max,
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)

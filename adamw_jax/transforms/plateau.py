@@ -29,6 +29,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
+from adamw_jax._state_search import transformation
 
 
 class ReduceOnPlateauState(NamedTuple):
@@ -179,4 +180,4 @@ def reduce_on_plateau(
         )
         return updates, state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)

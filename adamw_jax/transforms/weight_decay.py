@@ -21,6 +21,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
+from adamw_jax._state_search import transformation
 from adamw_jax.transforms._masking import Mask, where_masked
 
 
@@ -63,7 +64,7 @@ def _weight_decay_transform(
         )
         return new_updates, new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)
 
 
 def add_decayed_weights(

@@ -26,6 +26,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
+from adamw_jax._state_search import transformation
 from adamw_jax.transforms._masking import Mask
 from adamw_jax.transforms.learning_rate import scale_by_learning_rate
 from adamw_jax.transforms.weight_decay import add_decayed_weights
@@ -118,7 +119,7 @@ def scale_by_ademamix(
             count=count, m1=cast(m1, state.m1), m2=cast(m2, state.m2), nu=cast(nu, state.nu)
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)
 
 
 def ademamix_alpha_schedule(alpha: float, warmup_steps: int) -> optax.Schedule:
@@ -126,7 +127,7 @@ def ademamix_alpha_schedule(alpha: float, warmup_steps: int) -> optax.Schedule:
     check.check_range("alpha", alpha, low=0.0, finite=True)
     check.check_positive_int("warmup_steps", warmup_steps)
 
-    def schedule(count: jax.Array) -> jax.Array:
+    def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         step = jnp.asarray(count, num.hyperparameter_dtype()) + 1
         return num.as_hyperparameter(alpha) * jnp.minimum(step / warmup_steps, 1)
 
@@ -142,7 +143,7 @@ def ademamix_b3_schedule(b3: float, warmup_steps: int, b3_start: float = 0.9) ->
             raise ValueError(f"{name} must be > 0 (its half-life is 0).")
     check.check_positive_int("warmup_steps", warmup_steps)
 
-    def schedule(count: jax.Array) -> jax.Array:
+    def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         fraction = jnp.minimum(
             (jnp.asarray(count, num.hyperparameter_dtype()) + 1) / warmup_steps, 1
         )

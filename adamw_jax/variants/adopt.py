@@ -24,6 +24,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
+from adamw_jax._state_search import transformation
 from adamw_jax.transforms._masking import Mask
 from adamw_jax.transforms.learning_rate import scale_by_learning_rate
 from adamw_jax.transforms.weight_decay import add_decayed_weights
@@ -112,7 +113,7 @@ def scale_by_adopt(
             count=num.safe_increment(state.count), mu=part(1, state.mu), nu=part(2, state.nu)
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)
 
 
 def adopt(
@@ -158,7 +159,9 @@ def adopt(
             clip_value_fn=clip_value_fn,
         ),
         add_decayed_weights(
-            lambda count: jnp.where(count > 0, num.hyperparameter_at(weight_decay, count), 0.0),
+            lambda count: jnp.where(
+                jnp.greater(count, 0), num.hyperparameter_at(weight_decay, count), 0.0
+            ),
             mask,
         ),
         scale_by_learning_rate(learning_rate),

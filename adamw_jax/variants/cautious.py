@@ -28,6 +28,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
+from adamw_jax._state_search import transformation
 from adamw_jax.transforms._masking import Mask, where_masked
 from adamw_jax.transforms.weight_decay import WeightDecayState
 
@@ -73,7 +74,7 @@ def scale_by_cautious_mask(
             lambda u, g: _cautious(u, g, min_kept_fraction), directions, updates
         ), state
 
-    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+    return transformation(inner.init, update_fn)
 
 
 def add_cautious_decayed_weights(
@@ -137,4 +138,4 @@ def add_cautious_decayed_weights(
         )
         return new_updates, new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)

@@ -21,7 +21,7 @@ import optax
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
 from adamw_jax import lowbit
-from adamw_jax._state_search import find_state
+from adamw_jax._state_search import find_state, transformation
 from adamw_jax.transforms.moments import ScaleByAdamState
 
 _SECOND_MOMENT = lowbit.moment_storage(None, argument="nu_dtype", second_moment=True)
@@ -80,4 +80,4 @@ def clip_by_update_rms(
         second_moments = _SECOND_MOMENT.decode(nu, updates)
         return jax.tree_util.tree_map(clipped, steps, updates, second_moments), state
 
-    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+    return transformation(inner.init, update_fn)

@@ -25,7 +25,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax._state_search import find_state
+from adamw_jax._state_search import find_state, transformation
 
 
 class ScheduleFreeAdamWState(NamedTuple):
@@ -149,7 +149,7 @@ def schedule_free_adamw(
             count=step, b1=state.b1, weight_sum=weight_sum, max_lr=max_lr, z=part(1), nu=part(2)
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation(init_fn, update_fn)
 
 
 def schedule_free_eval_params(opt_state: optax.OptState, params: optax.Params) -> optax.Params:
