@@ -21,7 +21,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax._state_search import transformation
+from adamw_jax._states import transformation
 from adamw_jax.fused import FusedTransformation, fused_adam_family
 from adamw_jax.lowbit import low_precision_params
 from adamw_jax.lowbit.kahan import kahan_summation as kahan_summation_of

@@ -222,6 +222,7 @@ def test_importing_an_old_path_keeps_the_function_of_the_same_name():
 
 def test_one_class_under_both_names():
     from adamw_jax.moments import ScaleByAdamState
+
     from adamw_jax.transforms.moments import ScaleByAdamState as Same
 
     assert ScaleByAdamState is Same is aw.ScaleByAdamState

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from adamw_jax import _numerics as num
-from adamw_jax._state_search import find_state
+from adamw_jax._states import find_state
 from adamw_jax.transforms.moments import ScaleByAdamState
 
 _TORCH_MOMENTS = {"mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"}

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from adamw_jax import _numerics as num
-from adamw_jax._state_search import transformation
+from adamw_jax._states import transformation
 
 
 class KahanSummationState(NamedTuple):

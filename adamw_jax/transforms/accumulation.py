@@ -36,7 +36,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax._state_search import transformation
+from adamw_jax._states import transformation
 from adamw_jax.transforms._wrappers import skipped_update
 
 _EVERY_K_HINT = "Pass the number of micro-steps per update, e.g. 4 (1: no accumulation)."

@@ -30,7 +30,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax._state_search import find_state, find_states, transformation
+from adamw_jax._states import find_state, find_states, transformation
 from adamw_jax.transforms.plateau import ReduceOnPlateauState
 
 DEFAULT_RUNTIME = ("learning_rate", "weight_decay")

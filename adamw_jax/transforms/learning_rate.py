@@ -13,7 +13,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax._state_search import transformation
+from adamw_jax._states import transformation
 
 
 class ScaleByLearningRateState(NamedTuple):

@@ -40,7 +40,7 @@ import optax
 
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
-from adamw_jax._state_search import find_state, transformation
+from adamw_jax._states import find_state, transformation
 
 
 class LossScaleState(NamedTuple):

@@ -29,7 +29,7 @@ import optax
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
 from adamw_jax import lowbit
-from adamw_jax._state_search import transformation
+from adamw_jax._states import transformation
 
 EPS_MODES = ("adam", "hat", "atan2")
 

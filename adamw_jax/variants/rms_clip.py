@@ -21,7 +21,7 @@ import optax
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
 from adamw_jax import lowbit
-from adamw_jax._state_search import find_state, transformation
+from adamw_jax._states import find_state, transformation
 from adamw_jax.transforms.moments import ScaleByAdamState
 
 _SECOND_MOMENT = lowbit.moment_storage(None, argument="nu_dtype", second_moment=True)

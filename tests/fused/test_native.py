@@ -23,11 +23,11 @@ from helpers import float32_tolerance, gradient_stream, make_params, max_abs_err
 from hypothesis import given
 from hypothesis import strategies as st
 from reference import adamw_trajectory
-from fused.test_transformation import OPTIONS, _adamw_kwargs
 
 import adamw_jax as aw
 from adamw_jax.fused import native
 from adamw_jax.fused._group_pass import LEAVES_PER_CALL
+from fused.test_transformation import OPTIONS, _adamw_kwargs
 
 STEPS = 60
 PARAMS = make_params(3)
