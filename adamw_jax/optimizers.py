@@ -28,7 +28,11 @@ from adamw_jax.lowbit.kahan import kahan_summation as kahan_summation_of
 from adamw_jax.transforms._masking import Mask
 from adamw_jax.transforms.learning_rate import scale_by_learning_rate
 from adamw_jax.transforms.moments import scale_by_adam
-from adamw_jax.transforms.weight_decay import add_decayed_weights, decoupled_weight_decay
+from adamw_jax.transforms.weight_decay import (
+    add_decayed_weights,
+    check_weight_decay,
+    decoupled_weight_decay,
+)
 from adamw_jax.variants.cautious import add_cautious_decayed_weights, scale_by_cautious_mask
 from adamw_jax.variants.rms_clip import clip_by_update_rms
 
@@ -308,14 +312,7 @@ def _decay(
         )
         return kwargs, box
     if mode == "corrected":
-        check.check_range(
-            "weight_decay",
-            weight_decay,
-            low=0.0,
-            allow_schedule=True,
-            finite=True,
-            hint="Use 0.0 to disable decay.",
-        )
+        check_weight_decay(weight_decay)
         multiplier = _schedule_multiplier(learning_rate, peak_learning_rate, mode)
         if multiplier is not None:
             weight_decay = _times(weight_decay, multiplier)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from adamw_jax import _numerics as num
@@ -31,10 +32,42 @@ class WeightDecayState(NamedTuple):
     count: jax.Array
 
 
-def _weight_decay_transform(
-    coefficient: Callable[[jax.Array], jax.Array], sign: float, mask: Mask | None
+def check_weight_decay(weight_decay: Any) -> None:
+    """``λ``: a finite float >= 0 or a schedule (a ValueError naming it otherwise)."""
+    check.check_range(
+        "weight_decay",
+        weight_decay,
+        low=0.0,
+        allow_schedule=True,
+        finite=True,
+        hint="Use 0.0 to disable decay.",
+    )
+
+
+def decay_coefficient(
+    weight_decay: optax.ScalarOrSchedule, schedule_multiplier: optax.Schedule | None
+) -> Callable[[jax.Array], jax.Array]:
+    """``count ↦ s_t·λ_t`` (``s_t = 1`` without a multiplier)."""
+
+    def coefficient(count: jax.Array) -> jax.Array:
+        decay = num.hyperparameter_at(weight_decay, count)
+        if schedule_multiplier is None:
+            return decay
+        return num.hyperparameter_at(schedule_multiplier, count) * decay
+
+    return coefficient
+
+
+def masked_decay(
+    coefficient: Callable[[jax.Array], jax.Array],
+    sign: float,
+    mask: Mask | None,
+    *,
+    cautious: bool = False,
+    name: str = "weight decay",
 ) -> optax.GradientTransformationExtraArgs:
-    """``u ← u + sign·c_t·θ`` on the masked leaves, with ``c_t = coefficient(count)``."""
+    """``u ← u + sign·c_t·θ`` on the masked leaves, with ``c_t = coefficient(count)``; with
+    ``cautious``, only where ``sign·u·θ > 0`` (``adamw_jax.variants.cautious``)."""
 
     def init_fn(params: optax.Params) -> WeightDecayState:
         del params
@@ -51,13 +84,15 @@ def _weight_decay_transform(
         if not jax.tree_util.tree_leaves(updates):
             return updates, new_state
         if params is None:
-            raise ValueError(
-                "weight decay needs the parameters: call update(updates, state, params)."
-            )
+            raise ValueError(f"{name} needs the parameters: call update(updates, state, params).")
         c_t = sign * coefficient(state.count)
 
         def decayed(u: jax.Array, p: jax.Array) -> jax.Array:
-            return (u.astype(num.compute_dtype(u.dtype)) + c_t * p).astype(u.dtype)
+            u32 = u.astype(num.compute_dtype(u.dtype))
+            step = c_t * p
+            if cautious:
+                step = jnp.where(sign * u32 * p > 0, step, 0)
+            return (u32 + step).astype(u.dtype)
 
         new_updates = where_masked(
             mask, params, jax.tree_util.tree_map(decayed, updates, params), updates
@@ -78,17 +113,8 @@ def add_decayed_weights(
       mask: a tree of bools (or a prefix of the params tree, or a callable returning one); only
         ``True`` leaves are decayed.
     """
-    check.check_range(
-        "weight_decay",
-        weight_decay,
-        low=0.0,
-        allow_schedule=True,
-        finite=True,
-        hint="Use 0.0 to disable decay.",
-    )
-    return _weight_decay_transform(
-        lambda count: num.hyperparameter_at(weight_decay, count), 1.0, mask
-    )
+    check_weight_decay(weight_decay)
+    return masked_decay(lambda count: num.hyperparameter_at(weight_decay, count), 1.0, mask)
 
 
 def decoupled_weight_decay(
@@ -105,20 +131,6 @@ def decoupled_weight_decay(
         schedule divided by its peak; ``None`` means ``s_t = 1``.
       mask: which leaves to decay, as in ``add_decayed_weights``.
     """
-    check.check_range(
-        "weight_decay",
-        weight_decay,
-        low=0.0,
-        allow_schedule=True,
-        finite=True,
-        hint="Use 0.0 to disable decay.",
-    )
+    check_weight_decay(weight_decay)
     check.check_schedule_or_none("schedule_multiplier", schedule_multiplier)
-
-    def coefficient(count: jax.Array) -> jax.Array:
-        decay = num.hyperparameter_at(weight_decay, count)
-        if schedule_multiplier is None:
-            return decay
-        return num.hyperparameter_at(schedule_multiplier, count) * decay
-
-    return _weight_decay_transform(coefficient, -1.0, mask)
+    return masked_decay(decay_coefficient(weight_decay, schedule_multiplier), -1.0, mask)

@@ -27,7 +27,7 @@ from adamw_jax import _validation as check
 from adamw_jax._states import transformation
 from adamw_jax.transforms._masking import Mask
 from adamw_jax.transforms.learning_rate import scale_by_learning_rate
-from adamw_jax.transforms.weight_decay import add_decayed_weights
+from adamw_jax.transforms.weight_decay import add_decayed_weights, check_weight_decay
 
 
 class ScaleByAdoptState(NamedTuple):
@@ -140,14 +140,7 @@ def adopt(
         finite=True,
         hint="Pass the positive step size, e.g. 1e-3.",
     )
-    check.check_range(
-        "weight_decay",
-        weight_decay,
-        low=0.0,
-        allow_schedule=True,
-        finite=True,
-        hint="Use 0.0 to disable decay.",
-    )
+    check_weight_decay(weight_decay)
     return optax.chain(
         scale_by_adopt(
             b1,

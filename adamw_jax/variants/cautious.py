@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,8 +28,8 @@ import optax
 from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
 from adamw_jax._states import transformation
-from adamw_jax.transforms._masking import Mask, where_masked
-from adamw_jax.transforms.weight_decay import WeightDecayState
+from adamw_jax.transforms._masking import Mask
+from adamw_jax.transforms.weight_decay import check_weight_decay, decay_coefficient, masked_decay
 
 MIN_KEPT_FRACTION = 1e-3  # timm's clamp of the mask's mean
 
@@ -81,7 +80,7 @@ def add_cautious_decayed_weights(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: Mask | None = None,
     *,
-    schedule_multiplier: Callable[[jax.Array], jax.Array] | None = None,
+    schedule_multiplier: optax.Schedule | None = None,
     after_learning_rate: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Weight decay on the coordinates where ``θ`` and the update agree in sign (math in the
@@ -94,48 +93,10 @@ def add_cautious_decayed_weights(
       schedule_multiplier: ``s_t`` of decoupled decay (``None``: 1).
       after_learning_rate: place the box after ``scale_by_learning_rate`` (decoupled decay).
     """
-    check.check_range(
-        "weight_decay",
-        weight_decay,
-        low=0.0,
-        allow_schedule=True,
-        finite=True,
-        hint="Use 0.0 to disable decay.",
-    )
+    check_weight_decay(weight_decay)
     check.check_schedule_or_none("schedule_multiplier", schedule_multiplier)
     check.check_bool("after_learning_rate", after_learning_rate)
+
     sign = -1.0 if after_learning_rate else 1.0
-
-    def init_fn(params: optax.Params) -> WeightDecayState:
-        del params
-        return WeightDecayState(count=num.zero_count())
-
-    def update_fn(
-        updates: optax.Updates,
-        state: WeightDecayState,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, WeightDecayState]:
-        del extra_args
-        new_state = WeightDecayState(count=num.safe_increment(state.count))
-        if not jax.tree_util.tree_leaves(updates):
-            return updates, new_state
-        if params is None:
-            raise ValueError(
-                "cautious weight decay needs the parameters: call update(updates, state, params)."
-            )
-        c_t = num.hyperparameter_at(weight_decay, state.count)
-        if schedule_multiplier is not None:
-            c_t = c_t * num.hyperparameter_at(schedule_multiplier, state.count)
-
-        def decayed(u: jax.Array, p: jax.Array) -> jax.Array:
-            u32 = u.astype(num.compute_dtype(u.dtype))
-            agree = sign * u32 * p > 0
-            return (u32 + jnp.where(agree, sign * c_t * p, 0)).astype(u.dtype)
-
-        new_updates = where_masked(
-            mask, params, jax.tree_util.tree_map(decayed, updates, params), updates
-        )
-        return new_updates, new_state
-
-    return transformation(init_fn, update_fn)
+    coefficient = decay_coefficient(weight_decay, schedule_multiplier)
+    return masked_decay(coefficient, sign, mask, cautious=True, name="cautious weight decay")
