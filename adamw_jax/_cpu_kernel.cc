@@ -45,6 +45,10 @@
 #include <memory>
 #include <vector>
 
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -96,10 +100,12 @@ struct MomentBuffer {
 
 // The constants of one 8-bit dynamic code (adamw_jax._quantization.code_constants), per
 // decade z = 0..top, and the table that decodes a stored byte.
-struct Code {
-  int top;
-  bool is_signed;
+struct Decades {
   float threshold[8], count[8], denominator[8], high[8], low[8], ninth;
+};
+
+struct Code {
+  Decades decades;
   float table[256];  // indexed by the stored byte (int8 codes: its two's-complement bits)
 };
 
@@ -148,17 +154,9 @@ struct Work {
 
 // --- rounding, noise and codes (adamw_jax._quantization, operation for operation) ----------
 
-inline uint32_t Bits(float x) {
-  uint32_t b;
-  std::memcpy(&b, &x, sizeof b);
-  return b;
-}
+inline uint32_t Bits(float x) { return __builtin_bit_cast(uint32_t, x); }
 
-inline float FromBits(uint32_t b) {
-  float x;
-  std::memcpy(&x, &b, sizeof x);
-  return x;
-}
+inline float FromBits(uint32_t b) { return __builtin_bit_cast(float, b); }
 
 // _quantization._mix: a 32-bit hash with full avalanche ("lowbias32").
 inline uint32_t Mix(uint32_t h) {
@@ -199,16 +197,32 @@ inline uint16_t Bf16Stochastic(float x, uint32_t noise) {
   return std::isnan(x) ? Bf16Nearest(s) : static_cast<uint16_t>(truncated);
 }
 
-inline uint16_t HalfBits(_Float16 h) {
-  uint16_t b;
-  std::memcpy(&b, &h, sizeof b);
-  return b;
+inline uint16_t HalfBits(_Float16 h) { return __builtin_bit_cast(uint16_t, h); }
+
+inline _Float16 Half(uint16_t b) { return __builtin_bit_cast(_Float16, b); }
+
+// float16 <-> float32 over arrays of up to one tile: 8 lanes at a time with F16C (GCC does not
+// vectorize _Float16 conversions), exact or rounded to nearest even either way.
+inline void HalvesToFloats(const uint16_t* __restrict h, int64_t n, float* __restrict x) {
+  int64_t i = 0;
+#ifdef __F16C__
+  for (; i + 8 <= n; i += 8) {
+    const __m128i in = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i));
+    _mm256_storeu_ps(x + i, _mm256_cvtph_ps(in));
+  }
+#endif
+  for (; i < n; ++i) x[i] = static_cast<float>(Half(h[i]));
 }
 
-inline _Float16 Half(uint16_t b) {
-  _Float16 h;
-  std::memcpy(&h, &b, sizeof h);
-  return h;
+inline void FloatsToHalves(const float* __restrict x, int64_t n, uint16_t* __restrict h) {
+  int64_t i = 0;
+#ifdef __F16C__
+  for (; i + 8 <= n; i += 8) {
+    const __m128i out = _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(h + i), out);
+  }
+#endif
+  for (; i < n; ++i) h[i] = HalfBits(static_cast<_Float16>(x[i]));
 }
 
 // jnp.nextafter(h, ±inf) on a finite float16 h, towards +inf when `up`.
@@ -219,20 +233,27 @@ inline uint16_t HalfNextAfter(uint16_t h, bool up) {
   return zero ? static_cast<uint16_t>(up ? 0x0001u : 0x8001u) : away;
 }
 
-// round_to_dtype(x, float16[, uniform]): saturated, to nearest or between the nearest value
-// and its neighbour on the other side of x with probability by distance.
+// round_to_dtype(x, float16[, uniform]) of x[0, n) into h: saturated, to nearest or between
+// the nearest value and its neighbour on the other side of x with probability by distance
+// (noise of buffer elements at + i), in passes over the tile.
 template <bool kStochastic>
-inline uint16_t F16Round(float x, uint32_t noise) {
-  const float s = Saturate(x, kF16Max);
-  const uint16_t nearest = HalfBits(static_cast<_Float16>(s));
-  if (!kStochastic) return nearest;
-  const float back = static_cast<float>(Half(nearest));
-  const uint16_t other_bits = HalfNextAfter(nearest, !(back > s));
-  const float other = static_cast<float>(Half(other_bits));
-  const float low = std::min(back, other), high = std::max(back, other);
-  const bool up = Uniform(noise) < (s - low) / (high - low);
-  const uint16_t rounded = HalfBits(static_cast<_Float16>(up ? high : low));
-  return std::isfinite(back) ? rounded : nearest;
+inline void F16Round(const float* __restrict x, int64_t n, uint32_t seed, int64_t at,
+                     uint16_t* __restrict h) {
+  alignas(64) float s[kTile], back[kTile], other[kTile];
+  alignas(64) uint16_t nearest[kTile], other_bits[kTile];
+  for (int64_t i = 0; i < n; ++i) s[i] = Saturate(x[i], kF16Max);
+  FloatsToHalves(s, n, kStochastic ? nearest : h);
+  if (!kStochastic) return;
+  HalvesToFloats(nearest, n, back);
+  for (int64_t i = 0; i < n; ++i) other_bits[i] = HalfNextAfter(nearest[i], !(back[i] > s[i]));
+  HalvesToFloats(other_bits, n, other);
+  for (int64_t i = 0; i < n; ++i) {
+    const float low = std::min(back[i], other[i]), high = std::max(back[i], other[i]);
+    const bool up = Uniform(NoiseBits(seed, at + i)) < (s[i] - low) / (high - low);
+    other[i] = up ? high : low;  // a float16 value: converting it back is exact
+  }
+  FloatsToHalves(other, n, other_bits);
+  for (int64_t i = 0; i < n; ++i) h[i] = std::isfinite(back[i]) ? other_bits[i] : nearest[i];
 }
 
 inline float Entry(float numerator, float high, float low) {
@@ -241,19 +262,22 @@ inline float Entry(float numerator, float high, float low) {
 
 // _quantization._code_index: the code entry `normalized` rounds to, by arithmetic (no search):
 // the decade from comparisons, k by a division estimate, one bracket fix with each neighbour.
-template <bool kStochastic>
-inline int32_t CodeIndex(float normalized, const Code& c, uint32_t noise) {
+// Top decade of 6 fraction bits (signed code) or 7 (unsigned).
+template <bool kStochastic, bool kSigned>
+inline int32_t CodeIndex(float normalized, const Decades& c, uint32_t noise) {
+  constexpr int kTop = kSigned ? 6 : 7;
   const float magnitude = std::fabs(normalized);
   float count = c.count[0], denominator = c.denominator[0], high_part = c.high[0];
   float low_part = c.low[0];
-  for (int z = 1; z <= c.top; ++z) {
+#pragma GCC unroll 8
+  for (int z = 1; z <= kTop; ++z) {
     const bool in = magnitude < c.threshold[z];
     count = in ? c.count[z] : count;
     denominator = in ? c.denominator[z] : denominator;
     high_part = in ? c.high[z] : high_part;
     low_part = in ? c.low[z] : low_part;
   }
-  const bool deepest = magnitude < c.threshold[c.top];
+  const bool deepest = magnitude < c.threshold[kTop];
   float k = std::floor((magnitude * denominator - count) * c.ninth);
   k = std::min(std::max(k, 0.0f), count - 1.0f);  // NaN stays NaN, as jnp.clip
   const float numerator = count + 9.0f * k;
@@ -263,15 +287,15 @@ inline int32_t CodeIndex(float normalized, const Code& c, uint32_t noise) {
   const float third = Entry(numerator + (below ? -9.0f : 18.0f), high_part, low_part);
   float lo = below ? third : (above ? high : low);
   float hi = below ? low : (above ? third : high);
-  k = deepest ? 0.0f : k - static_cast<float>(below) + static_cast<float>(above);
+  k = deepest ? 0.0f : k - (below ? 1.0f : 0.0f) + (above ? 1.0f : 0.0f);
   lo = deepest ? 0.0f : lo;
-  hi = deepest ? c.threshold[c.top] : hi;
+  hi = deepest ? c.threshold[kTop] : hi;
   const float fraction = (magnitude - lo) / (hi - lo);
   bool up = kStochastic ? Uniform(noise) < fraction : fraction >= 0.5f;
-  if (!c.is_signed) up = up | (deepest & (magnitude > 0.0f));
+  if (!kSigned) up = up | (deepest & (magnitude > 0.0f));
   const float whole = count - 1.0f + k;
   const bool nan = std::isnan(magnitude);
-  int32_t index = static_cast<int32_t>(nan ? 0.0f : whole) + static_cast<int32_t>(up);
+  int32_t index = static_cast<int32_t>(nan ? 0.0f : whole) + (up ? 1 : 0);
   index = nan ? 1 : index;
   return normalized < 0.0f ? -index : index;
 }
@@ -294,8 +318,7 @@ inline void Decode(const MomentBuffer& b, const Code* codes, int64_t at, int64_t
       break;
     }
     case kF16: {
-      const uint16_t* p = static_cast<const uint16_t*>(b.values) + at;
-      for (int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(Half(p[i]));
+      HalvesToFloats(static_cast<const uint16_t*>(b.values) + at, n, x);
       break;
     }
     case kInt8Blocks:
@@ -310,10 +333,10 @@ inline void Decode(const MomentBuffer& b, const Code* codes, int64_t at, int64_t
       break;
     }
     case kF16Blocks: {
-      const uint16_t* p = static_cast<const uint16_t*>(b.values) + at;
+      HalvesToFloats(static_cast<const uint16_t*>(b.values) + at, n, x);
       const float scale = b.scales[at / kTile];
       for (int64_t i = 0; i < n; ++i) {
-        const float s = static_cast<float>(Half(p[i])) * scale;
+        const float s = x[i] * scale;
         x[i] = s * s;
       }
       break;
@@ -323,27 +346,33 @@ inline void Decode(const MomentBuffer& b, const Code* codes, int64_t at, int64_t
   }
 }
 
-// The absmax of a block's values; a NaN is passed over, as XLA:CPU's reduction does.
+// The absmax of a block's values; a NaN is passed over, as XLA:CPU's reduction does. On the
+// bits: non-negative floats order as their integers (a vectorizable integer max).
 inline float BlockAbsmax(const float* __restrict x) {
-  float absmax = 0.0f;
+  int32_t absmax = 0;
   for (int64_t i = 0; i < kTile; ++i) {
-    const float a = std::fabs(x[i]);
+    int32_t a = static_cast<int32_t>(Bits(x[i]) & 0x7fffffffu);
+    a = a > 0x7f800000 ? 0 : a;
     absmax = a > absmax ? a : absmax;
   }
-  return absmax;
+  return FromBits(static_cast<uint32_t>(absmax));
 }
 
-template <bool kStochastic>
+template <bool kStochastic, bool kSigned>
 inline void EncodeInt8(const MomentBuffer& b, const Code& code, int64_t at,
                        const float* __restrict x) {
   const float absmax = BlockAbsmax(x);
   const float scale = absmax > 0.0f ? absmax : 1.0f;
-  b.scales[at / kTile] = scale;
-  uint8_t* p = static_cast<uint8_t*>(b.values) + at;
+  const Decades decades = code.decades;  // a local copy: the byte stores alias nothing of it
+  const uint32_t seed = b.seed;
+  alignas(64) int32_t index[kTile];
   for (int64_t i = 0; i < kTile; ++i) {
-    const uint32_t noise = kStochastic ? NoiseBits(b.seed, at + i) : 0u;
-    p[i] = static_cast<uint8_t>(CodeIndex<kStochastic>(x[i] / scale, code, noise));
+    const uint32_t noise = kStochastic ? NoiseBits(seed, at + i) : 0u;
+    index[i] = CodeIndex<kStochastic, kSigned>(x[i] / scale, decades, noise);
   }
+  b.scales[at / kTile] = scale;
+  uint8_t* __restrict p = static_cast<uint8_t*>(b.values) + at;
+  for (int64_t i = 0; i < kTile; ++i) p[i] = static_cast<uint8_t>(index[i]);
 }
 
 template <bool kStochastic>
@@ -353,14 +382,15 @@ inline void EncodeF16Blocks(const MomentBuffer& b, int64_t at, const float* __re
   std::frexp(std::isfinite(absmax) ? absmax : 0.0f, &exponent);  // jnp.frexp(±inf, NaN): 0
   const float scale = absmax > 0.0f ? std::ldexp(1.0f, exponent) : 1.0f;
   b.scales[at / kTile] = scale;
-  uint16_t* p = static_cast<uint16_t*>(b.values) + at;
+  alignas(64) float scaled[kTile];
+  alignas(64) uint16_t h[kTile];
+  for (int64_t i = 0; i < kTile; ++i) scaled[i] = x[i] / scale;
+  F16Round<kStochastic>(scaled, kTile, b.seed, at, h);
+  uint16_t* __restrict p = static_cast<uint16_t*>(b.values) + at;
   for (int64_t i = 0; i < kTile; ++i) {
-    const float scaled = x[i] / scale;
-    const uint32_t noise = kStochastic ? NoiseBits(b.seed, at + i) : 0u;
-    const uint16_t h = F16Round<kStochastic>(scaled, noise);
-    const uint16_t smallest = scaled < 0.0f ? 0x8001u : 0x0001u;  // copysign(2^-24, scaled)
-    const bool flushed = (h & 0x7fffu) == 0 && scaled != 0.0f;
-    p[i] = flushed ? smallest : h;
+    const uint16_t smallest = scaled[i] < 0.0f ? 0x8001u : 0x0001u;  // copysign(2^-24, ·)
+    const bool flushed = (h[i] & 0x7fffu) == 0 && scaled[i] != 0.0f;
+    p[i] = flushed ? smallest : h[i];
   }
 }
 
@@ -390,17 +420,14 @@ inline void Encode(const MomentBuffer& b, const Code* codes, int64_t at, int64_t
       break;
     }
     case kF16: {
-      uint16_t* p = static_cast<uint16_t*>(b.values) + at;
-      for (int64_t i = 0; i < n; ++i) {
-        p[i] = F16Round<kStochastic>(x[i], kStochastic ? NoiseBits(b.seed, at + i) : 0u);
-      }
+      F16Round<kStochastic>(x, n, b.seed, at, static_cast<uint16_t*>(b.values) + at);
       break;
     }
     case kInt8Blocks:
-      EncodeInt8<kStochastic>(b, codes[0], at, x);
+      EncodeInt8<kStochastic, true>(b, codes[0], at, x);
       break;
     case kUInt8Blocks:
-      EncodeInt8<kStochastic>(b, codes[1], at, x);
+      EncodeInt8<kStochastic, false>(b, codes[1], at, x);
       break;
     case kF16Blocks:
       EncodeF16Blocks<kStochastic>(b, at, x);
@@ -574,15 +601,14 @@ ffi::Error TakeMoment(MomentBuffer& b, Format format, uint32_t seed, ffi::Remain
   return ffi::Error::Success();
 }
 
-void TakeCode(Code& code, const float* data, bool is_signed) {
-  code.top = is_signed ? 6 : 7;
-  code.is_signed = is_signed;
-  std::copy(data, data + 8, code.threshold);
-  std::copy(data + 8, data + 16, code.count);
-  std::copy(data + 16, data + 24, code.denominator);
-  std::copy(data + 24, data + 32, code.high);
-  std::copy(data + 32, data + 40, code.low);
-  code.ninth = data[40];
+void TakeCode(Code& code, const float* data) {
+  Decades& d = code.decades;
+  std::copy(data, data + 8, d.threshold);
+  std::copy(data + 8, data + 16, d.count);
+  std::copy(data + 16, data + 24, d.denominator);
+  std::copy(data + 24, data + 32, d.high);
+  std::copy(data + 32, data + 40, d.low);
+  d.ninth = data[40];
   std::copy(data + 41, data + kCodeFloats, code.table);
 }
 
@@ -621,8 +647,8 @@ ffi::Error Prepare(Work& work, ffi::Buffer<ffi::F32> scalars, ffi::Buffer<ffi::U
   work.scalars = scalars.typed_data();
   work.sign = maximize ? -1.0f : 1.0f;
   work.stochastic = stochastic;
-  TakeCode(work.codes[0], codes.begin(), true);
-  TakeCode(work.codes[1], codes.begin() + kCodeFloats, false);
+  TakeCode(work.codes[0], codes.begin());
+  TakeCode(work.codes[1], codes.begin() + kCodeFloats);
   int64_t next = 0, buffer_size = -1;
   for (int64_t i = 0; i < moments; ++i) {
     int64_t size = 0;
