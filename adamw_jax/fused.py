@@ -220,7 +220,7 @@ def fused_adam_family(
             group_keys = [key[group] for key in keys]
             decode = functools.partial(_decode, storages, like[group])
             extra = {}
-            if natively and (write_params or small):
+            if natively and (write_params or small or not float32):
                 group_pass, moments = _group_pass.native_group_pass, tuple(stored)
                 extra = dict(
                     decode=decode,

@@ -364,4 +364,24 @@ def low_precision_params(
             num.safe_increment(state.count), master, inner_state
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    inner_step = getattr(inner, "step", None)
+    if inner_step is None:
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    # Imported here: both modules import this one.
+    from adamw_jax.fused import FusedTransformation
+    from adamw_jax.updates import apply_updates
+
+    def step_fn(
+        grads: optax.Updates, state: LowPrecisionParamsState, params: optax.Params, **extra: Any
+    ) -> tuple[optax.Params, LowPrecisionParamsState]:
+        """``inner``'s one-pass step where no parameter is bf16/f16 (nothing to round: the
+        wrapper is the identity on float32 leaves), else ``update`` then ``θ + u``."""
+        if any(_low_precision(p) for p in jax.tree_util.tree_leaves(params)):
+            updates, state = update_fn(grads, state, params, **extra)
+            return apply_updates(params, updates), state
+        new_params, inner_state = inner_step(grads, state.inner_state, params, **extra)
+        return new_params, LowPrecisionParamsState(
+            num.safe_increment(state.count), state.master, inner_state
+        )
+
+    return FusedTransformation(init_fn, update_fn, step_fn)

@@ -642,3 +642,34 @@ def test_nonfinite_inputs_have_one_outcome_on_every_path(case, amsgrad, monkeypa
                     np.testing.assert_array_equal(np.isinf(got[key]), np.isinf(want[key]))
                     # float32 rounding of the fused pass (see test_one_pass_step_matches_reference)
                     np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-7)
+
+
+def test_stochastic_rounding_wrapper_keeps_the_one_pass_step_on_float32_parameters():
+    """adamw(stochastic_rounding=True) wraps the fused optimizer to round bf16/f16 parameters;
+    with float32 parameters only, update_and_apply is the inner one-pass step (the kernel writes
+    θ), and it lands where update + apply_updates lands; with a bf16 leaf it is update + apply."""
+    kwargs = dict(mu_dtype="int8", nu_dtype="int8", stochastic_rounding=True, weight_decay=0.1)
+    optimizer = aw.adamw(1e-2, fused=True, **kwargs)
+    rng = np.random.default_rng(2)
+    params = {"w": jnp.asarray(rng.normal(size=(64, 80)), jnp.float32)}
+    grads = {"w": jnp.asarray(rng.normal(size=(64, 80)), jnp.float32)}
+    state = optimizer.init(params)
+    step = jax.jit(_one_pass(optimizer))
+    assert callable(getattr(optimizer, "step", None))  # a FusedTransformation
+    assert _uses_kernel(step, grads, state, params)
+    p_step, s_step = step(grads, state, params)
+
+    def two_calls(g, s, p):
+        updates, s = optimizer.update(g, s, p)
+        return aw.apply_updates(p, updates), s
+
+    p_two, s_two = jax.jit(two_calls)(grads, state, params)
+    # the same moments; θ + u formed in the kernel or by XLA: float32 rounding of |u| ~ 1e-2
+    np.testing.assert_allclose(p_step["w"], p_two["w"], rtol=0, atol=1e-6)
+    for ours, theirs in zip(jax.tree.leaves(s_step), jax.tree.leaves(s_two)):
+        np.testing.assert_array_equal(ours, theirs)
+    mixed = {"w": params["w"], "b": jnp.zeros((8,), jnp.bfloat16)}
+    mixed_grads = {"w": grads["w"], "b": jnp.ones((8,), jnp.bfloat16)}
+    p_mixed, _ = step(mixed_grads, optimizer.init(mixed), mixed)
+    assert p_mixed["b"].dtype == jnp.bfloat16
+    np.testing.assert_allclose(p_mixed["w"], p_step["w"], rtol=0, atol=1e-6)
