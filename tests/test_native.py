@@ -1,5 +1,6 @@
 """The native CPU kernel of adamw(fused=True): the same numbers as the XLA pass and the float64
-reference for every option and for bfloat16 moments, in place, differentiable, batched, and a
+reference for every option and every moment storage format (bf16/f16, stochastic rounding,
+blockwise f16 and int8), in place, differentiable, batched, and a
 clear fallback without a compiler.
 
 The test session forces 8 host devices, where the kernel is off by default (GSPMD cannot split
