@@ -296,8 +296,14 @@ inline int32_t CodeIndex(float normalized, const Decades& c, uint32_t noise) {
   k = deepest ? 0.0f : k - (below ? 1.0f : 0.0f) + (above ? 1.0f : 0.0f);
   lo = deepest ? 0.0f : lo;
   hi = deepest ? c.threshold[kTop] : hi;
-  const float fraction = (magnitude - lo) / (hi - lo);
-  bool up = kStochastic ? Uniform(noise) < fraction : fraction >= 0.5f;
+  bool up;
+  if (kStochastic) {
+    up = Uniform(noise) < (magnitude - lo) / (hi - lo);
+  } else {  // fl(a/b) >= 0.5 exactly when a/b >= 0.5 - 2^-26 (the midpoint below 0.5, a tie
+            // rounding up to 0.5): checked in double, where b·(0.5 - 2^-26) is exact.
+    const double a = magnitude - lo, b = hi - lo;
+    up = a >= b * (0.5 - 0x1p-26);
+  }
   if (!kSigned) up = up | (deepest & (magnitude > 0.0f));
   const float whole = count - 1.0f + k;
   const bool nan = std::isnan(magnitude);
@@ -390,7 +396,9 @@ inline void EncodeF16Blocks(const MomentBuffer& b, int64_t at, const float* __re
   b.scales[at / kTile] = scale;
   alignas(64) float scaled[kTile];
   alignas(64) uint16_t h[kTile];
-  for (int64_t i = 0; i < kTile; ++i) scaled[i] = x[i] / scale;
+  // x / 2^e as x · 2^-e: both exact (or the same correctly rounded subnormal).
+  const float inverse = 1.0f / scale;
+  for (int64_t i = 0; i < kTile; ++i) scaled[i] = x[i] * inverse;
   F16Round<kStochastic>(scaled, kTile, b.seed, at, h);
   uint16_t* __restrict p = static_cast<uint16_t*>(b.values) + at;
   for (int64_t i = 0; i < kTile; ++i) {
