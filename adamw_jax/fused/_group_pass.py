@@ -9,6 +9,7 @@ with ``write_params``) and the new ``(m, v)`` or ``(m, v, v̄)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -138,23 +139,33 @@ def xla_group_pass(
 
 def native_group_pass(
     scalars: StepScalars,
-    moments: tuple[jax.Array, ...],
+    moments: tuple[Any, ...],
     params: list[jax.Array] | None,
     grads: list[jax.Array],
     slots: list[LeafSlot],
     o: GroupOptions,
-) -> tuple[list[jax.Array], tuple[jax.Array, ...]]:
+    *,
+    decode: Callable[[tuple[Any, ...]], tuple[jax.Array, ...]] | None = None,
+    encode: Callable[[tuple[jax.Array, ...]], tuple[Any, ...]] | None = None,
+    seeds: jax.Array | None = None,
+) -> tuple[list[jax.Array], tuple[Any, ...]]:
     """The group's step as calls of the CPU kernel (``adamw_jax.native``), ``LEAVES_PER_CALL``
     leaves each: the arguments and outputs of ``xla_group_pass``, except that ``moments`` are
-    the stored buffers (float32 or bfloat16) and come back stored. ``jax.jvp``/``jax.grad`` go
-    through the XLA pass."""
+    the stored buffers (any ``native.FORMATS`` format) and come back stored, rounded with the
+    stochastic-rounding ``seeds`` (uint32[3], one per moment) when given. ``decode``/``encode``
+    (stored -> float32 -> stored, default a dtype cast) are the XLA pass's, which
+    ``jax.jvp``/``jax.grad`` go through."""
     reads_params = o.decayed or o.write_params
     offsets = np.array([slot.offset for slot in slots], np.int64)
+    if decode is None:
+        decode = lambda moments: tuple(x.astype(jnp.float32) for x in moments)  # noqa: E731
+    if encode is None:
+        dtypes = [x.dtype for x in moments]
+        encode = lambda new: tuple(x.astype(d) for x, d in zip(new, dtypes))  # noqa: E731
 
     def xla(scalars, moments, params, grads):
-        decoded = tuple(x.astype(jnp.float32) for x in moments)
-        outputs, new = xla_group_pass(scalars, decoded, params, grads, slots, o)
-        return outputs, tuple(x.astype(old.dtype) for x, old in zip(new, moments))
+        outputs, new = xla_group_pass(scalars, decode(moments), params, grads, slots, o)
+        return outputs, encode(new)
 
     @jax.custom_jvp
     def kernel(scalars, moments, params, grads):
@@ -163,7 +174,13 @@ def native_group_pass(
         for start in range(0, len(grads), LEAVES_PER_CALL):  # the moments thread through
             part = slice(start, start + LEAVES_PER_CALL)
             out, moments = native.adam_step(
-                vector, moments, (params or [])[part], grads[part], offsets[part], **o._asdict()
+                vector,
+                moments,
+                (params or [])[part],
+                grads[part],
+                offsets[part],
+                seeds=seeds,
+                **o._asdict(),
             )
             outputs += out
         return outputs, moments
@@ -234,23 +251,17 @@ def native_moments_group_pass(
     return outputs, new
 
 
-def runs_natively(
-    dtype: np.dtype, grads: list[jax.Array], stored: list[Any], stochastic_rounding: bool
-) -> bool:
+def runs_natively(dtype: np.dtype, grads: list[jax.Array], stored: list[Any]) -> bool:
     """Whether a group is what the native kernel computes: float32 parameters and gradients,
-    moments stored as plain float32 arrays, or all as bfloat16 rounded to nearest, none split
-    along Explicit mesh axes (a custom call has no sharding rule)."""
+    each moment stored in one of ``native.FORMATS`` (float32, bfloat16 or float16 arrays, or
+    the int8 / float16 block formats, to nearest or stochastically), none split along Explicit
+    mesh axes (a custom call has no sharding rule)."""
     float32 = np.dtype(np.float32)
-    moment_dtypes = {np.dtype(x.dtype) for x in stored if isinstance(x, jax.Array)}
-    plain = len(moment_dtypes) == 1 and all(isinstance(x, jax.Array) for x in stored)
-    unsplit = all(explicit_sharding(x) is None for x in [*grads, *stored])
+    arrays = jax.tree_util.tree_leaves(stored)
+    unsplit = all(explicit_sharding(x) is None for x in [*grads, *arrays])
     return (
         dtype == float32
         and all(np.dtype(jnp.result_type(g)) == float32 for g in grads)
-        and plain
+        and all(native.moment_format(x) is not None for x in stored)
         and unsplit
-        and (
-            moment_dtypes == {float32}
-            or (moment_dtypes == {np.dtype(jnp.bfloat16)} and not stochastic_rounding)
-        )
     )

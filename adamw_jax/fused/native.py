@@ -14,8 +14,12 @@ compiler the fused step keeps its XLA formulation (same numbers), with a warning
 reason.
 
 When it runs (``enabled()``): the default backend is the CPU, float64 mode is off, the group is
-float32 with float32 moments (or bfloat16 ones, rounded to nearest: stored in the same pass, 20
-bytes per parameter), and either the process sees one device or ``ADAMW_JAX_NATIVE=1``.
+float32 (parameters and gradients) with its moments in any storage format of ``adamw_jax.lowbit``
+(``FORMATS``: float32; bfloat16 or float16, to nearest or stochastically; float16 sqrt(v) with a
+power-of-two block scale; blockwise int8 codes), stored in the same pass (20 bytes per parameter
+with bfloat16 moments, about 16 with int8), and either the process sees one device or
+``ADAMW_JAX_NATIVE=1``. Groups of bfloat16/float16 parameters keep the XLA pass, and so does
+``update`` (not ``step``) of a leaf with its own buffer unless its moments are float32.
 With several devices the XLA pass stays the default because GSPMD cannot split a custom call: it
 would gather sharded operands onto every device. ``ADAMW_JAX_NATIVE=0`` turns the kernel off.
 The setting is read when a step is traced: a function jitted before a change keeps its choice.
@@ -46,6 +50,13 @@ import jax
 import jax.numpy as jnp
 import jaxlib.version
 import numpy as np
+
+from adamw_jax.lowbit._quantization import (
+    SIGNED_CODE,
+    UNSIGNED_CODE,
+    BlockwiseArray,
+    code_constants,
+)
 
 try:
     import fcntl
@@ -335,9 +346,47 @@ def _visible_cost(scalars: jax.Array) -> jax.Array:
     return jnp.min(jnp.broadcast_to(scalars, (_SCALAR_COPIES, *scalars.shape)), axis=0)
 
 
+FORMATS = ("float32", "bfloat16", "float16", "int8 blocks", "uint8 blocks", "float16 blocks")
+"""The moment storage formats the kernel takes, in the order of its ``Format`` enum: plain
+float32, bfloat16 and float16 arrays, and ``lowbit.BlockwiseArray`` of int8 codes (m), uint8
+codes of sqrt(v), or float16 sqrt(v) with power-of-two scales."""
+
+
+def moment_format(stored: Any) -> int | None:
+    """The kernel's format number of one stored moment buffer, or None if it has none."""
+    if isinstance(stored, BlockwiseArray):
+        values = np.dtype(stored.values.dtype)
+        name = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}.get(values, str(values))
+        name += " blocks"
+    else:
+        name = str(np.dtype(stored.dtype))
+    return FORMATS.index(name) if name in FORMATS else None
+
+
+@functools.cache
+def _codes() -> np.ndarray:
+    """The ``codes`` attribute: per 8-bit code (signed, then unsigned) its arithmetic-index
+    constants (``_quantization.code_constants``, padded to 8 decades) and its 256-entry decode
+    table indexed by the stored byte (an int8 code by its two's-complement bits, ``-128``
+    decoding as ``jnp``'s wrapped index does)."""
+    parts = []
+    for code in (SIGNED_CODE, UNSIGNED_CODE):
+        constants = code_constants(signed=code[0] < 0)
+        for name in ("threshold", "count", "denominator", "high", "low"):
+            parts.append(np.resize(constants[name], 8) * (np.arange(8) < constants[name].size))
+        parts.append(constants["ninth"])
+        byte = np.arange(256)
+        parts.append(code[(byte - 256 * (byte > 127) + 127) % code.size] if code[0] < 0 else code)
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _buffers(stored: Any) -> list[jax.Array]:
+    return list(stored) if isinstance(stored, BlockwiseArray) else [stored]
+
+
 def adam_step(
     scalars: jax.Array,
-    moments: Sequence[jax.Array],
+    moments: Sequence[Any],
     params: Sequence[jax.Array],
     grads: Sequence[jax.Array],
     offsets: np.ndarray,
@@ -348,34 +397,43 @@ def adam_step(
     decayed: bool,
     write_params: bool,
     moments_only: bool = False,
-) -> tuple[list[jax.Array], tuple[jax.Array, ...]]:
+    seeds: jax.Array | None = None,
+) -> tuple[list[jax.Array], tuple[Any, ...]]:
     """One group's step by the kernel: ``(outputs, moments)`` as ``adamw_jax.fused``'s XLA pass.
 
     ``scalars``: float32[12] in ``_group_pass.StepScalars`` order; ``moments``: ``(m, v)`` or
-    ``(m, v, v̄)`` buffers, all float32 or all bfloat16, updated in place (aliased); ``params``:
-    the leaves' parameters when decayed or written, else empty; ``grads``: the leaves' float32
-    gradients, leaf ``i`` starting at element ``offsets[i]`` of the moments. ``outputs``: per
-    leaf ``u``, or ``θ + u`` written over ``θ`` with ``write_params``; none with
-    ``moments_only`` (the new moments alone: 20 bytes per parameter, neither decayed nor
-    written).
+    ``(m, v, v̄)`` stored buffers, each of a ``FORMATS`` format (a ``BlockwiseArray`` for the
+    block formats; its leaves start on block boundaries), updated in place (aliased);
+    ``seeds``: uint32[3], the stochastic-rounding seed of each moment buffer (``None``: round
+    to nearest); ``params``: the leaves' parameters when decayed or written, else empty;
+    ``grads``: the leaves' float32 gradients, leaf ``i`` starting at element ``offsets[i]`` of
+    the moments. ``outputs``: per leaf ``u``, or ``θ + u`` written over ``θ`` with
+    ``write_params``; none with ``moments_only`` (float32 moments alone: 20 bytes per
+    parameter, neither decayed nor written).
     """
     if not available():
         raise NativeKernelError(f"the native kernel is unavailable: {_register()}")
-    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in moments]
+    buffers = [b for x in moments for b in _buffers(x)]
+    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in buffers]
     if not moments_only:
         shapes += [jax.ShapeDtypeStruct(g.shape, np.float32) for g in grads]
-    aliases = {1 + i: i for i in range(len(moments))}
+    aliases = {2 + i: i for i in range(len(buffers))}
     if write_params:
-        aliases.update({1 + len(moments) + j: len(moments) + j for j in range(len(params))})
+        aliases.update({2 + len(buffers) + j: len(buffers) + j for j in range(len(params))})
     call = jax.ffi.ffi_call(
         TARGET_NAME, shapes, input_output_aliases=aliases, vmap_method="sequential"
     )
+    stochastic = seeds is not None
     results = call(
         _visible_cost(scalars),
-        *moments,
+        jnp.zeros(3, jnp.uint32) if seeds is None else seeds,
+        *buffers,
         *params,
         *grads,
         offsets=offsets,
+        formats=np.array([moment_format(x) for x in moments], np.int64),
+        codes=_codes(),
+        stochastic=stochastic,
         amsgrad=amsgrad,
         nesterov=nesterov,
         maximize=maximize,
@@ -383,4 +441,12 @@ def adam_step(
         write_params=write_params,
         moments_only=moments_only,
     )
-    return list(results[len(moments) :]), tuple(results[: len(moments)])
+    new, at = [], 0
+    for x in moments:
+        if isinstance(x, BlockwiseArray):
+            new.append(BlockwiseArray(results[at], results[at + 1]))
+            at += 2
+        else:
+            new.append(results[at])
+            at += 1
+    return list(results[len(buffers) :]), tuple(new)

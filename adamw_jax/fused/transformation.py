@@ -26,7 +26,8 @@ two leaves and holds exactly the values it holds unfused), and smaller leaves go
 float32. Deterministic formats then store bit for bit what the unfused path stores; stochastic
 rounding draws its noise per buffer instead of per leaf (same distribution, other draws).
 
-On XLA:CPU the pass of a float32 group (moments float32, or bfloat16 rounded to nearest) is one
+On XLA:CPU the pass of a float32 group (moments in any storage format: decoded, stepped and
+encoded per block of 256 in the same loop) is one
 call of a native kernel per 128 leaves (``adamw_jax.native``; see ``enabled()`` for when):
 XLA:CPU would compile it into three loops per tensor (about 40 bytes of traffic per parameter)
 and one kernel per slice back to a leaf; the kernel takes the leaves as they are, makes one pass
@@ -49,6 +50,7 @@ of a block size (8-bit storage) or a device count (sharding); the zero padding s
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -195,33 +197,41 @@ def fused_adam_family(
             for s, d in zip(_buffer_shapes(layout), layout.group_dtypes)
         )
         storages = (mu_storage, nu_storage, nu_storage)  # of mu, nu, nu_max
+        streams = (
+            lowbit.FIRST_MOMENT_STREAM,
+            lowbit.SECOND_MOMENT_STREAM,
+            lowbit.MAX_SECOND_MOMENT_STREAM,
+        )
+        # The noise seed of each group's buffer, per moment (as the storages' encode draws it).
+        keys = [lowbit.step_keys(count, stream, layout.num_groups) for stream in streams]
         run_natively = native.enabled()
         outputs = [None] * len(grads)
         new_moments = []
         for group, members in enumerate(layout.leaf_groups()):
-            # Natively unless the kernel would materialize a large update: XLA fuses u into
-            # the caller's θ + u, a fresh buffer of a large leaf costs its page faults.
             stored = [moment[group] for moment in _stored_moments(state)]
             natively = run_natively and _group_pass.runs_natively(
-                layout.group_dtypes[group],
-                [grads[i] for i in members],
-                stored,
-                options["stochastic_rounding"],
+                layout.group_dtypes[group], [grads[i] for i in members], stored
             )
             # The kernel reads and writes the stored moments itself. It writes θ + u, or the u of
             # small leaves; a large leaf's u would be a fresh buffer (its page faults cost more
             # than the pass), so there the kernel writes the float32 moments only and XLA forms
             # u from them, fused into the caller's θ + u.
             small = layout.group_keys[group][2] < 0
-            if natively and (write_params or small):
+            float32 = all(native.moment_format(x) == 0 for x in stored)
+            group_keys = [key[group] for key in keys]
+            decode = functools.partial(_decode, storages, like[group])
+            extra = {}
+            if natively and (write_params or small or not float32):
                 group_pass, moments = _group_pass.native_group_pass, tuple(stored)
-            elif natively and np.dtype(stored[0].dtype) == np.float32:
+                extra = dict(
+                    decode=decode,
+                    encode=functools.partial(_encode, storages, tuple(stored), group_keys),
+                    seeds=jnp.stack(group_keys) if options["stochastic_rounding"] else None,
+                )
+            elif natively and float32:
                 group_pass, moments = _group_pass.native_moments_group_pass, tuple(stored)
             else:
-                group_pass = _group_pass.xla_group_pass
-                moments = tuple(
-                    storage.decode(x, like[group]) for storage, x in zip(storages, stored)
-                )
+                group_pass, moments = _group_pass.xla_group_pass, decode(stored)
             leaf_out, group_moments = group_pass(
                 scalars,
                 moments,
@@ -235,6 +245,7 @@ def fused_adam_family(
                     decayed=layout.group_keys[group][1],
                     write_params=write_params,
                 ),
+                **extra,
             )
             for i, out in zip(members, leaf_out):
                 dtype = param_leaves[i].dtype if write_params else jnp.result_type(grads[i])
@@ -447,6 +458,26 @@ def _scalars_builder(
         )
 
     return scalars_at
+
+
+def _decode(
+    storages: tuple[lowbit.MomentStorage, ...], like: jax.ShapeDtypeStruct, stored: tuple[Any, ...]
+) -> tuple[jax.Array, ...]:
+    """A group's stored moments decoded to float32 buffers shaped ``like``."""
+    return tuple(storage.decode(x, like) for storage, x in zip(storages, stored))
+
+
+def _encode(
+    storages: tuple[lowbit.MomentStorage, ...],
+    stored: tuple[Any, ...],
+    keys: list[jax.Array],
+    values: tuple[jax.Array, ...],
+) -> tuple[Any, ...]:
+    """A group's new float32 moments in the layout of its ``stored`` ones (seeds ``keys``)."""
+    return tuple(
+        storage.encode_leaf(x, s, key if storage.stochastic_rounding else None)
+        for storage, x, s, key in zip(storages, values, stored, keys)
+    )
 
 
 def _stored_moments(state: FusedAdamState) -> tuple[Any, ...]:

@@ -71,6 +71,26 @@ def _reciprocal_split(denominator: int) -> tuple[np.float32, np.float32]:
     return np.float32(high), np.float32(reciprocal - high)
 
 
+def code_constants(*, signed: bool) -> dict[str, np.ndarray]:
+    """The float32 constants of ``_code_index`` for one code, per decade ``z = 0..t`` (``t``
+    fraction bits in the top decade: 6 signed, 7 unsigned): ``threshold`` (``10^-z``; the
+    magnitude is in decade ``z`` when below ``threshold[1..z]``), ``count`` (``F = 2^(t-z)``),
+    ``denominator`` (``D = F·10^(z+1)``), ``high``/``low`` (``1/D`` split, see
+    ``_reciprocal_split``), and ``ninth`` (float32 ``1/9``). The native kernel takes the same
+    arrays, so both compute the same index."""
+    top_bits = 6 if signed else 7
+    denominators = [10 * 2**top_bits * 5**zeros for zeros in range(top_bits + 1)]
+    splits = [_reciprocal_split(d) for d in denominators]
+    return {
+        "threshold": np.asarray([10.0**-z for z in range(top_bits + 1)], np.float32),
+        "count": np.asarray(2.0 ** (top_bits - np.arange(top_bits + 1)), np.float32),
+        "denominator": np.asarray(denominators, np.float32),
+        "high": np.asarray([h for h, _ in splits], np.float32),
+        "low": np.asarray([lo for _, lo in splits], np.float32),
+        "ninth": np.asarray([1 / 9], np.float32),
+    }
+
+
 def _code_index(normalized: jax.Array, code: np.ndarray, uniform: jax.Array | None) -> jax.Array:
     """Index into ``code`` of the entry ``normalized`` (in [-1, 1]) rounds to.
 
@@ -87,25 +107,23 @@ def _code_index(normalized: jax.Array, code: np.ndarray, uniform: jax.Array | No
     """
     signed = bool(code[0] < 0)
     top_bits = 6 if signed else 7  # fraction bits of the top decade
+    constants = code_constants(signed=signed)
     magnitude = jnp.abs(normalized)
 
-    def per_decade(values: list[float]) -> jax.Array:  # select by decade: no gather
-        out = jnp.full(magnitude.shape, np.float32(values[0]))
+    def per_decade(values: np.ndarray) -> jax.Array:  # select by decade: no gather
+        out = jnp.full(magnitude.shape, values[0])
         for zeros in range(1, top_bits + 1):
-            out = jnp.where(magnitude < np.float32(10.0**-zeros), np.float32(values[zeros]), out)
+            out = jnp.where(magnitude < constants["threshold"][zeros], values[zeros], out)
         return out
 
-    denominators = [10 * 2**top_bits * 5**zeros for zeros in range(top_bits + 1)]  # F·10^(z+1)
-    splits = [_reciprocal_split(d) for d in denominators]
-    entries = 2.0 ** (top_bits - np.arange(top_bits + 1))
-    count, denominator = per_decade(list(entries)), per_decade(denominators)
-    high_part, low_part = per_decade([h for h, _ in splits]), per_decade([lo for _, lo in splits])
+    count, denominator = per_decade(constants["count"]), per_decade(constants["denominator"])
+    high_part, low_part = per_decade(constants["high"]), per_decade(constants["low"])
     deepest = magnitude < np.float32(10.0**-top_bits)
 
     def entry(numerator: jax.Array) -> jax.Array:
         return numerator * high_part + numerator * low_part  # = numerator / denominator
 
-    k = jnp.clip(jnp.floor((magnitude * denominator - count) * np.float32(1 / 9)), 0, count - 1)
+    k = jnp.clip(jnp.floor((magnitude * denominator - count) * constants["ninth"][0]), 0, count - 1)
     numerator = count + 9 * k
     low, high = entry(numerator), entry(numerator + 9)
     below, above = low > magnitude, high < magnitude  # k one too high / one too low

@@ -168,26 +168,35 @@ class MomentStorage:
         self, values: optax.Updates, stored: optax.Updates, step: jax.Array, stream: int
     ) -> optax.Updates:
         """``values`` in the layout and dtypes of the previous ``stored`` state."""
-        leaves, treedef = jax.tree_util.tree_flatten(values)
+        leaves, treedef = jax.tree_util.tree_flatten(
+            values, is_leaf=lambda x: isinstance(x, BlockwiseArray)
+        )
         stored_leaves = treedef.flatten_up_to(stored)
         keys = (
             step_keys(step, stream, len(leaves))
             if self.stochastic_rounding
             else [None] * len(leaves)
         )
+        return treedef.unflatten(
+            [self.encode_leaf(*args) for args in zip(leaves, stored_leaves, keys)]
+        )
 
-        def leaf(x: jax.Array, s: jax.Array | BlockwiseArray, key: jax.Array | None):
-            if isinstance(s, BlockwiseArray):
-                flat = _unsharded(x).reshape(-1).astype(jnp.float32)
-                if self.second_moment:
-                    flat = jnp.sqrt(flat)
-                uniform = uniform_noise(key, s.values.shape)
-                blocks = encode_blocks(flat, s.values.dtype, uniform=uniform)
-                return BlockwiseArray(*map(_sharded_like, blocks, s))  # keeps e.g. a ZeRO-1 split
-            narrower = jnp.finfo(s.dtype).bits < jnp.finfo(x.dtype).bits
-            return round_to_dtype(x, s.dtype, uniform_noise(key, x.shape) if narrower else None)
-
-        return treedef.unflatten([leaf(*args) for args in zip(leaves, stored_leaves, keys)])
+    def encode_leaf(
+        self, x: jax.Array | BlockwiseArray, s: jax.Array | BlockwiseArray, key: jax.Array | None
+    ) -> jax.Array | BlockwiseArray:
+        """One value ``x`` in the layout and dtype of ``s``, with the noise seed ``key`` (None:
+        to nearest). A ``BlockwiseArray`` ``x`` is stored already (by the native kernel)."""
+        if isinstance(x, BlockwiseArray):
+            return x
+        if isinstance(s, BlockwiseArray):
+            flat = _unsharded(x).reshape(-1).astype(jnp.float32)
+            if self.second_moment:
+                flat = jnp.sqrt(flat)
+            uniform = uniform_noise(key, s.values.shape)
+            blocks = encode_blocks(flat, s.values.dtype, uniform=uniform)
+            return BlockwiseArray(*map(_sharded_like, blocks, s))  # keeps e.g. a ZeRO-1 split
+        narrower = jnp.finfo(s.dtype).bits < jnp.finfo(x.dtype).bits
+        return round_to_dtype(x, s.dtype, uniform_noise(key, x.shape) if narrower else None)
 
 
 def _explicit_sharding(x: jax.Array) -> jax.sharding.NamedSharding | None:
@@ -358,4 +367,24 @@ def low_precision_params(
             num.safe_increment(state.count), master, inner_state
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    inner_step = getattr(inner, "step", None)
+    if inner_step is None:
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    # Imported here: both modules import this one.
+    from adamw_jax.fused import FusedTransformation
+    from adamw_jax.updates import apply_updates
+
+    def step_fn(
+        grads: optax.Updates, state: LowPrecisionParamsState, params: optax.Params, **extra: Any
+    ) -> tuple[optax.Params, LowPrecisionParamsState]:
+        """``inner``'s one-pass step where no parameter is bf16/f16 (nothing to round: the
+        wrapper is the identity on float32 leaves), else ``update`` then ``θ + u``."""
+        if any(_low_precision(p) for p in jax.tree_util.tree_leaves(params)):
+            updates, state = update_fn(grads, state, params, **extra)
+            return apply_updates(params, updates), state
+        new_params, inner_state = inner_step(grads, state.inner_state, params, **extra)
+        return new_params, LowPrecisionParamsState(
+            num.safe_increment(state.count), state.master, inner_state
+        )
+
+    return FusedTransformation(init_fn, update_fn, step_fn)
