@@ -48,7 +48,7 @@ class FlatLayout:
 
     treedef: Any
     slots: tuple[LeafSlot, ...]
-    group_keys: tuple[Hashable, ...]
+    group_keys: tuple[Any, ...]  # hashable; the fused path keys its buffers by tuples
     group_dtypes: tuple[np.dtype, ...]
     group_sizes: tuple[int, ...]
 
@@ -142,7 +142,7 @@ def layout_of(
     *,
     group_key: Callable[[int, Any], Hashable] | None = None,
     multiple: int = 1,
-    alignment: Callable[[Hashable], int] | None = None,
+    alignment: Callable[[Any], int] | None = None,
 ) -> FlatLayout:
     """The layout of ``tree``'s leaves (arrays or ``jax.ShapeDtypeStruct``).
 

@@ -82,7 +82,10 @@ def update_from_moments(
     numerator = s.nesterov_m * m + s.nesterov_g * g if o.nesterov else s.moment_scale * m
     denominator = jnp.sqrt(second * s.inverse_c2 + s.eps_root) + s.eps
     update = -s.step_size * num.adam_ratio(numerator, denominator)
-    return update - s.decay * p if o.decayed else update
+    if not o.decayed:
+        return update
+    assert p is not None, "a decayed group passes its parameters"
+    return update - s.decay * p
 
 
 def elementwise_pass(
@@ -122,7 +125,8 @@ def xla_group_pass(
             return jnp.asarray(leaves[0]).astype(as_dtype)
         return jnp.reshape(pack_slots(leaves, slots, math.prod(shape), as_dtype), shape)
 
-    decayed = pack(params, slots[0].dtype) if o.decayed else None
+    assert params is not None or not (o.decayed or o.write_params), "the group needs θ"
+    decayed = pack(params, slots[0].dtype) if params is not None and o.decayed else None
     v_max = moments[2] if o.amsgrad else None
     update, m, v, v_max = elementwise_pass(
         pack(grads, dtype), moments[0], moments[1], v_max, decayed, scalars, o
@@ -132,9 +136,10 @@ def xla_group_pass(
     else:
         flat = jnp.ravel(update)
         outputs = [jnp.reshape(flat[s.offset : s.offset + s.size], s.shape) for s in slots]
-    if o.write_params:
+    if params is not None and o.write_params:
         outputs = [lowbit.add_and_round(p, u, p.dtype, None) for p, u in zip(params, outputs)]
-    return outputs, (m, v) + ((v_max,) if o.amsgrad else ())
+    new_moments: tuple[jax.Array, ...] = (m, v) if v_max is None else (m, v, v_max)
+    return outputs, new_moments
 
 
 def native_group_pass(
@@ -242,7 +247,7 @@ def native_moments_group_pass(
             clamped_gradient(jnp.asarray(g, jnp.float32), o),
             leaf(new[0], slot),
             leaf(second, slot),
-            params[i] if o.decayed else None,
+            params[i] if params is not None and o.decayed else None,
             scalars,
             o,
         )

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import jaxlib.version
 import numpy as np
 
+from adamw_jax import _numerics as num
 from adamw_jax.lowbit._quantization import (
     SIGNED_CODE,
     UNSIGNED_CODE,
@@ -324,7 +325,7 @@ def enabled() -> bool:
             f"{ENVIRONMENT_VARIABLE}={setting!r}: use 1 (always on CPU), 0 (never) or leave it "
             "unset (auto: one CPU device)."
         )
-    if jax.default_backend() != "cpu" or jax.config.jax_enable_x64:
+    if jax.default_backend() != "cpu" or num.x64_enabled():
         return False
     if setting in ("auto", "") and jax.device_count() != 1:
         return False

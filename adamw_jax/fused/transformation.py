@@ -128,7 +128,7 @@ def fused_adam_family(
       whose state is a ``FusedAdamState``.
     """
     scale_by_adam(**adam_kwargs)  # the argument checks, with the unfused path's messages
-    options = dict(
+    options: dict[str, Any] = dict(
         b1=0.9,
         b2=0.999,
         eps=1e-8,
@@ -189,7 +189,7 @@ def fused_adam_family(
         count = num.safe_increment(state.count)
         grads = layout.treedef.flatten_up_to(updates)
         _check_gradient_shapes(layout, grads, params)
-        param_leaves = (
+        param_leaves: list[Any] = (
             layout.treedef.flatten_up_to(params) if params is not None else [None] * len(grads)
         )
         like = tuple(
@@ -205,7 +205,7 @@ def fused_adam_family(
         # The noise seed of each group's buffer, per moment (as the storages' encode draws it).
         keys = [lowbit.step_keys(count, stream, layout.num_groups) for stream in streams]
         run_natively = native.enabled()
-        outputs = [None] * len(grads)
+        outputs: list[Any] = [None] * len(grads)
         new_moments = []
         for group, members in enumerate(layout.leaf_groups()):
             stored = [moment[group] for moment in _stored_moments(state)]
@@ -220,7 +220,7 @@ def fused_adam_family(
             float32 = all(native.moment_format(x) == 0 for x in stored)
             group_keys = [key[group] for key in keys]
             decode = functools.partial(_decode, storages, like[group])
-            extra = {}
+            extra: dict[str, Any] = {}
             if natively and (write_params or small or not float32):
                 group_pass, moments = _group_pass.native_group_pass, tuple(stored)
                 extra = dict(
@@ -231,7 +231,7 @@ def fused_adam_family(
             elif natively and float32:
                 group_pass, moments = _group_pass.native_moments_group_pass, tuple(stored)
             else:
-                group_pass, moments = _group_pass.xla_group_pass, decode(stored)
+                group_pass, moments = _group_pass.xla_group_pass, decode(tuple(stored))
             leaf_out, group_moments = group_pass(
                 scalars,
                 moments,
@@ -252,13 +252,16 @@ def fused_adam_family(
                 outputs[i] = out if out.dtype == dtype else out.astype(dtype)
             new_moments.append(group_moments)
         mu, nu, *nu_max = zip(*new_moments) if new_moments else ((), (), ())
+
+        def encoded(storage: lowbit.MomentStorage, values: Any, previous: Any, stream: int) -> Any:
+            """The group buffers ``values`` stored as ``previous`` are (a tuple, as they)."""
+            return storage.encode(values, previous, count, stream)
+
         return layout.treedef.unflatten(outputs), FusedAdamState(
             count=count,
-            mu=mu_storage.encode(mu, state.mu, count, lowbit.FIRST_MOMENT_STREAM),
-            nu=nu_storage.encode(nu, state.nu, count, lowbit.SECOND_MOMENT_STREAM),
-            nu_max=nu_storage.encode(
-                nu_max[0], state.nu_max, count, lowbit.MAX_SECOND_MOMENT_STREAM
-            )
+            mu=encoded(mu_storage, mu, state.mu, lowbit.FIRST_MOMENT_STREAM),
+            nu=encoded(nu_storage, nu, state.nu, lowbit.SECOND_MOMENT_STREAM),
+            nu_max=encoded(nu_storage, nu_max[0], state.nu_max, lowbit.MAX_SECOND_MOMENT_STREAM)
             if amsgrad
             else None,
         )
@@ -348,7 +351,9 @@ def _zero_buffers(layout: FlatLayout, leaves: list[Any]) -> tuple[jax.Array, ...
             and layout.slots[members[0]].shape == shape
             and (explicit_sharding(leaf) is not None)
         )
-        zeros.append(jnp.zeros_like(leaf, dtype) if split else jnp.zeros(shape, dtype))
+        zeros.append(
+            jnp.zeros_like(leaf, dtype) if leaf is not None and split else jnp.zeros(shape, dtype)
+        )
     return tuple(zeros)
 
 
@@ -359,9 +364,9 @@ def _buffer_shapes(layout: FlatLayout) -> tuple[tuple[int, ...], ...]:
     feeding an [a, b] add makes it copy m and v instead (2x slower on GPT-2 shapes)."""
     shapes = []
     for group, members in enumerate(layout.leaf_groups()):
-        slot = layout.slots[members[0]] if members else None
-        alone = len(members) == 1 and slot.size == layout.group_sizes[group]
-        shapes.append(slot.shape if alone else (layout.group_sizes[group],))
+        size = layout.group_sizes[group]
+        slot = layout.slots[members[0]] if len(members) == 1 else None
+        shapes.append(slot.shape if slot is not None and slot.size == size else (size,))
     return tuple(shapes)
 
 
@@ -373,7 +378,9 @@ def _holds(stored: jax.Array | lowbit.BlockwiseArray, size: int) -> bool:
 
 def _check_state_fits(layout: FlatLayout, state: FusedAdamState, amsgrad: bool) -> None:
     if len(state.mu) != layout.num_groups or not all(map(_holds, state.mu, layout.group_sizes)):
-        sizes = tuple(int(getattr(buffer, "values", buffer).size) for buffer in state.mu)
+        sizes = tuple(
+            int((b.values if isinstance(b, lowbit.BlockwiseArray) else b).size) for b in state.mu
+        )
         raise ValueError(
             f"the fused state holds flat buffers of sizes {sizes} but these parameters need "
             f"{layout.group_sizes}: call init with parameters of the same shapes, dtypes and "
@@ -462,7 +469,7 @@ def _scalars_builder(
 
 def _decode(
     storages: tuple[lowbit.MomentStorage, ...], like: jax.ShapeDtypeStruct, stored: tuple[Any, ...]
-) -> tuple[jax.Array, ...]:
+) -> tuple[Any, ...]:
     """A group's stored moments decoded to float32 buffers shaped ``like``."""
     return tuple(storage.decode(x, like) for storage, x in zip(storages, stored))
 

@@ -47,6 +47,7 @@ import optax
 from jax.sharding import PartitionSpec
 
 from adamw_jax import _numerics as num
+from adamw_jax._states import transformation
 from adamw_jax.lowbit._quantization import (
     BLOCK_SIZE,
     BlockwiseArray,
@@ -148,7 +149,7 @@ class MomentStorage:
     def init(self, params: optax.Params) -> optax.Updates:
         return jax.tree_util.tree_map(self._zeros, params)
 
-    def decode(self, stored: optax.Updates, like: optax.Updates) -> optax.Updates:
+    def decode(self, stored: optax.Updates, like: Any) -> optax.Updates:
         """The stored moments as arrays shaped like ``like`` (the gradients), in the
         arithmetic dtype: at least float32, and the gradients' dtype for the first moment."""
 
@@ -369,7 +370,7 @@ def low_precision_params(
 
     inner_step = getattr(inner, "step", None)
     if inner_step is None:
-        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+        return transformation(init_fn, update_fn)
     # Imported here: both modules import this one.
     from adamw_jax.fused import FusedTransformation
     from adamw_jax.updates import apply_updates
