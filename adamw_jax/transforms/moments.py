@@ -263,8 +263,7 @@ def scale_by_adam(
             grads,
             nu_storage.decode(state.nu, updates),
         )
-        if amsgrad:
-            assert state.nu_max is not None  # _check_state: an AMSGrad state keeps nu_max
+        if amsgrad and state.nu_max is not None:  # None: a tree without leaves (params=None)
             nu_used = jax.tree_util.tree_map(
                 jnp.maximum, nu_storage.decode(state.nu_max, updates), nu
             )
@@ -272,7 +271,7 @@ def scale_by_adam(
                 nu_used, state.nu_max, count, lowbit.MAX_SECOND_MOMENT_STREAM
             )
         else:
-            nu_used, nu_max = nu, None
+            nu_used, nu_max = nu, state.nu_max
 
         def direction(g: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
             if eps_mode == "hat":
