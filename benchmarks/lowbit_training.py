@@ -133,15 +133,26 @@ def plot(curves: dict[str, np.ndarray], final: dict[str, float], out: Path) -> N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--context", type=int, default=64)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--peak-learning-rate", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("docs/lowbit_training.png"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=600, help="training steps per format")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
+    parser.add_argument("--context", type=int, default=64, help="characters per sequence")
+    parser.add_argument("--width", type=int, default=64, help="model width")
+    parser.add_argument("--layers", type=int, default=2, help="transformer layers")
+    parser.add_argument(
+        "--peak-learning-rate", type=float, default=3e-3, help="peak of the warmup-cosine schedule"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="initialisation and batch seed, the same for every format",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("docs/lowbit_training.png"), help="where to write the plot"
+    )
     args = parser.parse_args()
     data = batches(args.steps, args.batch_size, args.context, args.seed)
     curves, seconds = {}, {}

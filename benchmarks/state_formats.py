@@ -116,10 +116,19 @@ def triad_bandwidth(elements: int, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tensors", type=int, default=8)
-    parser.add_argument("--size", type=int, default=2**20)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--tensors", type=int, default=8, help="the number of float32 parameter tensors"
+    )
+    parser.add_argument("--size", type=int, default=2**20, help="elements per tensor")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=30,
+        help="alternating timed rounds per format (the median is reported)",
+    )
     args = parser.parse_args()
     keys = jax.random.split(jax.random.key(0), 2 * args.tensors)
     params = {f"w{i}": jax.random.normal(keys[i], (args.size,)) for i in range(args.tensors)}

@@ -411,7 +411,9 @@ def format_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small shapes, few rounds")
     parser.add_argument("--rounds", type=int, default=None, help="timed steps per contender")
     parser.add_argument("--no-peers", action="store_true", help="skip torch and keras")
@@ -423,7 +425,12 @@ def main(argv: list[str] | None = None) -> dict:
         metavar="TEXT",
         help="leave out the contenders whose label contains TEXT (to fit in memory)",
     )
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).parent / "results",
+        help="the folder for the dated .md and .json results",
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 15)
     device = jax.devices()[0]

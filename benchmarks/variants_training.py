@@ -94,9 +94,16 @@ def train(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--out", type=Path, default=Path("docs/variants_training.png"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=300, help="training steps per variant")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/variants_training.png"),
+        help="where to write the loss-curve plot",
+    )
     args = parser.parse_args()
     config = replace(demo.DemoConfig(), steps=args.steps)
     task = demo.prepare(config)
