@@ -23,7 +23,8 @@ from adamw_jax import _numerics as num
 from adamw_jax import _validation as check
 from adamw_jax._states import transformation
 from adamw_jax.fused import FusedTransformation, fused_adam_family
-from adamw_jax.lowbit import low_precision_params
+from adamw_jax.lowbit import LowPrecisionParamsState, low_precision_params
+from adamw_jax.lowbit.storage import is_low_precision
 from adamw_jax.lowbit.kahan import kahan_summation as kahan_summation_of
 from adamw_jax.transforms._masking import Mask
 from adamw_jax.transforms.learning_rate import scale_by_learning_rate
@@ -34,6 +35,7 @@ from adamw_jax.transforms.weight_decay import (
     decoupled_weight_decay,
 )
 from adamw_jax.variants.cautious import add_cautious_decayed_weights, scale_by_cautious_mask
+from adamw_jax.updates import apply_updates
 from adamw_jax.variants.rms_clip import clip_by_update_rms
 
 WEIGHT_DECAY_MODES = ("coupled", "decoupled", "corrected")
@@ -151,12 +153,34 @@ def _adam_family(
         return _with_state_check(kahan_summation_of(optimizer))
     optimizer = _with_state_check(optimizer)
     if stochastic_rounding or master_weights:
-        return optax.with_extra_args_support(
-            low_precision_params(
-                optimizer, master_weights=master_weights, stochastic_rounding=stochastic_rounding
-            )
+        wrapper = low_precision_params(
+            optimizer, master_weights=master_weights, stochastic_rounding=stochastic_rounding
         )
+        if isinstance(optimizer, FusedTransformation):
+            return _keeping_the_one_pass_step(wrapper, optimizer)
+        return wrapper
     return optimizer
+
+
+def _keeping_the_one_pass_step(
+    wrapper: optax.GradientTransformationExtraArgs, inner: FusedTransformation
+) -> FusedTransformation:
+    """``wrapper = low_precision_params(inner)`` whose ``step`` is ``inner``'s one pass where no
+    parameter is bf16/f16 (the wrapper is the identity on float32 leaves), else ``update`` and
+    ``θ + u``."""
+
+    def step_fn(
+        grads: optax.Updates, state: LowPrecisionParamsState, params: optax.Params, **extra: Any
+    ) -> tuple[optax.Params, optax.OptState]:
+        if any(is_low_precision(p) for p in jax.tree_util.tree_leaves(params)):
+            updates, new_state = wrapper.update(grads, state, params, **extra)
+            return apply_updates(params, updates), new_state
+        new_params, inner_state = inner.step(grads, state.inner_state, params, **extra)
+        return new_params, state._replace(
+            count=num.safe_increment(state.count), inner_state=inner_state
+        )
+
+    return FusedTransformation(wrapper.init, wrapper.update, step_fn)
 
 
 def _state_kinds(state: Any) -> Any:

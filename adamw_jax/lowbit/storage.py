@@ -257,7 +257,8 @@ def state_bytes(tree: Any) -> int:
 # --- low-precision parameters --------------------------------------------------------------
 
 
-def _low_precision(param: jax.Array) -> bool:
+def is_low_precision(param: jax.Array) -> bool:
+    """Whether ``param`` is a floating array of fewer than 32 bits (bf16, f16)."""
     return jnp.issubdtype(param.dtype, jnp.floating) and jnp.finfo(param.dtype).bits < 32
 
 
@@ -323,7 +324,7 @@ def low_precision_params(
 
     def init_fn(params: optax.Params) -> LowPrecisionParamsState:
         master = jax.tree_util.tree_map(
-            lambda p: p.astype(jnp.float32) if master_weights and _low_precision(p) else None,
+            lambda p: p.astype(jnp.float32) if master_weights and is_low_precision(p) else None,
             params,
         )
         return LowPrecisionParamsState(
@@ -347,7 +348,7 @@ def low_precision_params(
         keys = step_keys(state.count, PARAMS_STREAM, len(leaves))
 
         def leaf(p: jax.Array, b: jax.Array, u: jax.Array, key: jax.Array):
-            if not _low_precision(p):
+            if not is_low_precision(p):
                 return u, None
             compute = num.compute_dtype(b.dtype)
             new = _saturating_sum(b, u, compute)
@@ -368,24 +369,4 @@ def low_precision_params(
             num.safe_increment(state.count), master, inner_state
         )
 
-    inner_step = getattr(inner, "step", None)
-    if inner_step is None:
-        return transformation(init_fn, update_fn)
-    # Imported here: both modules import this one.
-    from adamw_jax.fused import FusedTransformation
-    from adamw_jax.updates import apply_updates
-
-    def step_fn(
-        grads: optax.Updates, state: LowPrecisionParamsState, params: optax.Params, **extra: Any
-    ) -> tuple[optax.Params, LowPrecisionParamsState]:
-        """``inner``'s one-pass step where no parameter is bf16/f16 (nothing to round: the
-        wrapper is the identity on float32 leaves), else ``update`` then ``θ + u``."""
-        if any(_low_precision(p) for p in jax.tree_util.tree_leaves(params)):
-            updates, state = update_fn(grads, state, params, **extra)
-            return apply_updates(params, updates), state
-        new_params, inner_state = inner_step(grads, state.inner_state, params, **extra)
-        return new_params, LowPrecisionParamsState(
-            num.safe_increment(state.count), state.master, inner_state
-        )
-
-    return FusedTransformation(init_fn, update_fn, step_fn)
+    return transformation(init_fn, update_fn)
