@@ -48,12 +48,20 @@ MOVED_MODULES: dict[str, str] = {
 }
 
 
-def import_moved(fullname: str) -> ModuleType | None:
-    """The module an old path ``adamw_jax.<name>`` names now (imported), or None if it names none."""
+def _new_path(fullname: str) -> str | None:
+    """Where the module of the old path ``adamw_jax.<name>`` lives now, or None if it is not one."""
     package, _, name = fullname.partition(".")
     if package != PACKAGE or name not in MOVED_MODULES:
         return None
-    module = importlib.import_module(f"{PACKAGE}.{MOVED_MODULES[name]}")
+    return f"{PACKAGE}.{MOVED_MODULES[name]}"
+
+
+def import_moved(fullname: str) -> ModuleType | None:
+    """The module an old path ``adamw_jax.<name>`` names now (imported), or None if it names none."""
+    new = _new_path(fullname)
+    if new is None:
+        return None
+    module = importlib.import_module(new)
     sys.modules[fullname] = module
     return module
 
@@ -70,8 +78,7 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Answers the import system for the old paths only, after every other finder found none."""
 
     def find_spec(self, fullname, path, target=None):  # noqa: ANN001 (importlib's protocol)
-        package, _, name = fullname.partition(".")
-        if package != PACKAGE or name not in MOVED_MODULES:
+        if _new_path(fullname) is None:
             return None
         return importlib.util.spec_from_loader(fullname, self)
 

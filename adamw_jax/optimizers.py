@@ -24,8 +24,8 @@ from adamw_jax import _validation as check
 from adamw_jax._states import transformation
 from adamw_jax.fused import FusedTransformation, fused_adam_family
 from adamw_jax.lowbit import LowPrecisionParamsState, low_precision_params
-from adamw_jax.lowbit.storage import is_low_precision
 from adamw_jax.lowbit.kahan import kahan_summation as kahan_summation_of
+from adamw_jax.lowbit.storage import is_low_precision
 from adamw_jax.transforms._masking import Mask
 from adamw_jax.transforms.learning_rate import scale_by_learning_rate
 from adamw_jax.transforms.moments import scale_by_adam
@@ -34,8 +34,8 @@ from adamw_jax.transforms.weight_decay import (
     check_weight_decay,
     decoupled_weight_decay,
 )
-from adamw_jax.variants.cautious import add_cautious_decayed_weights, scale_by_cautious_mask
 from adamw_jax.updates import apply_updates
+from adamw_jax.variants.cautious import add_cautious_decayed_weights, scale_by_cautious_mask
 from adamw_jax.variants.rms_clip import clip_by_update_rms
 
 WEIGHT_DECAY_MODES = ("coupled", "decoupled", "corrected")
