@@ -57,6 +57,11 @@ def one_minus(beta: ArrayLike) -> Array:
     return 1 - as_hyperparameter(beta)
 
 
+def is_low_precision(dtype: Any) -> bool:
+    """Whether ``dtype`` is a floating type of fewer than 32 bits (bfloat16, float16)."""
+    return bool(jnp.issubdtype(dtype, jnp.floating)) and jnp.finfo(dtype).bits < 32
+
+
 def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
     """The dtype arithmetic runs in for values stored as ``dtype``: at least float32."""
     return jnp.promote_types(dtype, hyperparameter_dtype())

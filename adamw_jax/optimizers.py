@@ -25,7 +25,6 @@ from adamw_jax._states import transformation
 from adamw_jax.fused import FusedTransformation, fused_adam_family
 from adamw_jax.lowbit import LowPrecisionParamsState, low_precision_params
 from adamw_jax.lowbit.kahan import kahan_summation as kahan_summation_of
-from adamw_jax.lowbit.storage import is_low_precision
 from adamw_jax.transforms._masking import Mask
 from adamw_jax.transforms.learning_rate import scale_by_learning_rate
 from adamw_jax.transforms.moments import scale_by_adam
@@ -172,7 +171,7 @@ def _keeping_the_one_pass_step(
     def step_fn(
         grads: optax.Updates, state: LowPrecisionParamsState, params: optax.Params, **extra: Any
     ) -> tuple[optax.Params, optax.OptState]:
-        if any(is_low_precision(p) for p in jax.tree_util.tree_leaves(params)):
+        if any(num.is_low_precision(p.dtype) for p in jax.tree_util.tree_leaves(params)):
             updates, new_state = wrapper.update(grads, state, params, **extra)
             return apply_updates(params, updates), new_state
         new_params, inner_state = inner.step(grads, state.inner_state, params, **extra)

@@ -32,10 +32,6 @@ class KahanSummationState(NamedTuple):
     inner_state: optax.OptState
 
 
-def _low_precision(param: jax.Array) -> bool:
-    return jnp.issubdtype(param.dtype, jnp.floating) and jnp.finfo(param.dtype).bits < 32
-
-
 def _is_none(node: Any) -> bool:
     return node is None
 
@@ -47,7 +43,7 @@ def kahan_summation(inner: optax.GradientTransformation) -> optax.GradientTransf
 
     def init_fn(params: optax.Params) -> KahanSummationState:
         compensation = jax.tree_util.tree_map(
-            lambda p: jnp.zeros_like(p) if _low_precision(p) else None, params
+            lambda p: jnp.zeros_like(p) if num.is_low_precision(p.dtype) else None, params
         )
         return KahanSummationState(compensation, inner.init(params))
 

@@ -257,11 +257,6 @@ def state_bytes(tree: Any) -> int:
 # --- low-precision parameters --------------------------------------------------------------
 
 
-def is_low_precision(param: jax.Array) -> bool:
-    """Whether ``param`` is a floating array of fewer than 32 bits (bf16, f16)."""
-    return jnp.issubdtype(param.dtype, jnp.floating) and jnp.finfo(param.dtype).bits < 32
-
-
 def add_and_round(
     base: jax.Array, update: jax.Array, dtype: Any, key: jax.Array | None
 ) -> jax.Array:
@@ -324,7 +319,9 @@ def low_precision_params(
 
     def init_fn(params: optax.Params) -> LowPrecisionParamsState:
         master = jax.tree_util.tree_map(
-            lambda p: p.astype(jnp.float32) if master_weights and is_low_precision(p) else None,
+            lambda p: (
+                p.astype(jnp.float32) if master_weights and num.is_low_precision(p.dtype) else None
+            ),
             params,
         )
         return LowPrecisionParamsState(
@@ -348,7 +345,7 @@ def low_precision_params(
         keys = step_keys(state.count, PARAMS_STREAM, len(leaves))
 
         def leaf(p: jax.Array, b: jax.Array, u: jax.Array, key: jax.Array):
-            if not is_low_precision(p):
+            if not num.is_low_precision(p.dtype):
                 return u, None
             compute = num.compute_dtype(b.dtype)
             new = _saturating_sum(b, u, compute)

@@ -103,7 +103,7 @@ def _may_round_to_one(beta: Any) -> bool:
     the rounding of a β below 1 (``optax.inject_hyperparams`` casts hyperparameters to the
     parameter dtype); a Python 1.0 is refused."""
     dtype = getattr(beta, "dtype", None)
-    return dtype is not None and jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32
+    return dtype is not None and num.is_low_precision(dtype)
 
 
 def _paired_leaves(tree: Any, prefixed: Any) -> list[tuple[Any, Any, Any]]:
