@@ -80,6 +80,15 @@ def check_range(
         raise ValueError(f"{name} must be in {interval}, got {number!r}.{suffix}")
 
 
+def check_learning_rate(
+    learning_rate: Any, hint: str = "Pass the positive step size, e.g. 1e-3."
+) -> None:
+    """``learning_rate``: a finite float >= 0, or a schedule of the 0-based step."""
+    check_range(
+        "learning_rate", learning_rate, low=0.0, allow_schedule=True, finite=True, hint=hint
+    )
+
+
 def check_positive(
     name: str,
     value: Any,

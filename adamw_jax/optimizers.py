@@ -43,14 +43,7 @@ WEIGHT_DECAY_MODES = ("coupled", "decoupled", "corrected")
 def _check_learning_rate_and_flags(learning_rate: optax.ScalarOrSchedule, **flags: Any) -> None:
     """The checks ``adamw`` and ``adam`` add to those of their blocks (``scale_by_adam`` checks
     the moments' options): a finite ``learning_rate`` >= 0 and real bools."""
-    check.check_range(
-        "learning_rate",
-        learning_rate,
-        low=0.0,
-        allow_schedule=True,
-        finite=True,
-        hint="Pass the positive step size, e.g. 1e-3.",
-    )
+    check.check_learning_rate(learning_rate)
     for name, flag in flags.items():
         check.check_bool(name, flag)
 

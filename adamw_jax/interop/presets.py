@@ -266,14 +266,7 @@ def keras_adamw(
       An ``optax.GradientTransformationExtraArgs``; read the average with ``ema_params(state)`` when
       ``use_ema`` and ``ema_overwrite_frequency`` is ``None`` (Keras' ``finalize_variable_values``).
     """
-    check.check_range(
-        "learning_rate",
-        learning_rate,
-        low=0.0,
-        allow_schedule=True,
-        finite=True,
-        hint="Pass a float, or a function of the 0-based step.",
-    )
+    check.check_learning_rate(learning_rate, "Pass a float, or a function of the 0-based step.")
     for name, flag in (("amsgrad", amsgrad), ("use_ema", use_ema)):
         check.check_bool(name, flag)
     _check_keras_arguments(

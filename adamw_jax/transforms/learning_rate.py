@@ -34,13 +34,8 @@ def scale_by_learning_rate(
     Args:
       learning_rate: a float >= 0 or a schedule (a function of the 0-based step).
     """
-    check.check_range(
-        "learning_rate",
-        learning_rate,
-        low=0.0,
-        allow_schedule=True,
-        finite=True,
-        hint="Pass the positive step size, e.g. 1e-3; the sign is applied here.",
+    check.check_learning_rate(
+        learning_rate, "Pass the positive step size, e.g. 1e-3; the sign is applied here."
     )
 
     def init_fn(params: optax.Params) -> ScaleByLearningRateState:

@@ -171,14 +171,7 @@ def ademamix(
     """AdEMAMix with coupled weight decay, ``optax.contrib.ademamix``'s signature and defaults
     (math in the module docstring); ``b3`` and ``alpha`` may be schedules: the paper's warm-ups
     are ``ademamix_b3_schedule`` and ``ademamix_alpha_schedule``."""
-    check.check_range(
-        "learning_rate",
-        learning_rate,
-        low=0.0,
-        allow_schedule=True,
-        finite=True,
-        hint="Pass the positive step size, e.g. 1e-3.",
-    )
+    check.check_learning_rate(learning_rate)
     return optax.chain(
         scale_by_ademamix(b1, b2, b3, alpha, eps, eps_root, mu_dtype),
         add_decayed_weights(weight_decay, mask),

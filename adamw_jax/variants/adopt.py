@@ -132,14 +132,7 @@ def adopt(
     """ADOPT with coupled weight decay: ``optax.contrib.adopt``'s signature, plus keyword-only
     ``weight_decay`` (``λ``, a float or schedule, from the second step on as timm) and ``mask``
     (which leaves to decay). Math in the module docstring."""
-    check.check_range(
-        "learning_rate",
-        learning_rate,
-        low=0.0,
-        allow_schedule=True,
-        finite=True,
-        hint="Pass the positive step size, e.g. 1e-3.",
-    )
+    check.check_learning_rate(learning_rate)
     check_weight_decay(weight_decay)
     return optax.chain(
         scale_by_adopt(

@@ -65,13 +65,8 @@ def schedule_free_adamw(
       state_dtype: storage of ``z`` (``None``: the parameter dtype).
       r: ``t^r`` in the averaging weights (schedulefree's, default 0).
     """
-    check.check_range(
-        "learning_rate",
-        learning_rate,
-        low=0.0,
-        allow_schedule=True,
-        finite=True,
-        hint="Schedule-free AdamW uses about 10x AdamW's rate, e.g. 2.5e-3.",
+    check.check_learning_rate(
+        learning_rate, "Schedule-free AdamW uses about 10x AdamW's rate, e.g. 2.5e-3."
     )
     check.check_positive_int("warmup_steps", warmup_steps, allow_none=True)
     check.check_range("b1", b1, low=0.0, high=1.0, high_inclusive=False)
